@@ -1,0 +1,3 @@
+from fogfl.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""Example-weighted averaging of models and metrics, one update at a time.
+
+A fog broker folds each update in as it arrives, so memory is one model's worth of float64
+sums however many clients a region has. Averages weighted by `num_examples` at the fog and
+again at the cloud give exactly flat FedAvg over all clients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fogfl.wire import ModelSchema, Tensors
+
+EVAL_PREFIX = "eval_"
+EVAL_COUNT = "eval_examples"
+
+
+class WeightedModelMean:
+    """Running Σ wᵢ·xᵢ / Σ wᵢ over models with the given schema."""
+
+    def __init__(self, schema: ModelSchema) -> None:
+        self.schema = schema
+        self._sums = {s.name: np.zeros(s.shape, dtype=np.float64) for s in schema.tensors}
+        self.total_weight = 0
+
+    def add(self, tensors: Mapping[str, npt.NDArray[Any]], weight: int) -> None:
+        if weight <= 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        for name, total in self._sums.items():
+            total += np.multiply(tensors[name], weight, dtype=np.float64)
+        self.total_weight += weight
+
+    def result(self) -> Tensors:
+        """The weighted mean, cast back to each tensor's dtype (ints are rounded)."""
+        if self.total_weight == 0:
+            raise ValueError("no model was added")
+        mean: Tensors = {}
+        for spec in self.schema.tensors:
+            values = self._sums[spec.name] / self.total_weight
+            if np.dtype(spec.dtype).kind in "iub":
+                values = np.rint(values)
+            mean[spec.name] = values.astype(spec.dtype)
+        return mean
+
+
+class MetricsMean:
+    """Running example-weighted means of client metrics.
+
+    Metrics named ``eval_*`` are weighted by the sender's ``eval_examples``, the others by its
+    `num_examples`; counts (names ending in ``examples``) are summed, not averaged.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+        self._counts: dict[str, float] = {}
+
+    def add(self, metrics: Mapping[str, float], num_examples: int) -> None:
+        eval_weight = metrics.get(EVAL_COUNT, 0.0)
+        for name, value in metrics.items():
+            if name.endswith("examples"):
+                self._counts[name] = self._counts.get(name, 0.0) + value
+                continue
+            weight = eval_weight if name.startswith(EVAL_PREFIX) else float(num_examples)
+            if weight <= 0:
+                continue
+            self._sums[name] = self._sums.get(name, 0.0) + weight * value
+            self._weights[name] = self._weights.get(name, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        means = {name: self._sums[name] / self._weights[name] for name in self._sums}
+        return {**means, **self._counts}
+
+
+def mean_metrics(weighted: list[tuple[int, Mapping[str, Any]]]) -> dict[str, float]:
+    """Example-weighted means of numeric metrics over (num_examples, metrics) pairs."""
+    mean = MetricsMean()
+    for num_examples, metrics in weighted:
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        mean.add(numeric, num_examples)
+    return mean.result()

@@ -1,0 +1,222 @@
+"""Every fogfl setting, validated: defaults ← YAML file ← FOGFL_* environment ← CLI flags.
+
+Environment variables name a key by its path with double underscores:
+``FOGFL_MQTT__HOST=broker`` sets ``mqtt.host``; ``FOGFL_FEDERATION__ROUNDS=10`` sets
+``federation.rounds``. Values are read as YAML scalars (``10``, ``true``, ``0.5``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fogfl.errors import ConfigError
+
+ENV_PREFIX = "FOGFL_"
+ENV_NESTING = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TlsSettings(_Section):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip the broker hostname check (testing only)")
+
+
+class MqttSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    tls: TlsSettings = TlsSettings()
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    topic_prefix: str = Field("fl", min_length=1, pattern=r"^[^#+]+$")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    connect_timeout_s: float = Field(60.0, gt=0, description="keep retrying this long at start")
+    publish_timeout_s: float = Field(120.0, gt=0)
+
+
+class WireSettings(_Section):
+    codec: Literal["float32", "float16"] = "float32"
+    max_payload_bytes: int = Field(256 * 1024 * 1024, ge=1024, le=268_435_455)
+
+
+class TrainingSettings(_Section):
+    local_epochs: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    learning_rate: float = Field(5e-4, gt=0, le=10)
+
+
+class FederationSettings(_Section):
+    rounds: int = Field(5, ge=1, le=100_000)
+    regions: list[str] = Field(default_factory=lambda: ["north", "south"], min_length=1)
+    clients_per_region: int = Field(3, ge=1, le=100_000)
+    min_regions: int | None = Field(None, ge=1, description="default: every region")
+    seed: int = Field(42, ge=0)
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _regions_are_names(self) -> FederationSettings:
+        for region in self.regions:
+            if not region or any(ch in region for ch in "/#+ "):
+                raise ValueError(f"region name {region!r} must be non-empty, without / # + or spaces")
+        if len(set(self.regions)) != len(self.regions):
+            raise ValueError(f"region names repeat: {self.regions}")
+        if self.min_regions is not None and self.min_regions > len(self.regions):
+            raise ValueError(
+                f"min_regions={self.min_regions} exceeds the {len(self.regions)} regions configured"
+            )
+        return self
+
+    @property
+    def required_regions(self) -> int:
+        return self.min_regions if self.min_regions is not None else len(self.regions)
+
+
+class FogSettings(_Section):
+    expected_updates: int | None = Field(
+        None, ge=1, description="updates that close a round; default federation.clients_per_region"
+    )
+    deadline_s: float = Field(60.0, gt=0, description="seconds after a round opens")
+    min_updates: int = Field(1, ge=1, description="updates needed to close at the deadline")
+
+
+class BridgeSettings(_Section):
+    server_address: str = "127.0.0.1:8080"
+    server_wait_s: float = Field(300.0, gt=0, description="how long to wait for the Flower server")
+    partial_timeout_s: float = Field(
+        180.0, gt=0, description="how long a fit waits for its region's partial"
+    )
+
+
+class ServerSettings(_Section):
+    address: str = "0.0.0.0:8080"
+    run_dir: Path | None = Field(None, description="default: runs/<run id>")
+    strategy: Literal["fedavg"] = "fedavg"
+    round_timeout_s: float = Field(240.0, gt=0)
+
+
+class TaskSettings(_Section):
+    name: str = "qoe"
+    options: dict[str, Any] = Field(default_factory=dict, description="task-specific settings")
+
+
+class FogflConfig(_Section):
+    """The whole configuration of a federation; each role reads the parts it needs."""
+
+    mqtt: MqttSettings = MqttSettings()
+    wire: WireSettings = WireSettings()
+    federation: FederationSettings = FederationSettings()
+    training: TrainingSettings = TrainingSettings()
+    fog: FogSettings = FogSettings()
+    bridge: BridgeSettings = BridgeSettings()
+    server: ServerSettings = ServerSettings()
+    task: TaskSettings = TaskSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def expected_updates(self) -> int:
+        return self.fog.expected_updates or self.federation.clients_per_region
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FogflConfig:
+    """Build the configuration from defaults, a YAML file, FOGFL_* variables and overrides.
+
+    `overrides` maps dotted keys (``"mqtt.port"``) to values; ``None`` values are ignored so
+    that unset CLI flags fall through. Raises ConfigError naming every offending key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        _merge(data, _read_yaml(path))
+    env = os.environ if environ is None else environ
+    for key, value in _environment_overrides(env).items():
+        _set_dotted(data, key, value)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    source = f" (from {path})" if path else ""
+    try:
+        return FogflConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def dump_config(config: FogflConfig) -> str:
+    """The resolved configuration as YAML, loadable again with `load_config`."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
+        try:
+            found[key] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            found[key] = raw
+    return found
+
+
+def _set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration{source}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; check its spelling against configs/default.yaml")
+            continue
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {key}: {error['msg']}{shown}")
+    return "\n".join(lines)

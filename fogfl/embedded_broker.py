@@ -1,0 +1,41 @@
+"""The embedded fallback broker (amqtt, pure Python) as a process of its own.
+
+For machines without a Mosquitto binary: MQTT 3.1.1 only, several times slower than
+Mosquitto, fine for small models. Run: ``python -m fogfl.embedded_broker --port P``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import warnings
+
+
+async def serve(host: str, port: int) -> None:
+    from amqtt.broker import Broker
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
+        "sys_interval": 0,
+        "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]},
+        "topic-check": {"enabled": False},
+    }
+    broker = Broker(config)
+    await broker.start()
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # amqtt 0.11 warns about its own legacy config keys on every start; they are not ours.
+    warnings.simplefilter("ignore")
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The one exception family of fogfl. Messages say what went wrong and what to do."""
+
+
+class FogflError(Exception):
+    """Base class of every error fogfl raises on purpose."""
+
+
+class ConfigError(FogflError):
+    """A configuration file, environment variable or flag holds an invalid value."""
+
+
+class WireError(FogflError):
+    """A message on the wire is malformed, oversized, of the wrong shape or not for us.
+
+    `reason` is a short stable label (used to count rejections); the message explains it.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BrokerError(FogflError):
+    """The MQTT broker cannot be reached, started or used."""
+
+
+class TaskError(FogflError):
+    """A workload (task) cannot load its data or build its model."""

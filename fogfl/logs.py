@@ -1,0 +1,53 @@
+"""Logging for the roles: one logger per role, with the role and region on every line,
+and a counter of rejected messages by reason."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from collections.abc import MutableMapping
+from typing import Any
+
+from fogfl.errors import WireError
+
+FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    """Send log lines to stderr; the launcher redirects each role's stderr to its log file."""
+    logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
+    for noisy in ("flwr", "grpc", "amqtt", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+class RoleLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with ``role[region/id]`` so interleaved logs stay readable."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"{self.extra['tag'] if self.extra else ''} {msg}", kwargs
+
+
+def role_logger(role: str, *where: str) -> RoleLogger:
+    tag = f"{role}[{'/'.join(w for w in where if w)}]" if any(where) else role
+    return RoleLogger(logging.getLogger(f"fogfl.{role.replace('-', '_')}"), {"tag": tag})
+
+
+class Rejections:
+    """Counts rejected messages by reason and logs each one with its explanation."""
+
+    def __init__(self, log: RoleLogger) -> None:
+        self.log = log
+        self.counts: Counter[str] = Counter()
+
+    def record(self, reason: str, explanation: str, topic: str = "") -> None:
+        self.counts[reason] += 1
+        where = f" on {topic}" if topic else ""
+        self.log.warning("rejected message%s [%s]: %s", where, reason, explanation)
+
+    def record_error(self, error: WireError, topic: str = "") -> None:
+        self.record(error.reason, str(error), topic)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

@@ -1,0 +1,135 @@
+"""Client: trains on its local data whenever the server publishes a new global model.
+
+Reads ``fl/global_model`` (retained, so a late joiner starts from the current round);
+writes ``fl/updates/<region>``. Each round it evaluates the received global model on its
+test split, trains `local_epochs` on its train split and publishes its weights with its true
+`num_examples` and metrics. On the final model it publishes its evaluation and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from pydantic import ValidationError
+
+from fogfl.config import FogflConfig, TrainingSettings
+from fogfl.errors import WireError
+from fogfl.logs import Rejections, role_logger
+from fogfl.mqtt import MqttSession, Received
+from fogfl.tasks import load_task
+from fogfl.tasks.base import client_ordinal, load_tensors, model_tensors
+from fogfl.wire import Envelope, ModelSchema, decode, encode
+
+ROLE = "client"
+
+
+class FederatedClient:
+    def __init__(self, config: FogflConfig, client_id: str, region: str) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.region = region
+        self.log = role_logger(ROLE, region, client_id)
+        self.rejections = Rejections(self.log)
+        self.task = load_task(config.task.name, config.task.options)
+        self.data = self.task.load_partition(client_id, config.federation.seed)
+        self.model = self.task.build_model(config.federation.seed)
+        self.schema = ModelSchema.of(model_tensors(self.model))
+        self.task.warm_up(self.model)
+        self.session = MqttSession(config.mqtt, f"fogfl-client-{client_id}-{os.getpid()}", self.log)
+        self.topics = self.session.topics
+        self.rounds_done: dict[str, int] = {}
+
+    def run(self) -> int:
+        """Take part in rounds until the server publishes the final model; returns 0."""
+        self.log.info(
+            "%s: %d train / %d test examples (%s)",
+            self.task.name, self.data.num_train, self.data.num_test, self.data.description,
+        )
+        self.session.connect([self.topics.global_model])
+        try:
+            while True:
+                message = self._latest(self.session.receive(timeout=None))
+                if message is None:
+                    continue
+                try:
+                    model = decode(
+                        message.payload,
+                        kinds={"global"},
+                        max_bytes=self.config.wire.max_payload_bytes,
+                        schema=self.schema,
+                    )
+                    settings = _round_settings(self.config.training, model.config)
+                except WireError as error:
+                    self.rejections.record_error(error, message.topic)
+                    continue
+                if model.final:
+                    if model.run_id in self.rounds_done:
+                        self._evaluate_final(model)
+                        return 0
+                    self.log.info("ignoring the final model of run %s, which this client did not join", model.run_id)
+                elif model.round > self.rounds_done.get(model.run_id, 0):
+                    self._train_round(model, settings)
+        finally:
+            self.session.close()
+
+    def _latest(self, first: Received | None) -> Received | None:
+        """The newest queued global model: rounds that went by while training are skipped."""
+        latest = first
+        while (newer := self.session.receive(timeout=0)) is not None:
+            latest = newer
+        return latest
+
+    def _train_round(self, global_model: Envelope, settings: TrainingSettings) -> None:
+        started = time.monotonic()
+        load_tensors(self.model, global_model.tensors)
+        evaluation = self.task.evaluate(self.model, self.data)
+        seed = self.config.federation.seed * 1_000_003 + global_model.round * 7919 + client_ordinal(self.client_id)
+        training = self.task.train(self.model, self.data, settings, seed)
+        update = Envelope(
+            kind="update",
+            run_id=global_model.run_id,
+            round=global_model.round,
+            sender=self.client_id,
+            region=self.region,
+            num_examples=self.data.num_train,
+            tensors=model_tensors(self.model),
+            metrics={**training, **evaluation, "train_seconds": time.monotonic() - started},
+        )
+        self.session.publish(self.topics.updates(self.region), encode(update, self.config.wire.codec))
+        self.rounds_done[global_model.run_id] = global_model.round
+        self.log.info(
+            "round %d: eval_loss %.4f before training, train_loss %.4f, %.2f s",
+            global_model.round, evaluation["eval_loss"], training["train_loss"], time.monotonic() - started,
+        )
+
+    def _evaluate_final(self, final_model: Envelope) -> None:
+        load_tensors(self.model, final_model.tensors)
+        evaluation = self.task.evaluate(self.model, self.data)
+        report = Envelope(
+            kind="evaluation",
+            run_id=final_model.run_id,
+            round=final_model.round,
+            sender=self.client_id,
+            region=self.region,
+            num_examples=self.data.num_test,
+            metrics=evaluation,
+        )
+        self.session.publish(self.topics.updates(self.region), encode(report))
+        self.log.info("final model: eval_loss %.4f; run %s is over", evaluation["eval_loss"], final_model.run_id)
+
+
+def _round_settings(defaults: TrainingSettings, round_config: dict[str, object]) -> TrainingSettings:
+    """The training settings for a round: the server's round config over the local defaults."""
+    known = {k: v for k, v in round_config.items() if k in TrainingSettings.model_fields}
+    try:
+        return TrainingSettings.model_validate({**defaults.model_dump(), **known})
+    except ValidationError as exc:
+        raise WireError("bad-config", f"the round's training config is invalid: {exc}") from None
+
+
+def run(config: FogflConfig, client_id: str, region: str, torch_threads: int = 1) -> int:
+    # Many clients share a few cores; one thread each avoids oversubscription.
+    torch.set_num_threads(torch_threads)
+    return FederatedClient(config, client_id, region).run()

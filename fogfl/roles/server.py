@@ -1,0 +1,204 @@
+"""Central server: Flower's server over the regions, publishing every global model over MQTT.
+
+At the start of round r it publishes the round announcement (``fl/round``) and the round-r
+global model (``fl/global_model``), both retained, then Flower asks each region's bridge
+to fit. After the last round it publishes the final model marked final, collects the
+clients' evaluation of it through the bridges, writes the run directory and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+
+from fogfl import flower
+from fogfl.aggregation import mean_metrics
+from fogfl.config import FogflConfig, dump_config
+from fogfl.logs import role_logger
+from fogfl.mqtt import MqttSession
+from fogfl.run_dir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    RoundRecord,
+    write_atomic,
+    write_metrics,
+)
+from fogfl.tasks import load_task
+from fogfl.tasks.base import model_tensors
+from fogfl.wire import Envelope, ModelSchema, encode
+
+ROLE = "server"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class Server:
+    def __init__(self, config: FogflConfig) -> None:
+        self.config = config
+        self.run_id = config.federation.run_id or new_run_id()
+        self.run_dir = config.server.run_dir or Path("runs") / self.run_id
+        self.rounds = config.federation.rounds
+        self.min_regions = config.federation.required_regions
+        self.log = role_logger(ROLE, self.run_id)
+        task = load_task(config.task.name, config.task.options)
+        self.initial = model_tensors(task.build_model(config.federation.seed))
+        self.schema = ModelSchema.of(self.initial)
+        self.session = MqttSession(config.mqtt, f"fogfl-server-{os.getpid()}", self.log)
+        self.records: dict[int, RoundRecord] = {}
+        self.final_model: Envelope | None = None
+        self.round_started: dict[int, float] = {}
+        self.global_bytes: dict[int, int] = {}
+        self.short_rounds: list[str] = []
+
+    def run(self) -> int:
+        """Run every round; returns 0 when each had at least `min_regions` regions."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / CONFIG_FILE, dump_config(self._resolved_config()).encode())
+        self.session.connect()
+        self.log.info(
+            "run %s: %d rounds over at least %d regions, task %s (%d parameters); Flower on %s",
+            self.run_id, self.rounds, self.min_regions, self.config.task.name,
+            self.schema.num_values, self.config.server.address,
+        )
+        strategy = flower.HierarchicalStrategy(
+            flower.fedavg(self.schema.ordered(self.initial), self.min_regions),
+            hooks=self,
+            num_rounds=self.rounds,
+            min_regions=self.min_regions,
+        )
+        try:
+            flower.serve(self.config.server.address, strategy, self.config.server.round_timeout_s)
+        finally:
+            self.session.close()
+        self._write_outputs()
+        if self.short_rounds:
+            self.log.error("run %s finished short of regions: %s", self.run_id, "; ".join(self.short_rounds))
+            return 1
+        self.log.info("run %s finished; outputs in %s", self.run_id, self.run_dir)
+        return 0
+
+    # RoundHooks: called by Flower's server loop through HierarchicalStrategy.
+
+    def start_round(self, server_round: int, arrays: flower.Arrays) -> flower.Config:
+        self.round_started[server_round] = time.monotonic()
+        self.global_bytes[server_round] = self._publish_global(server_round, arrays, final=False)
+        return self._fit_config(server_round)
+
+    def finish(self, server_round: int, arrays: flower.Arrays) -> flower.Config:
+        self._publish_global(server_round, arrays, final=True)
+        return self._fit_config(server_round)
+
+    def fit_done(self, server_round: int, reports: list[flower.RegionReport], failures: list[str]) -> None:
+        for reason in failures:
+            self.log.warning("round %d: a region failed: %s", server_round, reason)
+        if len(reports) < self.min_regions:
+            self.short_rounds.append(f"round {server_round}: {len(reports)} of {self.min_regions} regions")
+        metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
+        clients = sum(int(r.metrics.get("clients", 0)) for r in reports)  # type: ignore[call-overload]
+        uploaded = sum(
+            int(r.metrics.get("updates_bytes", 0)) + int(r.metrics.get("partial_bytes", 0))  # type: ignore[call-overload]
+            for r in reports
+        )
+        record = self._record(server_round)
+        record.clients = clients
+        record.regions = len(reports)
+        record.failed_regions = len(failures)
+        record.train_loss = metrics.get("train_loss")
+        record.bytes_up = uploaded
+        record.bytes_down = self.global_bytes.get(server_round, 0) * clients
+        record.round_seconds = time.monotonic() - self.round_started.get(server_round, time.monotonic())
+        # Clients evaluate the global model they receive before training on it.
+        self._set_evaluation(self._record(server_round - 1), metrics)
+        self._write_metrics()
+        self.log.info(
+            "round %d: %d regions, %d clients, train_loss %s, %.2f s",
+            server_round, len(reports), clients, _fmt(record.train_loss), record.round_seconds,
+        )
+
+    def evaluation_done(self, server_round: int, reports: list[flower.RegionReport], failures: list[str]) -> None:
+        for reason in failures:
+            self.log.warning("final evaluation: a region failed: %s", reason)
+        metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
+        self._set_evaluation(self._record(server_round), metrics)
+        self._write_metrics()
+        self.log.info("final model: eval_loss %s", _fmt(metrics.get("eval_loss")))
+
+    # internals
+
+    def _publish_global(self, server_round: int, arrays: flower.Arrays, final: bool) -> int:
+        tensors = self.schema.named(arrays)
+        config = self._round_config()
+        announcement = Envelope(
+            kind="round", run_id=self.run_id, round=server_round, sender="server",
+            config=config, final=final, schema=self.schema,
+        )
+        model = Envelope(
+            kind="global", run_id=self.run_id, round=server_round, sender="server",
+            tensors=tensors, config=config, final=final,
+        )
+        self.session.publish(self.session.topics.round_announcement, encode(announcement), retain=True)
+        payload = encode(model, self.config.wire.codec)
+        self.session.publish(self.session.topics.global_model, payload, retain=True)
+        if final:
+            self.final_model = model
+        self.log.info("%s model for round %d published (%d bytes)", "final" if final else "global", server_round, len(payload))
+        return len(payload)
+
+    def _round_config(self) -> dict[str, object]:
+        return self.config.training.model_dump()
+
+    def _fit_config(self, server_round: int) -> flower.Config:
+        return {"run_id": self.run_id, "round": server_round, "schema": self.schema.to_json()}
+
+    def _record(self, server_round: int) -> RoundRecord:
+        return self.records.setdefault(server_round, RoundRecord(round=server_round))
+
+    def _set_evaluation(self, record: RoundRecord, metrics: dict[str, float]) -> None:
+        record.eval_loss = metrics.get("eval_loss")
+        record.eval_mae = metrics.get("eval_mae")
+        record.eval_accuracy = metrics.get("eval_accuracy")
+        mse = metrics.get("eval_mse")
+        record.eval_rmse = math.sqrt(mse) if mse is not None else None
+
+    def _write_metrics(self) -> None:
+        write_metrics(self.run_dir / METRICS_FILE, [self.records[r] for r in sorted(self.records)])
+
+    def _write_outputs(self) -> None:
+        self._write_metrics()
+        if self.final_model is not None:
+            write_atomic(self.run_dir / MODEL_FILE, encode(self.final_model))
+        summary = {
+            "run_id": self.run_id,
+            "task": self.config.task.name,
+            "rounds": self.rounds,
+            "regions": self.config.federation.regions,
+            "short_rounds": self.short_rounds,
+            "final": _as_dict(self.records.get(self.rounds)),
+        }
+        write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
+
+    def _resolved_config(self) -> FogflConfig:
+        resolved = self.config.model_copy(deep=True)
+        resolved.federation.run_id = self.run_id
+        resolved.server.run_dir = self.run_dir
+        return resolved
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _as_dict(record: RoundRecord | None) -> dict[str, object]:
+    return {} if record is None else {k: v for k, v in vars(record).items() if v is not None}
+
+
+def run(config: FogflConfig) -> int:
+    return Server(config).run()

@@ -1,0 +1,73 @@
+"""The layout of a run directory, shared by the server that writes it and the launcher and
+reports that read it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+METRICS_FILE = "metrics.csv"
+MODEL_FILE = "global_model.safetensors"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+LOG_DIR = "logs"
+
+
+@dataclass
+class RoundRecord:
+    """One row of metrics.csv. `eval_*` describe the global model *after* the round, as
+    evaluated by the clients on their test splits; round 0 is the initial model."""
+
+    round: int
+    clients: int | None = None
+    regions: int | None = None
+    failed_regions: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    eval_mae: float | None = None
+    eval_rmse: float | None = None
+    eval_accuracy: float | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    round_seconds: float | None = None
+
+
+COLUMNS = tuple(f.name for f in fields(RoundRecord))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    scratch.write_bytes(data)
+    os.replace(scratch, path)
+
+
+def write_metrics(path: Path, records: Iterable[RoundRecord]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: _cell(v) for k, v in asdict(record).items()})
+    write_atomic(path, buffer.getvalue().encode())
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics.csv as strings (empty where unknown); [] if it does not exist."""
+    try:
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+    except FileNotFoundError:
+        return []
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

@@ -1,0 +1,193 @@
+"""QoE under simulated network conditions: each client streams video over its own simulated
+link (home, rural or vehicular, varied per client) and learns to predict the QoE score from
+throughput, buffer, latency, loss, quality ratio and rebuffering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import Field
+from torch import nn
+
+from fogfl.tasks.base import (
+    Partition,
+    SupervisedTask,
+    TaskOptions,
+    client_ordinal,
+    parse_options,
+)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class NetworkScenario:
+    """A link's statistics and the video played over it (rates in kbit/s)."""
+
+    name: str
+    throughput_kbps: float
+    throughput_std: float
+    bitrate_kbps: float
+    latency_ms: float
+    latency_std: float
+    loss_rate: float
+    loss_std: float
+    initial_buffer_s: float
+    rebuffer_threshold_s: float = 0.5
+
+
+BASE_SCENARIOS: tuple[NetworkScenario, ...] = (
+    NetworkScenario("home_stable", 6500.0, 450.0, 4200.0, 32.0, 6.0, 0.008, 0.003, 24.0),
+    NetworkScenario("rural_unstable", 2800.0, 900.0, 3600.0, 85.0, 20.0, 0.035, 0.012, 18.0),
+    NetworkScenario("vehicular_variable", 4200.0, 1400.0, 3800.0, 115.0, 28.0, 0.022, 0.009, 14.0),
+)
+SCENARIO_NAMES = tuple(s.name for s in BASE_SCENARIOS)
+FEATURES = (
+    "throughput_kbps",
+    "buffer_level_s",
+    "latency_ms",
+    "loss_rate",
+    "quality_ratio",
+    "rebuffer_event",
+)
+# Fixed scales put every feature near unit range without sharing statistics between clients.
+FEATURE_SCALE = np.array([1 / 1000.0, 1 / 10.0, 1 / 100.0, 10.0, 1.0, 1.0], dtype=np.float64)
+
+
+class QoEOptions(TaskOptions):
+    duration_s: int = Field(600, ge=10, le=1_000_000, description="seconds of trace per client")
+    replays: int = Field(2, ge=0, le=100, description="noisy replays added to each trace")
+    replay_noise: float = Field(0.07, ge=0, le=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    scenario: Literal["home_stable", "rural_unstable", "vehicular_variable"] | None = Field(
+        None, description="pin every client to one base scenario; default: by client number"
+    )
+
+
+def client_scenario(ordinal: int, rng: np.random.Generator, pinned: str | None = None) -> NetworkScenario:
+    """The base scenario for a client (round robin by its number), varied at random."""
+    base = BASE_SCENARIOS[SCENARIO_NAMES.index(pinned)] if pinned else BASE_SCENARIOS[(ordinal - 1) % 3]
+    jitter = rng.normal(0.0, 1.0, size=9)
+    return replace(
+        base,
+        name=f"{base.name}_v{ordinal}",
+        throughput_kbps=base.throughput_kbps * (1 + 0.08 * jitter[0]),
+        throughput_std=base.throughput_std * (1 + 0.15 * jitter[1]),
+        bitrate_kbps=base.bitrate_kbps * (1 + 0.05 * jitter[2]),
+        latency_ms=base.latency_ms * (1 + 0.12 * jitter[3]),
+        latency_std=max(5.0, base.latency_std * (1 + 0.2 * jitter[4])),
+        loss_rate=float(np.clip(base.loss_rate * (1 + 0.25 * jitter[5]), 0.002, 0.2)),
+        loss_std=float(np.clip(base.loss_std * (1 + 0.25 * jitter[6]), 0.0005, 0.2)),
+        initial_buffer_s=max(4.0, base.initial_buffer_s * (1 + 0.1 * jitter[7])),
+    )
+
+
+def simulate_trace(scenario: NetworkScenario, duration_s: int, rng: np.random.Generator) -> dict[str, FloatArray]:
+    """One second per sample of link state, player buffer and the resulting QoE score."""
+    throughput = np.clip(rng.normal(scenario.throughput_kbps, scenario.throughput_std, duration_s), 200.0, None)
+    latency = np.clip(rng.normal(scenario.latency_ms, scenario.latency_std, duration_s), 5.0, None)
+    loss = np.clip(rng.normal(scenario.loss_rate, scenario.loss_std, duration_s), 0.0, 1.0)
+    buffer_delta = 1.0 - scenario.bitrate_kbps / np.maximum(throughput, 1.0)
+    buffer_level = np.empty(duration_s)
+    rebuffer = np.zeros(duration_s)
+    level = scenario.initial_buffer_s
+    for t in range(duration_s):  # the buffer is a running state; a stall refills it
+        level = max(level + buffer_delta[t], 0.0)
+        if level <= scenario.rebuffer_threshold_s:
+            rebuffer[t] = 1.0
+            level = scenario.initial_buffer_s * 0.6
+        buffer_level[t] = level
+    trace = {
+        "throughput_kbps": throughput,
+        "buffer_level_s": buffer_level,
+        "latency_ms": latency,
+        "loss_rate": loss,
+        "quality_ratio": np.clip(throughput / scenario.bitrate_kbps, 0.1, 3.0),
+        "rebuffer_event": rebuffer,
+    }
+    trace["qoe_score"] = qoe_score(scenario.bitrate_kbps, throughput, latency, loss, rebuffer)
+    return trace
+
+
+def qoe_score(
+    bitrate_kbps: float,
+    throughput_kbps: FloatArray,
+    latency_ms: FloatArray,
+    loss_rate: FloatArray,
+    rebuffer: FloatArray,
+) -> FloatArray:
+    """QoE in [0, 1]: one minus penalties for under-delivered bitrate, latency, loss, stalls."""
+    penalty = (
+        0.5 * (bitrate_kbps / np.maximum(throughput_kbps, bitrate_kbps))
+        + 0.3 * (latency_ms / (latency_ms + 40.0))
+        + 0.2 * loss_rate
+        + 0.35 * rebuffer
+    )
+    return np.clip(1.0 - penalty, 0.0, 1.0)
+
+
+def with_replays(
+    trace: dict[str, FloatArray], scenario: NetworkScenario, replays: int, noise: float, rng: np.random.Generator
+) -> dict[str, FloatArray]:
+    """The trace plus `replays` noisy re-plays of it (the same viewer, a slightly other day)."""
+    copies = [trace]
+    n = len(trace["qoe_score"])
+    for _ in range(replays):
+        throughput = np.clip(trace["throughput_kbps"] * (1 + rng.normal(0, noise, n)), 200.0, None)
+        latency = np.clip(trace["latency_ms"] * (1 + rng.normal(0, noise / 2, n)), 5.0, None)
+        loss = np.clip(trace["loss_rate"] * (1 + rng.normal(0, noise, n)), 0.0, 1.0)
+        buffer_level = np.clip(trace["buffer_level_s"] * (1 + rng.normal(0, noise / 2, n)), 0.0, None)
+        rebuffer = (buffer_level <= scenario.rebuffer_threshold_s).astype(np.float64)
+        replay = {
+            "throughput_kbps": throughput,
+            "buffer_level_s": buffer_level,
+            "latency_ms": latency,
+            "loss_rate": loss,
+            "quality_ratio": np.clip(throughput / scenario.bitrate_kbps, 0.1, 3.0),
+            "rebuffer_event": rebuffer,
+        }
+        replay["qoe_score"] = qoe_score(scenario.bitrate_kbps, throughput, latency, loss, rebuffer)
+        copies.append(replay)
+    return {key: np.concatenate([c[key] for c in copies]) for key in trace}
+
+
+class QoEModel(nn.Module):
+    """MLP 64-32-1 regressing the QoE score."""
+
+    def __init__(self, inputs: int = len(FEATURES)) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(inputs, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)  # type: ignore[no-any-return]
+
+
+class QoETask(SupervisedTask):
+    name: ClassVar[str] = "qoe"
+    problem: ClassVar[Literal["regression", "classification"]] = "regression"
+
+    def __init__(self, options: dict[str, object]) -> None:
+        self.options = parse_options(QoEOptions, options, self.name)
+
+    def build_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return QoEModel()
+
+    def load_partition(self, client_id: str, seed: int) -> Partition:
+        ordinal = client_ordinal(client_id)
+        rng = np.random.default_rng([seed, ordinal])
+        scenario = client_scenario(ordinal, rng, self.options.scenario)
+        trace = simulate_trace(scenario, self.options.duration_s, rng)
+        trace = with_replays(trace, scenario, self.options.replays, self.options.replay_noise, rng)
+        features = (np.stack([trace[f] for f in FEATURES], axis=1) * FEATURE_SCALE).astype(np.float32)
+        target = trace["qoe_score"].astype(np.float32)
+        order = rng.permutation(len(target))
+        n_test = max(1, int(round(len(target) * self.options.test_fraction)))
+        test, train = order[:n_test], order[n_test:]
+        return Partition(features[train], target[train], features[test], target[test], scenario.name)
