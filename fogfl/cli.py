@@ -13,6 +13,7 @@ from fogfl import __version__
 from fogfl.config import FogflConfig, load_config
 from fogfl.errors import FogflError
 from fogfl.logs import setup_logging
+from fogfl.mqtt import Topics
 
 app = typer.Typer(
     name="fogfl",
@@ -185,6 +186,117 @@ def server(
     from fogfl.roles import server as role
 
     _exit(role.run(settings))
+
+
+@app.command()
+def monitor(
+    filter: Annotated[Optional[str], typer.Option("--filter", help="Topic filter (default <prefix>/#).")] = None,  # noqa: UP045
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per message, no live view.")] = False,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,  # noqa: UP045
+    config: ConfigFile = None,
+    mqtt_host: MqttHost = None,
+    mqtt_port: MqttPort = None,
+    mqtt_username: MqttUsername = None,
+    mqtt_password: MqttPassword = None,
+    tls: Tls = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Watch every fogfl message live: topic, kind, round, sender, bytes; per-region progress."""
+    import json
+    from collections import deque
+
+    from rich.live import Live
+
+    from fogfl.roles.monitor import MonitorState, Observation, watch
+    from fogfl.views import monitor_view
+
+    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    settings = _configure(config, mqtt)
+    state = MonitorState(settings.expected_updates)
+    messages = watch(settings, filter, duration)
+    if json_lines:
+        for seen in messages:
+            print(json.dumps(seen.as_dict()), flush=True)
+        return
+    recent: deque[Observation] = deque(maxlen=15)
+    with Live(monitor_view(state, recent), console=Console(), refresh_per_second=4) as live:
+        for seen in messages:
+            state.add(seen, Topics(settings.mqtt.topic_prefix))
+            recent.append(seen)
+            live.update(monitor_view(state, recent))
+
+
+@app.command()
+def up(
+    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds [default: 5].")] = None,  # noqa: UP045
+    regions: Annotated[Optional[int], typer.Option(help="Regions (fog sites) [default: 2].")] = None,  # noqa: UP045
+    clients_per_region: Annotated[Optional[int], typer.Option(help="Clients per region [default: 3].")] = None,  # noqa: UP045
+    task: Task = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Output directory [default: runs/<run id>].")] = None,  # noqa: UP045
+    broker: Annotated[
+        str, typer.Option(help="auto (Mosquitto if installed, else embedded), mosquitto, embedded or external.")
+    ] = "auto",
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    config: ConfigFile = None,
+    mqtt_host: MqttHost = None,
+    mqtt_port: MqttPort = None,
+    mqtt_username: MqttUsername = None,
+    mqtt_password: MqttPassword = None,
+    tls: Tls = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Start a whole local federation (broker, server, fog brokers, bridges, clients) and run it."""
+    import signal
+    import time
+
+    from rich.live import Live
+
+    from fogfl.roles.launcher import Federation, region_names
+    from fogfl.run_dir import new_run_id
+    from fogfl.views import rounds_table, up_view
+
+    if broker not in ("auto", "mosquitto", "embedded", "external"):
+        raise typer.BadParameter("must be auto, mosquitto, embedded or external", param_hint="--broker")
+    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    settings = _configure(
+        config,
+        {
+            **mqtt,
+            "federation.rounds": rounds,
+            "federation.regions": region_names(regions) if regions else None,
+            "federation.clients_per_region": clients_per_region,
+            "task.name": task,
+        },
+    )
+    settings.federation.run_id = settings.federation.run_id or new_run_id()
+    directory = run_dir or settings.server.run_dir or Path("runs") / settings.federation.run_id
+    # SIGTERM (e.g. from a test harness or `kill`) stops the federation like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    out = Console()
+    out.print(
+        f"fogfl up: run [bold]{settings.federation.run_id}[/], {settings.federation.rounds} rounds, "
+        f"{len(settings.federation.regions)} regions × {settings.federation.clients_per_region} clients, "
+        f"task {settings.task.name}, outputs in {directory}"
+    )
+    started = time.monotonic()
+    with Federation(settings, broker, directory, timeout) as federation:  # type: ignore[arg-type]
+        out.print(f"broker: {federation.broker.kind if federation.broker else '?'}")
+        rounds_total = settings.federation.rounds
+        with Live(up_view([], 0, rounds_total, 0.0), console=out, refresh_per_second=4, transient=True) as live:
+            while not (status := federation.poll()).finished:
+                live.update(up_view(status.rows, status.rounds_done, rounds_total, time.monotonic() - started))
+                time.sleep(0.25)
+    out.print(rounds_table(status.rows, title=f"run {settings.federation.run_id}"))
+    if status.failure:
+        console.print(f"[bold red]fogfl up failed:[/] {status.failure}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"done in {time.monotonic() - started:.1f} s; outputs in {directory}")
 
 
 def _exit(code: int) -> None:

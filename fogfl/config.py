@@ -22,7 +22,7 @@ ENV_NESTING = "__"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class TlsSettings(_Section):
@@ -48,7 +48,7 @@ class MqttSettings(_Section):
 
 class WireSettings(_Section):
     codec: Literal["float32", "float16"] = "float32"
-    max_payload_bytes: int = Field(256 * 1024 * 1024, ge=1024, le=268_435_455)
+    max_payload_bytes: int = Field(256 * 1024 * 1024 - 64 * 1024, ge=1024, le=268_435_455)
 
 
 class TrainingSettings(_Section):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,6 +17,11 @@ MODEL_FILE = "global_model.safetensors"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 LOG_DIR = "logs"
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time and is unique enough for one machine."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 @dataclass

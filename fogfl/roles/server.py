@@ -12,7 +12,6 @@ import json
 import math
 import os
 import time
-import uuid
 from pathlib import Path
 
 from fogfl import flower
@@ -26,6 +25,7 @@ from fogfl.run_dir import (
     MODEL_FILE,
     SUMMARY_FILE,
     RoundRecord,
+    new_run_id,
     write_atomic,
     write_metrics,
 )
@@ -34,10 +34,6 @@ from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, encode
 
 ROLE = "server"
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 class Server:

@@ -1,0 +1,164 @@
+"""Launcher (`fogfl up`): a whole local federation, each role its own process.
+
+Starts a broker (Mosquitto, the embedded one, or none for an external broker), the server,
+one fog broker and one bridge per region, and the clients; writes the resolved config and
+one log per process to the run directory; follows the run through the server's
+metrics.csv; and stops every process it started, by PID, on success, failure or Ctrl-C.
+It starts roles through the `fogfl` command line and never imports them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fogfl.broker import BrokerMode, LocalBroker, start_broker
+from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
+from fogfl.errors import FogflError
+from fogfl.logs import role_logger
+from fogfl.processes import ChildProcess, free_port, stop_all
+from fogfl.run_dir import CONFIG_FILE, LOG_DIR, METRICS_FILE, read_metrics, write_atomic
+
+ROLE = "launcher"
+SETTLE_S = 15.0
+
+
+@dataclass
+class Status:
+    """What the federation is doing: rounds finished so far, and how it ended if it has."""
+
+    rows: list[dict[str, str]] = field(default_factory=list)
+    rounds_done: int = 0
+    finished: bool = False
+    failure: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and not self.failure
+
+
+class Federation:
+    """A running local federation; use as a context manager so every process is stopped."""
+
+    def __init__(self, config: FogflConfig, broker_mode: BrokerMode, run_dir: Path, timeout_s: float) -> None:
+        self.config = config.model_copy(deep=True)
+        self.broker_mode = broker_mode
+        self.run_dir = run_dir
+        self.timeout_s = timeout_s
+        self.log = role_logger(ROLE)
+        self.broker: LocalBroker | None = None
+        self.server: ChildProcess | None = None
+        self.roles: list[ChildProcess] = []
+        self.started_at = 0.0
+        self.server_done_at: float | None = None
+
+    def __enter__(self) -> Federation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / CONFIG_FILE
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        logs = self.run_dir / LOG_DIR
+        logs.mkdir(parents=True, exist_ok=True)
+        self.broker = start_broker(
+            self.broker_mode, logs, host=self.config.mqtt.host if self.broker_mode == "external" else "127.0.0.1",
+            port=self.config.mqtt.port if self.broker_mode == "external" else None,
+        )
+        flower_port = free_port()
+        self.config.mqtt.host = self.broker.host
+        self.config.mqtt.port = self.broker.port
+        if self.broker.kind == "embedded":
+            self.config.mqtt.protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
+        self.config.server.address = f"127.0.0.1:{flower_port}"
+        self.config.server.run_dir = self.run_dir
+        self.config.bridge.server_address = f"127.0.0.1:{flower_port}"
+        write_atomic(self.config_path, dump_config(self.config).encode())
+
+        self.server = self._spawn("server", ["server"])
+        for region in self.config.federation.regions:
+            self.roles.append(self._spawn(f"fog-broker-{region}", ["fog-broker", "--region", region]))
+            self.roles.append(self._spawn(f"fog-bridge-{region}", ["fog-bridge", "--region", region]))
+        for client_id, region in client_ids(self.config):
+            self.roles.append(self._spawn(f"client-{client_id}", ["client", "--id", client_id, "--region", region]))
+
+    def poll(self) -> Status:
+        """The federation's status now; marks it finished once the server is done."""
+        assert self.server is not None
+        status = Status(rows=read_metrics(self.run_dir / METRICS_FILE))
+        status.rounds_done = sum(1 for row in status.rows if row.get("clients"))
+        server_code = self.server.poll()
+        if server_code is not None and server_code != 0:
+            status.finished, status.failure = True, self._failed(self.server, server_code)
+            return status
+        for role in self.roles:
+            code = role.poll()
+            if code not in (None, 0):
+                status.finished, status.failure = True, self._failed(role, code)
+                return status
+        if server_code == 0:
+            now = time.monotonic()
+            self.server_done_at = self.server_done_at or now
+            if all(role.poll() is not None for role in self.roles) or now - self.server_done_at > SETTLE_S:
+                status.finished = True
+            return status
+        if time.monotonic() - self.started_at > self.timeout_s:
+            status.finished = True
+            status.failure = f"the run did not finish within {self.timeout_s:.0f} s; see the logs in {self.run_dir / LOG_DIR}"
+        return status
+
+    def stop(self) -> None:
+        """Stop every process this federation started (idempotent)."""
+        children = [*self.roles, *([self.server] if self.server else [])]
+        stop_all(children, grace=5.0)
+        if self.broker is not None:
+            self.broker.stop()
+
+    def _spawn(self, name: str, arguments: list[str]) -> ChildProcess:
+        argv = [sys.executable, "-m", "fogfl", *arguments, "--config", str(self.config_path)]
+        return ChildProcess(name, argv, self.run_dir / LOG_DIR / f"{name}.log", env=_child_environment())
+
+    def _failed(self, child: ChildProcess, code: int) -> str:
+        return f"{child.name} exited with code {code}; last lines of {child.log_path}:\n{child.tail(12)}"
+
+
+def client_ids(config: FogflConfig) -> list[tuple[str, str]]:
+    """(client id, region) for every client; ids number clients across the whole federation,
+    so the qoe task cycles every region through the base scenarios."""
+    ids = []
+    per_region = config.federation.clients_per_region
+    for r, region in enumerate(config.federation.regions):
+        for k in range(per_region):
+            ids.append((f"{region}-{r * per_region + k + 1:02d}", region))
+    return ids
+
+
+def region_names(count: int) -> list[str]:
+    named = ["north", "south", "east", "west"]
+    return named[:count] if count <= len(named) else [f"region{i + 1}" for i in range(count)]
+
+
+def _child_environment() -> dict[str, str]:
+    # The children read the fully resolved config.yaml; FOGFL_* overrides were applied to it
+    # already, and applying them again could undo what the launcher chose (the broker port).
+    env = {k: v for k, v in os.environ.items() if not (k.startswith(ENV_PREFIX) and ENV_NESTING in k)}
+    env.pop("FOGFL_CONFIG", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class LaunchError(FogflError):
+    """The local federation failed; the message names the failing role."""
