@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -14,7 +15,7 @@ from fogfl.roles.monitor import MonitorState, Observation
 ROUND_COLUMNS = (
     ("round", "round"),
     ("clients", "clients"),
-    ("regions", "regions"),
+    ("failed_regions", "failed"),
     ("train_loss", "train loss"),
     ("eval_loss", "eval loss"),
     ("eval_mae", "MAE"),
@@ -27,11 +28,13 @@ ROUND_COLUMNS = (
 
 
 def rounds_table(rows: Sequence[dict[str, str]], title: str = "") -> Table:
-    """metrics.csv as a table; columns that are empty in every row are left out."""
-    shown = [(key, label) for key, label in ROUND_COLUMNS if any(row.get(key) for row in rows)]
-    table = Table(title=title or None, title_justify="left")
-    for key, label in shown or ROUND_COLUMNS[:1]:
-        table.add_column(label, justify="right")
+    """metrics.csv as a table; columns that are empty or zero in every row are left out."""
+    shown = [
+        (key, label) for key, label in ROUND_COLUMNS if any(row.get(key) not in (None, "", "0") for row in rows)
+    ]
+    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for _key, label in shown or ROUND_COLUMNS[:1]:
+        table.add_column(label, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(*(_cell(key, row.get(key, "")) for key, _ in shown))
     return table
