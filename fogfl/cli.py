@@ -321,3 +321,8 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from fogfl.health import health  # noqa: E402
+
+app.command("health")(health)

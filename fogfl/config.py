@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fogfl.errors import ConfigError
 
@@ -44,6 +44,11 @@ class MqttSettings(_Section):
     keepalive_s: int = Field(30, ge=5, le=3600)
     connect_timeout_s: float = Field(60.0, gt=0, description="keep retrying this long at start")
     publish_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float) else value
 
 
 class WireSettings(_Section):

@@ -1,0 +1,85 @@
+"""Configuration: defaults ← YAML ← environment ← flags, and readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fogfl.config import FogflConfig, dump_config, load_config
+from fogfl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_default_yaml_matches_the_built_in_defaults() -> None:
+    assert load_config(ROOT / "configs" / "default.yaml", environ={}) == FogflConfig()
+
+
+def test_every_shipped_config_loads() -> None:
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path, environ={})
+
+
+def test_precedence_is_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  host: from-file\n  port: 1000\nfederation:\n  rounds: 7\n")
+    env = {"FOGFL_MQTT__PORT": "2000", "FOGFL_FEDERATION__ROUNDS": "8", "UNRELATED": "x"}
+    config = load_config(path, {"federation.rounds": 9, "mqtt.host": None}, environ=env)
+    assert config.mqtt.host == "from-file"
+    assert config.mqtt.port == 2000
+    assert config.federation.rounds == 9
+
+
+def test_environment_values_are_typed() -> None:
+    env = {"FOGFL_MQTT__TLS__ENABLED": "true", "FOGFL_FEDERATION__REGIONS": "[a, b, c]"}
+    config = load_config(environ=env)
+    assert config.mqtt.tls.enabled is True
+    assert config.federation.regions == ["a", "b", "c"]
+
+
+def test_out_of_range_value_names_the_key_and_the_range() -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.port: Input should be less than or equal to 65535 \(got 70000\)"):
+        load_config(overrides={"mqtt.port": 70000}, environ={})
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  hots: x\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.hots: unknown key"):
+        load_config(path, environ={})
+
+
+def test_unknown_environment_key_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"federation\.roundz"):
+        load_config(environ={"FOGFL_FEDERATION__ROUNDZ": "3"})
+
+
+def test_bad_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("mqtt: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken, environ={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml", environ={})
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listed, environ={})
+
+
+def test_region_names_are_checked() -> None:
+    with pytest.raises(ConfigError, match="must be non-empty"):
+        load_config(overrides={"federation.regions": ["north", "a/b"]}, environ={})
+    with pytest.raises(ConfigError, match="repeat"):
+        load_config(overrides={"federation.regions": ["a", "a"]}, environ={})
+    with pytest.raises(ConfigError, match="min_regions=3 exceeds"):
+        load_config(overrides={"federation.min_regions": 3}, environ={})
+
+
+def test_dumped_config_loads_back_identically(tmp_path: Path) -> None:
+    config = load_config(overrides={"federation.rounds": 3, "mqtt.protocol": 5}, environ={})
+    assert config.mqtt.protocol == "5"
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path, environ={}) == config
