@@ -109,6 +109,9 @@ class ServerSettings(_Section):
     run_dir: Path | None = Field(None, description="default: runs/<run id>")
     strategy: Literal["fedavg"] = "fedavg"
     round_timeout_s: float = Field(240.0, gt=0)
+    region_wait_s: float = Field(
+        30.0, ge=0, description="how long a round waits for every region's bridge to connect"
+    )
 
 
 class TaskSettings(_Section):

@@ -142,11 +142,15 @@ class HierarchicalStrategy(Strategy):
     asks the regions to fit, and after the last round publishes the final model and has the
     regions' clients evaluate it."""
 
-    def __init__(self, inner: Strategy, hooks: RoundHooks, num_rounds: int, min_regions: int) -> None:
+    def __init__(
+        self, inner: Strategy, hooks: RoundHooks, num_rounds: int, regions: int, min_regions: int, region_wait_s: float
+    ) -> None:
         self.inner = inner
         self.hooks = hooks
         self.num_rounds = num_rounds
+        self.regions = regions
         self.min_regions = min_regions
+        self.region_wait_s = region_wait_s
 
     def __repr__(self) -> str:
         return f"HierarchicalStrategy({self.inner!r})"
@@ -158,6 +162,9 @@ class HierarchicalStrategy(Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         config = self.hooks.start_round(server_round, parameters_to_ndarrays(parameters))
+        # Give every region's bridge a chance to be there; Flower itself waits only for the
+        # minimum, and would start without a region whose bridge is a moment late.
+        client_manager.wait_for(self.regions, timeout=int(self.region_wait_s))
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         return [(proxy, FitIns(ins.parameters, {**ins.config, **config})) for proxy, ins in instructions]
 

@@ -17,7 +17,7 @@ FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 def setup_logging(level: str) -> None:
     """Send log lines to stderr; the launcher redirects each role's stderr to its log file."""
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
-    for noisy in ("flwr", "grpc", "amqtt", "asyncio"):
+    for noisy in ("flwr", "grpc", "amqtt", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

@@ -48,6 +48,7 @@ class FederatedClient:
             self.task.name, self.data.num_train, self.data.num_test, self.data.description,
         )
         self.session.connect([self.topics.global_model])
+        self.log.info("ready; waiting for the global model on %s", self.topics.global_model)
         try:
             while True:
                 message = self._latest(self.session.receive(timeout=None))

@@ -68,7 +68,9 @@ class Server:
             flower.fedavg(self.schema.ordered(self.initial), self.min_regions),
             hooks=self,
             num_rounds=self.rounds,
+            regions=len(self.config.federation.regions),
             min_regions=self.min_regions,
+            region_wait_s=self.config.server.region_wait_s,
         )
         try:
             flower.serve(self.config.server.address, strategy, self.config.server.round_timeout_s)
