@@ -25,10 +25,15 @@ class Check(str, enum.Enum):
     tcp = "tcp"
 
 
+CheckArg = Annotated[Check, typer.Argument(help="mqtt: the broker; tcp: HOST:PORT.")]
+Address = Annotated[Optional[str], typer.Argument(help="HOST:PORT, for tcp.")]  # noqa: UP045
+Timeout = Annotated[float, typer.Option(help="Seconds to keep trying before giving up.")]
+
+
 def health(
-    check: Annotated[Check, typer.Argument(help="mqtt: the broker accepts a session; tcp: HOST:PORT accepts a connection.")],
-    address: Annotated[Optional[str], typer.Argument(help="HOST:PORT, for the tcp check.")] = None,  # noqa: UP045
-    timeout: Annotated[float, typer.Option(help="Seconds to keep trying before reporting unhealthy.")] = 3.0,
+    check: CheckArg,
+    address: Address = None,
+    timeout: Timeout = 3.0,
     config: ConfigFile = None,
     mqtt_host: MqttHost = None,
     mqtt_port: MqttPort = None,
@@ -43,7 +48,9 @@ def health(
     """Exit 0 if the broker (mqtt) or HOST:PORT (tcp) answers within --timeout, else 1."""
     if check is Check.tcp:
         if address is None:
-            raise typer.BadParameter("the tcp check needs HOST:PORT, e.g. `fogfl health tcp server:8080`")
+            raise typer.BadParameter(
+                "the tcp check needs HOST:PORT, e.g. `fogfl health tcp server:8080`"
+            )
         host, port = _host_port(address)
         if not wait_for_port(host, port, timeout):
             _unhealthy(f"nothing accepts connections on {address} (waited {timeout:g} s)")
@@ -51,15 +58,29 @@ def health(
         return
     if address is not None:
         raise typer.BadParameter("the mqtt check takes no address; use --mqtt-host and --mqtt-port")
-    overrides = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    overrides = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     try:
         settings = _configure(config, {**overrides, "mqtt.connect_timeout_s": timeout})
-        session = MqttSession(settings.mqtt, f"fogfl-health-{os.getpid()}", logging.getLogger("fogfl.health"))
+        session = MqttSession(
+            settings.mqtt, f"fogfl-health-{os.getpid()}", logging.getLogger("fogfl.health")
+        )
         session.connect()
     except FogflError as error:
         _unhealthy(str(error))
     session.close()
-    typer.echo(f"healthy: the MQTT broker at {settings.mqtt.host}:{settings.mqtt.port} accepted a session")
+    typer.echo(
+        f"healthy: the MQTT broker at {settings.mqtt.host}:{settings.mqtt.port} accepted a session"
+    )
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -65,7 +65,9 @@ def _interpolate(value: str) -> str:
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        assert match.group(2) is not None, f"{match.group(0)} has no default; compose would need it set"
+        assert match.group(2) is not None, (
+            f"{match.group(0)} has no default; compose would need it set"
+        )
         return match.group(2)
 
     return re.sub(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}", replace, value)
@@ -100,7 +102,9 @@ def _parse(argv: list[str]) -> dict[str, Any]:
     group = typer.main.get_command(app)
     assert isinstance(group, click.Group)
     with group.make_context("fogfl", argv[1:]) as context:
-        name, command, rest = group.resolve_command(context, [*context.protected_args, *context.args])
+        name, command, rest = group.resolve_command(
+            context, [*context.protected_args, *context.args]
+        )
         assert name is not None and command is not None
         with command.make_context(name, rest, parent=context) as sub_context:
             return {"command": name, **sub_context.params}
@@ -130,11 +134,16 @@ def _vendored_schema_failure(path: Path) -> str | None:
 
     spec = importlib.util.find_spec("check_jsonschema")
     assert spec is not None and spec.submodule_search_locations
-    schema_path = Path(spec.submodule_search_locations[0], "builtin_schemas", "vendor", "compose-spec.json")
+    schema_path = Path(
+        spec.submodule_search_locations[0], "builtin_schemas", "vendor", "compose-spec.json"
+    )
     schema = json.loads(schema_path.read_text())
     validator_class = jsonschema.validators.validator_for(schema)
     validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
-    errors = [f"{error.json_path}: {error.message}" for error in validator.iter_errors(yaml.safe_load(path.read_text()))]
+    errors = [
+        f"{error.json_path}: {error.message}"
+        for error in validator.iter_errors(yaml.safe_load(path.read_text()))
+    ]
     return "\n".join(errors) or None
 
 
@@ -253,13 +262,24 @@ def _fogfl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_health_mqtt_passes_against_a_running_broker(mqtt_broker: LocalBroker) -> None:
-    result = _fogfl("health", "mqtt", "--mqtt-host", mqtt_broker.host, "--mqtt-port", str(mqtt_broker.port))
+    result = _fogfl(
+        "health", "mqtt", "--mqtt-host", mqtt_broker.host, "--mqtt-port", str(mqtt_broker.port)
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_health_mqtt_fails_cleanly_on_a_closed_port() -> None:
     started = time.monotonic()
-    result = _fogfl("health", "mqtt", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port()), "--timeout", "1")
+    result = _fogfl(
+        "health",
+        "mqtt",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(free_port()),
+        "--timeout",
+        "1",
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("unhealthy: cannot reach the MQTT broker")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -312,9 +332,13 @@ def _start_mosquitto(
     return port
 
 
-def _session(port: int, username: str | None = None, subscriptions: tuple[str, ...] = ()) -> MqttSession:
+def _session(
+    port: int, username: str | None = None, subscriptions: tuple[str, ...] = ()
+) -> MqttSession:
     settings = MqttSettings(host="127.0.0.1", port=port, username=username, connect_timeout_s=10)
-    return MqttSession(settings, f"test-{username}-{time.monotonic_ns()}", LOG).connect(subscriptions)
+    return MqttSession(settings, f"test-{username}-{time.monotonic_ns()}", LOG).connect(
+        subscriptions
+    )
 
 
 def _collect(session: MqttSession, until_topic: str, timeout: float = 10.0) -> list[Received]:
@@ -333,10 +357,17 @@ def _collect(session: MqttSession, until_topic: str, timeout: float = 10.0) -> l
 def test_compose_mosquitto_conf_serves_fogfl_and_its_health_check(
     mosquitto: str, tmp_path: Path, brokers: list[ChildProcess]
 ) -> None:
-    port = _start_mosquitto(mosquitto, (MOSQUITTO_DIR / "mosquitto.conf").read_text(), tmp_path, "compose", brokers)
-    assert _fogfl("health", "mqtt", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)).returncode == 0
+    port = _start_mosquitto(
+        mosquitto, (MOSQUITTO_DIR / "mosquitto.conf").read_text(), tmp_path, "compose", brokers
+    )
+    assert (
+        _fogfl("health", "mqtt", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port)).returncode
+        == 0
+    )
     if shutil.which("mosquitto_sub") is None:
-        pytest.skip("no mosquitto_sub (Debian package `mosquitto-clients`) to run the broker's health check")
+        pytest.skip(
+            "no mosquitto_sub (Debian package `mosquitto-clients`) to run the broker's health check"
+        )
     for service in _mosquitto_services().values():
         test = [_interpolate(part) for part in service["healthcheck"]["test"]]
         assert test[0] == "CMD"
@@ -361,14 +392,18 @@ def test_acl_lets_a_client_publish_only_on_its_region(
             anonymous.publish("fl/updates/north", b"anonymous")
         with _session(port, "server") as server:
             server.publish("fl/round", b"round 1")
-        seen = [(message.topic, bytes(message.payload)) for message in _collect(monitor, "fl/round")]
+        seen = [
+            (message.topic, bytes(message.payload)) for message in _collect(monitor, "fl/round")
+        ]
     assert seen == [("fl/updates/north", b"north update"), ("fl/round", b"round 1")]
 
 
 def test_fog_site_bridge_sends_partials_up_and_keeps_updates_local(
     mosquitto: str, tmp_path: Path, brokers: list[ChildProcess]
 ) -> None:
-    cloud_port = _start_mosquitto(mosquitto, (MOSQUITTO_DIR / "mosquitto.conf").read_text(), tmp_path, "cloud", brokers)
+    cloud_port = _start_mosquitto(
+        mosquitto, (MOSQUITTO_DIR / "mosquitto.conf").read_text(), tmp_path, "cloud", brokers
+    )
     with _session(cloud_port, "server") as server:
         server.publish("fl/global_model", b"global model r1", retain=True)
 
