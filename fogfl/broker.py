@@ -101,9 +101,15 @@ def _start_embedded(workdir: Path, host: str, port: int | None) -> LocalBroker:
     process = ChildProcess("embedded-broker", argv, workdir / "embedded-broker.log")
     if not _wait_ready(process, host, chosen):
         process.stop(grace=1.0)
-        raise BrokerError(f"the embedded broker did not start; see {workdir / 'embedded-broker.log'}")
+        raise BrokerError(
+            f"the embedded broker did not start; see {workdir / 'embedded-broker.log'}"
+        )
     return LocalBroker("embedded", host, chosen, process)
 
 
 def _wait_ready(process: ChildProcess, host: str, port: int) -> bool:
-    return process.poll() is None and wait_for_port(host, port, STARTUP_TIMEOUT_S) and process.poll() is None
+    return (
+        process.poll() is None
+        and wait_for_port(host, port, STARTUP_TIMEOUT_S)
+        and process.poll() is None
+    )

@@ -26,13 +26,14 @@ console = Console(stderr=True)
 
 # Options every role takes. Optional[...] (not `X | None`) because typer reads these at runtime.
 ConfigFile = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.", envvar="FOGFL_CONFIG")  # noqa: UP045
+    Path | None,
+    typer.Option("--config", "-c", help="YAML configuration file.", envvar="FOGFL_CONFIG"),
 ]
 MqttHost = Annotated[Optional[str], typer.Option(help="MQTT broker host.")]  # noqa: UP045
 MqttPort = Annotated[Optional[int], typer.Option(help="MQTT broker port.")]  # noqa: UP045
 MqttUsername = Annotated[Optional[str], typer.Option(help="MQTT username.")]  # noqa: UP045
 MqttPassword = Annotated[Optional[str], typer.Option(help="MQTT password.")]  # noqa: UP045
-Tls = Annotated[Optional[bool], typer.Option("--tls/--no-tls", help="Connect to the broker over TLS.")]  # noqa: UP045
+Tls = Annotated[bool | None, typer.Option("--tls/--no-tls", help="Connect to the broker over TLS.")]
 TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate for TLS.")]  # noqa: UP045
 TlsCert = Annotated[Optional[Path], typer.Option(help="Client certificate for TLS.")]  # noqa: UP045
 TlsKey = Annotated[Optional[Path], typer.Option(help="Client key for TLS.")]  # noqa: UP045
@@ -89,7 +90,17 @@ def client(
     log_level: LogLevel = None,
 ) -> None:
     """Train on local data each round and publish the update to the region's fog broker."""
-    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    mqtt = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     settings = _configure(config, {**mqtt, "task.name": task})
     from fogfl.roles import client as role
 
@@ -100,8 +111,12 @@ def client(
 def fog_broker(
     region: Region,
     expected: Annotated[Optional[int], typer.Option(help="Updates that close a round.")] = None,  # noqa: UP045
-    deadline: Annotated[Optional[float], typer.Option(help="Seconds after which a round may close.")] = None,  # noqa: UP045
-    min_updates: Annotated[Optional[int], typer.Option(help="Updates needed to close at the deadline.")] = None,  # noqa: UP045
+    deadline: Annotated[
+        float | None, typer.Option(help="Seconds after which a round may close.")
+    ] = None,
+    min_updates: Annotated[
+        int | None, typer.Option(help="Updates needed to close at the deadline.")
+    ] = None,
     config: ConfigFile = None,
     mqtt_host: MqttHost = None,
     mqtt_port: MqttPort = None,
@@ -114,21 +129,46 @@ def fog_broker(
     log_level: LogLevel = None,
 ) -> None:
     """Aggregate a region's client updates into one partial aggregate per round (numpy only)."""
-    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    mqtt = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     settings = _configure(
         config,
-        {**mqtt, "fog.expected_updates": expected, "fog.deadline_s": deadline, "fog.min_updates": min_updates},
+        {
+            **mqtt,
+            "fog.expected_updates": expected,
+            "fog.deadline_s": deadline,
+            "fog.min_updates": min_updates,
+        },
     )
     from fogfl.roles import fog_broker as role
 
-    _exit(role.run(settings, region, settings.fog.expected_updates, settings.fog.deadline_s, settings.fog.min_updates))
+    _exit(
+        role.run(
+            settings,
+            region,
+            settings.fog.expected_updates,
+            settings.fog.deadline_s,
+            settings.fog.min_updates,
+        )
+    )
 
 
 @app.command("fog-bridge")
 def fog_bridge(
     region: Region,
     server: Annotated[Optional[str], typer.Option(help="Flower server address, HOST:PORT.")] = None,  # noqa: UP045
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for a round's partial.")] = None,  # noqa: UP045
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for a round's partial.")
+    ] = None,
     config: ConfigFile = None,
     mqtt_host: MqttHost = None,
     mqtt_port: MqttPort = None,
@@ -141,7 +181,17 @@ def fog_bridge(
     log_level: LogLevel = None,
 ) -> None:
     """Hand the region's partial aggregates to the Flower server as one Flower client."""
-    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    mqtt = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     settings = _configure(
         config, {**mqtt, "bridge.server_address": server, "bridge.partial_timeout_s": timeout}
     )
@@ -154,8 +204,10 @@ def fog_bridge(
 def server(
     rounds: Annotated[Optional[int], typer.Option(help="Federated rounds.")] = None,  # noqa: UP045
     min_regions: Annotated[Optional[int], typer.Option(help="Regions each round needs.")] = None,  # noqa: UP045
-    address: Annotated[Optional[str], typer.Option(help="Flower server listen address, HOST:PORT.")] = None,  # noqa: UP045
-    run_dir: Annotated[Optional[Path], typer.Option(help="Where to write the run's outputs.")] = None,  # noqa: UP045
+    address: Annotated[
+        str | None, typer.Option(help="Flower server listen address, HOST:PORT.")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run's outputs.")] = None,
     run_id: Annotated[Optional[str], typer.Option(help="Run id (default: time + random).")] = None,  # noqa: UP045
     task: Task = None,
     config: ConfigFile = None,
@@ -170,7 +222,17 @@ def server(
     log_level: LogLevel = None,
 ) -> None:
     """Run Flower's FedAvg over the regions and publish each global model over MQTT."""
-    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    mqtt = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     settings = _configure(
         config,
         {
@@ -190,8 +252,12 @@ def server(
 
 @app.command()
 def monitor(
-    filter: Annotated[Optional[str], typer.Option("--filter", help="Topic filter (default <prefix>/#).")] = None,  # noqa: UP045
-    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per message, no live view.")] = False,
+    filter: Annotated[
+        str | None, typer.Option("--filter", help="Topic filter (default <prefix>/#).")
+    ] = None,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="One JSON object per message, no live view.")
+    ] = False,
     duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,  # noqa: UP045
     config: ConfigFile = None,
     mqtt_host: MqttHost = None,
@@ -213,7 +279,17 @@ def monitor(
     from fogfl.roles.monitor import MonitorState, Observation, watch
     from fogfl.views import monitor_view
 
-    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+    mqtt = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     settings = _configure(config, mqtt)
     state = MonitorState(settings.expected_updates)
     messages = watch(settings, filter, duration)
@@ -232,12 +308,19 @@ def monitor(
 @app.command()
 def up(
     rounds: Annotated[Optional[int], typer.Option(help="Federated rounds [default: 5].")] = None,  # noqa: UP045
-    regions: Annotated[Optional[int], typer.Option(help="Regions (fog sites) [default: 2].")] = None,  # noqa: UP045
-    clients_per_region: Annotated[Optional[int], typer.Option(help="Clients per region [default: 3].")] = None,  # noqa: UP045
+    regions: Annotated[int | None, typer.Option(help="Regions (fog sites) [default: 2].")] = None,
+    clients_per_region: Annotated[
+        int | None, typer.Option(help="Clients per region [default: 3].")
+    ] = None,
     task: Task = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Output directory [default: runs/<run id>].")] = None,  # noqa: UP045
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Output directory [default: runs/<run id>].")
+    ] = None,
     broker: Annotated[
-        str, typer.Option(help="auto (Mosquitto if installed, else embedded), mosquitto, embedded or external.")
+        str,
+        typer.Option(
+            help="auto (Mosquitto if installed, else embedded), mosquitto, embedded or external."
+        ),
     ] = "auto",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
     config: ConfigFile = None,
@@ -262,8 +345,20 @@ def up(
     from fogfl.views import rounds_table, up_view
 
     if broker not in ("auto", "mosquitto", "embedded", "external"):
-        raise typer.BadParameter("must be auto, mosquitto, embedded or external", param_hint="--broker")
-    mqtt = _mqtt(mqtt_host, mqtt_port, mqtt_username, mqtt_password, tls, tls_ca, tls_cert, tls_key, log_level)
+        raise typer.BadParameter(
+            "must be auto, mosquitto, embedded or external", param_hint="--broker"
+        )
+    mqtt = _mqtt(
+        mqtt_host,
+        mqtt_port,
+        mqtt_username,
+        mqtt_password,
+        tls,
+        tls_ca,
+        tls_cert,
+        tls_key,
+        log_level,
+    )
     settings = _configure(
         config,
         {
@@ -277,26 +372,37 @@ def up(
     settings.federation.run_id = settings.federation.run_id or new_run_id()
     directory = run_dir or settings.server.run_dir or Path("runs") / settings.federation.run_id
     # SIGTERM (e.g. from a test harness or `kill`) stops the federation like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
+    plan = settings.federation
     out = Console()
     out.print(
-        f"fogfl up: run [bold]{settings.federation.run_id}[/], {settings.federation.rounds} rounds, "
-        f"{len(settings.federation.regions)} regions × {settings.federation.clients_per_region} clients, "
+        f"fogfl up: run [bold]{plan.run_id}[/], {plan.rounds} rounds, "
+        f"{len(plan.regions)} regions × {plan.clients_per_region} clients, "
         f"task {settings.task.name}, outputs in {directory}"
     )
     started = time.monotonic()
     with Federation(settings, broker, directory, timeout) as federation:  # type: ignore[arg-type]
         out.print(f"broker: {federation.broker.kind if federation.broker else '?'}")
         rounds_total = settings.federation.rounds
-        with Live(up_view([], 0, rounds_total, 0.0), console=out, refresh_per_second=4, transient=True) as live:
+        with Live(
+            up_view([], 0, rounds_total, 0.0), console=out, refresh_per_second=4, transient=True
+        ) as live:
             while not (status := federation.poll()).finished:
-                live.update(up_view(status.rows, status.rounds_done, rounds_total, time.monotonic() - started))
+                live.update(
+                    up_view(
+                        status.rows, status.rounds_done, rounds_total, time.monotonic() - started
+                    )
+                )
                 time.sleep(0.25)
     out.print(rounds_table(status.rows, title=f"run {settings.federation.run_id}"))
     if status.failure:
         console.print(f"[bold red]fogfl up failed:[/] {status.failure}", highlight=False)
         raise typer.Exit(1)
     out.print(f"done in {time.monotonic() - started:.1f} s; outputs in {directory}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _exit(code: int) -> None:

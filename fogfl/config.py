@@ -74,7 +74,9 @@ class FederationSettings(_Section):
     def _regions_are_names(self) -> FederationSettings:
         for region in self.regions:
             if not region or any(ch in region for ch in "/#+ "):
-                raise ValueError(f"region name {region!r} must be non-empty, without / # + or spaces")
+                raise ValueError(
+                    f"region name {region!r} must be non-empty, without / # + or spaces"
+                )
         if len(set(self.regions)) != len(self.regions):
             raise ValueError(f"region names repeat: {self.regions}")
         if self.min_regions is not None and self.min_regions > len(self.regions):

@@ -85,16 +85,21 @@ class RegionClient(flwr.client.Client):
     def fit(self, ins: FitIns) -> FitRes:
         outcome = self.source.region_result(ins.config, final=False)
         if isinstance(outcome, str):
-            return FitRes(Status(Code.FIT_NOT_IMPLEMENTED, outcome), Parameters([], "numpy.ndarray"), 0, {})
+            return FitRes(
+                Status(Code.FIT_NOT_IMPLEMENTED, outcome), Parameters([], "numpy.ndarray"), 0, {}
+            )
         return FitRes(
-            Status(Code.OK, "ok"), ndarrays_to_parameters(outcome.arrays), outcome.num_examples, outcome.metrics
+            Status(Code.OK, "ok"),
+            ndarrays_to_parameters(outcome.arrays),
+            outcome.num_examples,
+            outcome.metrics,
         )
 
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         outcome = self.source.region_result(ins.config, final=True)
         if isinstance(outcome, str):
             return EvaluateRes(Status(Code.EVALUATE_NOT_IMPLEMENTED, outcome), 0.0, 0, {})
-        loss = float(outcome.metrics.get("eval_loss", 0.0))  # type: ignore[arg-type]
+        loss = float(outcome.metrics.get("eval_loss", 0.0))
         return EvaluateRes(Status(Code.OK, "ok"), loss, outcome.num_examples, outcome.metrics)
 
 
@@ -111,7 +116,9 @@ def run_region_client(server_address: str, source: PartialSource, wait_s: float)
             f"no Flower server at {server_address} after {wait_s:.0f} s; start `fogfl server` "
             "or check --server"
         )
-    flwr.client.start_client(server_address=server_address, client=RegionClient(source), insecure=True)
+    flwr.client.start_client(
+        server_address=server_address, client=RegionClient(source), insecure=True
+    )
 
 
 # ---------------------------------------------------------------- the server's side
@@ -132,9 +139,13 @@ class RoundHooks(Protocol):
 
     def finish(self, server_round: int, arrays: Arrays) -> Config: ...
 
-    def fit_done(self, server_round: int, reports: list[RegionReport], failures: list[str]) -> None: ...
+    def fit_done(
+        self, server_round: int, reports: list[RegionReport], failures: list[str]
+    ) -> None: ...
 
-    def evaluation_done(self, server_round: int, reports: list[RegionReport], failures: list[str]) -> None: ...
+    def evaluation_done(
+        self, server_round: int, reports: list[RegionReport], failures: list[str]
+    ) -> None: ...
 
 
 class HierarchicalStrategy(Strategy):
@@ -143,7 +154,13 @@ class HierarchicalStrategy(Strategy):
     regions' clients evaluate it."""
 
     def __init__(
-        self, inner: Strategy, hooks: RoundHooks, num_rounds: int, regions: int, min_regions: int, region_wait_s: float
+        self,
+        inner: Strategy,
+        hooks: RoundHooks,
+        num_rounds: int,
+        regions: int,
+        min_regions: int,
+        region_wait_s: float,
     ) -> None:
         self.inner = inner
         self.hooks = hooks
@@ -166,7 +183,9 @@ class HierarchicalStrategy(Strategy):
         # minimum, and would start without a region whose bridge is a moment late.
         client_manager.wait_for(self.regions, timeout=int(self.region_wait_s))
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
-        return [(proxy, FitIns(ins.parameters, {**ins.config, **config})) for proxy, ins in instructions]
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, **config})) for proxy, ins in instructions
+        ]
 
     def aggregate_fit(
         self,
@@ -187,7 +206,8 @@ class HierarchicalStrategy(Strategy):
             return []
         config = self.hooks.finish(server_round, parameters_to_ndarrays(parameters))
         regions = client_manager.sample(
-            num_clients=max(self.min_regions, client_manager.num_available()), min_num_clients=self.min_regions
+            num_clients=max(self.min_regions, client_manager.num_available()),
+            min_num_clients=self.min_regions,
         )
         return [(proxy, EvaluateIns(parameters, config)) for proxy in regions]
 
@@ -225,7 +245,9 @@ def serve(address: str, strategy: HierarchicalStrategy, round_timeout_s: float) 
     """Run Flower's server for `strategy.num_rounds` rounds; returns when they are done."""
     flwr.server.start_server(
         server_address=address,
-        config=flwr.server.ServerConfig(num_rounds=strategy.num_rounds, round_timeout=round_timeout_s),
+        config=flwr.server.ServerConfig(
+            num_rounds=strategy.num_rounds, round_timeout=round_timeout_s
+        ),
         strategy=strategy,
     )
 
@@ -239,5 +261,3 @@ def _failure_reason(failure: tuple[ClientProxy, Any] | BaseException) -> str:
     if isinstance(failure, BaseException):
         return f"{type(failure).__name__}: {failure}" if str(failure) else type(failure).__name__
     return str(failure[1].status.message)
-
-

@@ -21,10 +21,12 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-class RoleLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RoleLogger(logging.LoggerAdapter):
     """Prefixes every line with ``role[region/id]`` so interleaved logs stay readable."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         return f"{self.extra['tag'] if self.extra else ''} {msg}", kwargs
 
 

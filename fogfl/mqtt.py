@@ -78,7 +78,7 @@ class _ZeroCopyClient(paho.Client):
     memoryview copies nothing.
     """
 
-    def _packet_queue(  # type: ignore[override]
+    def _packet_queue(
         self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any = None
     ) -> MQTTErrorCode:
         return super()._packet_queue(command, memoryview(packet), mid, qos, info)  # type: ignore[arg-type]
@@ -87,7 +87,12 @@ class _ZeroCopyClient(paho.Client):
 class MqttSession:
     """One role's connection to the broker."""
 
-    def __init__(self, settings: MqttSettings, client_id: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.log = logger
@@ -125,7 +130,9 @@ class MqttSession:
         deadline = time.monotonic() + self.settings.connect_timeout_s
         while True:
             try:
-                self._client.connect(self.settings.host, self.settings.port, self.settings.keepalive_s)
+                self._client.connect(
+                    self.settings.host, self.settings.port, self.settings.keepalive_s
+                )
                 break
             except (OSError, ssl.SSLError) as exc:
                 if time.monotonic() >= deadline:
@@ -152,7 +159,9 @@ class MqttSession:
         """Publish at QoS 1 and wait until the broker has acknowledged it."""
         info = self._client.publish(topic, payload, qos=QOS, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise BrokerError(f"publishing {len(payload)} bytes on {topic} failed: {paho.error_string(info.rc)}")
+            raise BrokerError(
+                f"publishing {len(payload)} bytes on {topic} failed: {paho.error_string(info.rc)}"
+            )
         try:
             info.wait_for_publish(self.settings.publish_timeout_s)
         except (RuntimeError, ValueError) as exc:
@@ -174,25 +183,32 @@ class MqttSession:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.log.error("broker refused the connection: %s", reason)
             return
         if not self._subscriptions:
             self._subscribed.set()
             return
-        result, mid = client.subscribe([(topic, QOS) for topic in self._subscriptions])
-        with self._lock:
-            self._pending_subacks.add(mid)
+        _, mid = client.subscribe([(topic, QOS) for topic in self._subscriptions])
+        if mid is not None:
+            with self._lock:
+                self._pending_subacks.add(mid)
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
         with self._lock:
             self._pending_subacks.discard(mid)
             done = not self._pending_subacks
         if done:
             self._subscribed.set()
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.log.warning("lost the broker (%s); reconnecting", reason)
 

@@ -30,9 +30,17 @@ ROUND_COLUMNS = (
 def rounds_table(rows: Sequence[dict[str, str]], title: str = "") -> Table:
     """metrics.csv as a table; columns that are empty or zero in every row are left out."""
     shown = [
-        (key, label) for key, label in ROUND_COLUMNS if any(row.get(key) not in (None, "", "0") for row in rows)
+        (key, label)
+        for key, label in ROUND_COLUMNS
+        if any(row.get(key) not in (None, "", "0") for row in rows)
     ]
-    table = Table(title=title or None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table = Table(
+        title=title or None,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     for _key, label in shown or ROUND_COLUMNS[:1]:
         table.add_column(label, justify="right", no_wrap=True)
     for row in rows:
@@ -46,19 +54,27 @@ def progress_line(rounds_done: int, rounds: int, elapsed_s: float, width: int = 
     return Text(f"rounds {bar} {rounds_done}/{rounds}   {elapsed_s:5.1f} s", style="bold")
 
 
-def up_view(rows: Sequence[dict[str, str]], rounds_done: int, rounds: int, elapsed_s: float) -> RenderableType:
+def up_view(
+    rows: Sequence[dict[str, str]], rounds_done: int, rounds: int, elapsed_s: float
+) -> RenderableType:
     return Group(progress_line(rounds_done, rounds, elapsed_s), rounds_table(rows))
 
 
 def monitor_view(state: MonitorState, recent: Sequence[Observation]) -> RenderableType:
-    regions = Table(title=f"run {state.run_id or '?'} · round {state.round} · {state.messages} messages"
-                    f" · {state.undecodable} undecodable", title_justify="left")
+    regions = Table(
+        title=f"run {state.run_id or '?'} · round {state.round} · {state.messages} messages"
+        f" · {state.undecodable} undecodable",
+        title_justify="left",
+    )
     for label in ("region", "round", "updates", "partials", "examples in last partial"):
         regions.add_column(label, justify="right")
     for name, progress in sorted(state.regions.items()):
         regions.add_row(
-            name, str(progress.round), f"{progress.updates}/{progress.expected}",
-            str(progress.partials), str(progress.last_partial_examples),
+            name,
+            str(progress.round),
+            f"{progress.updates}/{progress.expected}",
+            str(progress.partials),
+            str(progress.last_partial_examples),
         )
     messages = Table(title="latest messages", title_justify="left")
     for label in ("time", "topic", "kind", "round", "sender", "region", "bytes", "num_examples"):
@@ -67,7 +83,9 @@ def monitor_view(state: MonitorState, recent: Sequence[Observation]) -> Renderab
         messages.add_row(
             time.strftime("%H:%M:%S", time.localtime(seen.time)),
             seen.topic,
-            Text(f"undecodable: {seen.error}", style="red") if seen.error else seen.kind + (" (final)" if seen.final else ""),
+            Text(f"undecodable: {seen.error}", style="red")
+            if seen.error
+            else seen.kind + (" (final)" if seen.final else ""),
             "" if seen.round is None else str(seen.round),
             seen.sender,
             seen.region,

@@ -63,9 +63,7 @@ class ModelSchema:
 
     @classmethod
     def of(cls, tensors: Mapping[str, npt.NDArray[Any]]) -> ModelSchema:
-        return cls(
-            tuple(TensorSpec(n, tuple(a.shape), str(a.dtype)) for n, a in tensors.items())
-        )
+        return cls(tuple(TensorSpec(n, tuple(a.shape), str(a.dtype)) for n, a in tensors.items()))
 
     @property
     def names(self) -> list[str]:
@@ -82,7 +80,9 @@ class ModelSchema:
     def from_json(cls, text: str) -> ModelSchema:
         try:
             rows = json.loads(text)
-            return cls(tuple(TensorSpec(str(n), tuple(int(d) for d in s), str(t)) for n, s, t in rows))
+            return cls(
+                tuple(TensorSpec(str(n), tuple(int(d) for d in s), str(t)) for n, s, t in rows)
+            )
         except (ValueError, TypeError) as exc:
             raise WireError("bad-schema", f"model schema is not a valid list: {exc}") from None
 
@@ -167,7 +167,7 @@ def encode(message: Envelope, codec: Codec | None = None) -> bytes:
     if message.schema is not None:
         metadata["schema"] = message.schema.to_json()
     tensors = {name: _to_codec(array, chosen) for name, array in message.tensors.items()}
-    return cast(bytes, safetensors_save(tensors, metadata=metadata))
+    return safetensors_save(tensors, metadata=metadata)
 
 
 def read_metadata(payload: bytes | bytearray | memoryview) -> dict[str, str]:
@@ -340,7 +340,11 @@ def _metrics(meta: dict[str, str]) -> dict[str, float]:
         raise WireError("bad-field", "metadata metrics must be a JSON object")
     metrics: dict[str, float] = {}
     for name, value in raw.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise WireError("bad-field", f"metric {name!r}={value!r} is not a finite number")
         metrics[str(name)] = float(value)
     return metrics

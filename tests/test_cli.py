@@ -33,7 +33,9 @@ def test_invalid_config_file_is_reported_without_a_traceback(tmp_path: Path) -> 
     config.write_text("mqtt:\n  port: -1\n")
     result = subprocess.run(
         [sys.executable, "-m", "fogfl", "fog-broker", "--region", "north", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "mqtt.port" in result.stderr and "Traceback" not in result.stderr
@@ -41,5 +43,7 @@ def test_invalid_config_file_is_reported_without_a_traceback(tmp_path: Path) -> 
 
 def test_fog_broker_never_imports_torch() -> None:
     probe = "import sys, fogfl.roles.fog_broker, fogfl.roles.monitor; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "False", result.stderr

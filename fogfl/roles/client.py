@@ -45,7 +45,10 @@ class FederatedClient:
         """Take part in rounds until the server publishes the final model; returns 0."""
         self.log.info(
             "%s: %d train / %d test examples (%s)",
-            self.task.name, self.data.num_train, self.data.num_test, self.data.description,
+            self.task.name,
+            self.data.num_train,
+            self.data.num_test,
+            self.data.description,
         )
         self.session.connect([self.topics.global_model])
         self.log.info("ready; waiting for the global model on %s", self.topics.global_model)
@@ -69,7 +72,10 @@ class FederatedClient:
                     if model.run_id in self.rounds_done:
                         self._evaluate_final(model)
                         return 0
-                    self.log.info("ignoring the final model of run %s, which this client did not join", model.run_id)
+                    self.log.info(
+                        "ignoring the final model of run %s, which this client did not join",
+                        model.run_id,
+                    )
                 elif model.round > self.rounds_done.get(model.run_id, 0):
                     self._train_round(model, settings)
         finally:
@@ -86,7 +92,11 @@ class FederatedClient:
         started = time.monotonic()
         load_tensors(self.model, global_model.tensors)
         evaluation = self.task.evaluate(self.model, self.data)
-        seed = self.config.federation.seed * 1_000_003 + global_model.round * 7919 + client_ordinal(self.client_id)
+        seed = (
+            self.config.federation.seed * 1_000_003
+            + global_model.round * 7919
+            + client_ordinal(self.client_id)
+        )
         training = self.task.train(self.model, self.data, settings, seed)
         update = Envelope(
             kind="update",
@@ -98,11 +108,16 @@ class FederatedClient:
             tensors=model_tensors(self.model),
             metrics={**training, **evaluation, "train_seconds": time.monotonic() - started},
         )
-        self.session.publish(self.topics.updates(self.region), encode(update, self.config.wire.codec))
+        self.session.publish(
+            self.topics.updates(self.region), encode(update, self.config.wire.codec)
+        )
         self.rounds_done[global_model.run_id] = global_model.round
         self.log.info(
             "round %d: eval_loss %.4f before training, train_loss %.4f, %.2f s",
-            global_model.round, evaluation["eval_loss"], training["train_loss"], time.monotonic() - started,
+            global_model.round,
+            evaluation["eval_loss"],
+            training["train_loss"],
+            time.monotonic() - started,
         )
 
     def _evaluate_final(self, final_model: Envelope) -> None:
@@ -118,10 +133,16 @@ class FederatedClient:
             metrics=evaluation,
         )
         self.session.publish(self.topics.updates(self.region), encode(report))
-        self.log.info("final model: eval_loss %.4f; run %s is over", evaluation["eval_loss"], final_model.run_id)
+        self.log.info(
+            "final model: eval_loss %.4f; run %s is over",
+            evaluation["eval_loss"],
+            final_model.run_id,
+        )
 
 
-def _round_settings(defaults: TrainingSettings, round_config: dict[str, object]) -> TrainingSettings:
+def _round_settings(
+    defaults: TrainingSettings, round_config: dict[str, object]
+) -> TrainingSettings:
     """The training settings for a round: the server's round config over the local defaults."""
     known = {k: v for k, v in round_config.items() if k in TrainingSettings.model_fields}
     try:

@@ -47,16 +47,15 @@ class FogBridge:
     def region_result(self, config: flower.Config, final: bool) -> flower.RegionResult | str:
         """Wait for this region's partial for the round in `config` (PartialSource)."""
         try:
-            run_id, server_round = str(config["run_id"]), int(config["round"])  # type: ignore[call-overload]
+            run_id, server_round = str(config["run_id"]), int(config["round"])
             schema = ModelSchema.from_json(str(config["schema"]))
         except (KeyError, TypeError, ValueError, WireError) as exc:
             return f"region {self.region}: the server's round config is unusable: {exc}"
         what = "final evaluation" if final else f"round {server_round}"
         partial = self._wait_for((run_id, server_round, final), None if final else schema)
         if partial is None:
-            reason = (
-                f"region {self.region}: no {what} partial within {self.config.bridge.partial_timeout_s:.0f} s"
-            )
+            waited = self.config.bridge.partial_timeout_s
+            reason = f"region {self.region}: no {what} partial within {waited:.0f} s"
             self.log.error("%s; reporting a failure to Flower", reason)
             return reason
         metrics: flower.Config = {
@@ -67,7 +66,10 @@ class FogBridge:
             "partial_bytes": partial.payload_bytes,
         }
         self.log.info(
-            "%s: handing Flower %d examples from %d clients", what, partial.num_examples, len(partial.contributors)
+            "%s: handing Flower %d examples from %d clients",
+            what,
+            partial.num_examples,
+            len(partial.contributors),
         )
         arrays = [] if final else schema.ordered(partial.tensors)
         return flower.RegionResult(arrays, partial.num_examples, metrics)

@@ -75,7 +75,9 @@ class FogBroker:
         self.session.connect([self.topics.round_announcement, self.topics.updates(self.region)])
         self.log.info(
             "ready: closing rounds at %d updates, or after %.0f s with at least %d",
-            self.expected_updates, self.deadline_s, self.min_updates,
+            self.expected_updates,
+            self.deadline_s,
+            self.min_updates,
         )
         try:
             while not self.finished:
@@ -86,7 +88,9 @@ class FogBroker:
         finally:
             self.session.close()
             if self.rejections.total:
-                self.log.info("rejected %d messages: %s", self.rejections.total, dict(self.rejections.counts))
+                self.log.info(
+                    "rejected %d messages: %s", self.rejections.total, dict(self.rejections.counts)
+                )
         return 0
 
     def handle(self, message: Received) -> None:
@@ -99,7 +103,9 @@ class FogBroker:
             self.rejections.record_error(error, message.topic)
 
     def _on_announcement(self, message: Received) -> None:
-        announcement = decode(message.payload, kinds={"round"}, max_bytes=self.config.wire.max_payload_bytes)
+        announcement = decode(
+            message.payload, kinds={"round"}, max_bytes=self.config.wire.max_payload_bytes
+        )
         if announcement.schema is None:
             raise WireError("bad-field", "round announcement carries no model schema")
         phase: Phase = "evaluate" if announcement.final else "fit"
@@ -112,7 +118,10 @@ class FogBroker:
         if current is not None:
             self.log.warning(
                 "round %d abandoned with %d of %d updates: the server moved on to round %d",
-                current.round, len(current.contributors), self.expected_updates, announcement.round,
+                current.round,
+                len(current.contributors),
+                self.expected_updates,
+                announcement.round,
             )
         self.current = RegionRound(
             run_id=announcement.run_id,
@@ -129,8 +138,12 @@ class FogBroker:
         current = self.current
         if current is None:
             if self.last_closed is not None:
-                raise WireError("late", f"round {self.last_closed[1]} is closed and no other is open")
-            raise WireError("no-round", "no round is open yet; waiting for the server's announcement")
+                raise WireError(
+                    "late", f"round {self.last_closed[1]} is closed and no other is open"
+                )
+            raise WireError(
+                "no-round", "no round is open yet; waiting for the server's announcement"
+            )
         kind = "evaluation" if current.final else "update"
         update = decode(
             message.payload,
@@ -141,11 +154,15 @@ class FogBroker:
         )
         who = f"{update.kind} from {update.sender}"
         if update.region != self.region:
-            raise WireError("wrong-region", f"{who} claims region {update.region!r} on {self.region!r}'s topic")
+            raise WireError(
+                "wrong-region", f"{who} claims region {update.region!r} on {self.region!r}'s topic"
+            )
         if update.round < current.round or (update.round == current.round and update.kind != kind):
             raise WireError("late", f"{who} is for round {update.round}, which is closed")
         if update.round > current.round:
-            raise WireError("future-round", f"{who} is for round {update.round}; round {current.round} is open")
+            raise WireError(
+                "future-round", f"{who} is for round {update.round}; round {current.round} is open"
+            )
         if update.sender in current.contributors:
             raise WireError("duplicate", f"{who} for round {update.round} arrived twice")
         if update.num_examples <= 0:
@@ -175,7 +192,9 @@ class FogBroker:
             current.deadline_logged = True
             self.log.warning(
                 "round %d: deadline passed with %d updates, %d needed; still waiting",
-                current.round, len(current.contributors), self.min_updates,
+                current.round,
+                len(current.contributors),
+                self.min_updates,
             )
 
     def _close(self, why: str) -> None:
@@ -191,15 +210,22 @@ class FogBroker:
             tensors=current.model.result() if current.model is not None else {},
             metrics=current.metrics.result(),
             contributors=current.contributors,
-            stats={"updates_bytes": current.updates_bytes, "rejected": dict(self.rejections.counts)},
+            stats={
+                "updates_bytes": current.updates_bytes,
+                "rejected": dict(self.rejections.counts),
+            },
             final=current.final,
         )
         payload = encode(partial, self.config.wire.codec)
         self.session.publish(self.topics.partial(self.region), payload, retain=True)
         self.log.info(
             "%s %d closed (%s): %d updates, %d examples, %d bytes published",
-            "final evaluation" if current.final else "round", current.round, why,
-            len(current.contributors), current.num_examples, len(payload),
+            "final evaluation" if current.final else "round",
+            current.round,
+            why,
+            len(current.contributors),
+            current.num_examples,
+            len(payload),
         )
         self.last_closed = (current.run_id, current.round, current.phase)
         self.current = None
@@ -207,5 +233,11 @@ class FogBroker:
             self.finished = True
 
 
-def run(config: FogflConfig, region: str, expected: int | None, deadline_s: float | None, min_updates: int | None) -> int:
+def run(
+    config: FogflConfig,
+    region: str,
+    expected: int | None,
+    deadline_s: float | None,
+    min_updates: int | None,
+) -> int:
     return FogBroker(config, region, expected, deadline_s, min_updates).run()

@@ -43,7 +43,9 @@ class Status:
 class Federation:
     """A running local federation; use as a context manager so every process is stopped."""
 
-    def __init__(self, config: FogflConfig, broker_mode: BrokerMode, run_dir: Path, timeout_s: float) -> None:
+    def __init__(
+        self, config: FogflConfig, broker_mode: BrokerMode, run_dir: Path, timeout_s: float
+    ) -> None:
         self.config = config.model_copy(deep=True)
         self.broker_mode = broker_mode
         self.run_dir = run_dir
@@ -75,7 +77,9 @@ class Federation:
         logs = self.run_dir / LOG_DIR
         logs.mkdir(parents=True, exist_ok=True)
         self.broker = start_broker(
-            self.broker_mode, logs, host=self.config.mqtt.host if self.broker_mode == "external" else "127.0.0.1",
+            self.broker_mode,
+            logs,
+            host=self.config.mqtt.host if self.broker_mode == "external" else "127.0.0.1",
             port=self.config.mqtt.port if self.broker_mode == "external" else None,
         )
         flower_port = free_port()
@@ -90,10 +94,18 @@ class Federation:
 
         self.server = self._spawn("server", ["server"])
         for region in self.config.federation.regions:
-            self.roles.append(self._spawn(f"fog-broker-{region}", ["fog-broker", "--region", region]))
-            self.roles.append(self._spawn(f"fog-bridge-{region}", ["fog-bridge", "--region", region]))
+            self.roles.append(
+                self._spawn(f"fog-broker-{region}", ["fog-broker", "--region", region])
+            )
+            self.roles.append(
+                self._spawn(f"fog-bridge-{region}", ["fog-bridge", "--region", region])
+            )
         for client_id, region in client_ids(self.config):
-            self.roles.append(self._spawn(f"client-{client_id}", ["client", "--id", client_id, "--region", region]))
+            self.roles.append(
+                self._spawn(
+                    f"client-{client_id}", ["client", "--id", client_id, "--region", region]
+                )
+            )
 
     def poll(self) -> Status:
         """The federation's status now; marks it finished once the server is done."""
@@ -112,12 +124,18 @@ class Federation:
         if server_code == 0:
             now = time.monotonic()
             self.server_done_at = self.server_done_at or now
-            if all(role.poll() is not None for role in self.roles) or now - self.server_done_at > SETTLE_S:
+            if (
+                all(role.poll() is not None for role in self.roles)
+                or now - self.server_done_at > SETTLE_S
+            ):
                 status.finished = True
             return status
         if time.monotonic() - self.started_at > self.timeout_s:
             status.finished = True
-            status.failure = f"the run did not finish within {self.timeout_s:.0f} s; see the logs in {self.run_dir / LOG_DIR}"
+            status.failure = (
+                f"the run did not finish within {self.timeout_s:.0f} s; "
+                f"see the logs in {self.run_dir / LOG_DIR}"
+            )
         return status
 
     def stop(self) -> None:
@@ -129,10 +147,15 @@ class Federation:
 
     def _spawn(self, name: str, arguments: list[str]) -> ChildProcess:
         argv = [sys.executable, "-m", "fogfl", *arguments, "--config", str(self.config_path)]
-        return ChildProcess(name, argv, self.run_dir / LOG_DIR / f"{name}.log", env=_child_environment())
+        return ChildProcess(
+            name, argv, self.run_dir / LOG_DIR / f"{name}.log", env=_child_environment()
+        )
 
     def _failed(self, child: ChildProcess, code: int) -> str:
-        return f"{child.name} exited with code {code}; last lines of {child.log_path}:\n{child.tail(12)}"
+        return (
+            f"{child.name} exited with code {code}; "
+            f"last lines of {child.log_path}:\n{child.tail(12)}"
+        )
 
 
 def client_ids(config: FogflConfig) -> list[tuple[str, str]]:
@@ -154,7 +177,9 @@ def region_names(count: int) -> list[str]:
 def _child_environment() -> dict[str, str]:
     # The children read the fully resolved config.yaml; FOGFL_* overrides were applied to it
     # already, and applying them again could undo what the launcher chose (the broker port).
-    env = {k: v for k, v in os.environ.items() if not (k.startswith(ENV_PREFIX) and ENV_NESTING in k)}
+    env = {
+        k: v for k, v in os.environ.items() if not (k.startswith(ENV_PREFIX) and ENV_NESTING in k)
+    }
     env.pop("FOGFL_CONFIG", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -74,7 +74,11 @@ class MonitorState:
         region = self.regions.setdefault(region_name, RegionProgress(expected=self.expected))
         if seen.round > region.round:
             region.round, region.updates, region.senders = seen.round, 0, set()
-        if seen.round == region.round and seen.kind in ("update", "evaluation") and seen.sender not in region.senders:
+        if (
+            seen.round == region.round
+            and seen.kind in ("update", "evaluation")
+            and seen.sender not in region.senders
+        ):
             region.senders.add(seen.sender)
             region.updates = len(region.senders)
         if seen.kind == "partial":

@@ -61,8 +61,12 @@ class Server:
         self.session.connect()
         self.log.info(
             "run %s: %d rounds over at least %d regions, task %s (%d parameters); Flower on %s",
-            self.run_id, self.rounds, self.min_regions, self.config.task.name,
-            self.schema.num_values, self.config.server.address,
+            self.run_id,
+            self.rounds,
+            self.min_regions,
+            self.config.task.name,
+            self.schema.num_values,
+            self.config.server.address,
         )
         strategy = flower.HierarchicalStrategy(
             flower.fedavg(self.schema.ordered(self.initial), self.min_regions),
@@ -78,7 +82,9 @@ class Server:
             self.session.close()
         self._write_outputs()
         if self.short_rounds:
-            self.log.error("run %s finished short of regions: %s", self.run_id, "; ".join(self.short_rounds))
+            self.log.error(
+                "run %s finished short of regions: %s", self.run_id, "; ".join(self.short_rounds)
+            )
             return 1
         self.log.info("run %s finished; outputs in %s", self.run_id, self.run_dir)
         return 0
@@ -94,15 +100,19 @@ class Server:
         self._publish_global(server_round, arrays, final=True)
         return self._fit_config(server_round)
 
-    def fit_done(self, server_round: int, reports: list[flower.RegionReport], failures: list[str]) -> None:
+    def fit_done(
+        self, server_round: int, reports: list[flower.RegionReport], failures: list[str]
+    ) -> None:
         for reason in failures:
             self.log.warning("round %d: a region failed: %s", server_round, reason)
         if len(reports) < self.min_regions:
-            self.short_rounds.append(f"round {server_round}: {len(reports)} of {self.min_regions} regions")
+            self.short_rounds.append(
+                f"round {server_round}: {len(reports)} of {self.min_regions} regions"
+            )
         metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
-        clients = sum(int(r.metrics.get("clients", 0)) for r in reports)  # type: ignore[call-overload]
+        clients = sum(int(r.metrics.get("clients", 0)) for r in reports)
         uploaded = sum(
-            int(r.metrics.get("updates_bytes", 0)) + int(r.metrics.get("partial_bytes", 0))  # type: ignore[call-overload]
+            int(r.metrics.get("updates_bytes", 0)) + int(r.metrics.get("partial_bytes", 0))
             for r in reports
         )
         record = self._record(server_round)
@@ -112,16 +122,24 @@ class Server:
         record.train_loss = metrics.get("train_loss")
         record.bytes_up = uploaded
         record.bytes_down = self.global_bytes.get(server_round, 0) * clients
-        record.round_seconds = time.monotonic() - self.round_started.get(server_round, time.monotonic())
+        record.round_seconds = time.monotonic() - self.round_started.get(
+            server_round, time.monotonic()
+        )
         # Clients evaluate the global model they receive before training on it.
         self._set_evaluation(self._record(server_round - 1), metrics)
         self._write_metrics()
         self.log.info(
             "round %d: %d regions, %d clients, train_loss %s, %.2f s",
-            server_round, len(reports), clients, _fmt(record.train_loss), record.round_seconds,
+            server_round,
+            len(reports),
+            clients,
+            _fmt(record.train_loss),
+            record.round_seconds,
         )
 
-    def evaluation_done(self, server_round: int, reports: list[flower.RegionReport], failures: list[str]) -> None:
+    def evaluation_done(
+        self, server_round: int, reports: list[flower.RegionReport], failures: list[str]
+    ) -> None:
         for reason in failures:
             self.log.warning("final evaluation: a region failed: %s", reason)
         metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
@@ -135,19 +153,36 @@ class Server:
         tensors = self.schema.named(arrays)
         config = self._round_config()
         announcement = Envelope(
-            kind="round", run_id=self.run_id, round=server_round, sender="server",
-            config=config, final=final, schema=self.schema,
+            kind="round",
+            run_id=self.run_id,
+            round=server_round,
+            sender="server",
+            config=config,
+            final=final,
+            schema=self.schema,
         )
         model = Envelope(
-            kind="global", run_id=self.run_id, round=server_round, sender="server",
-            tensors=tensors, config=config, final=final,
+            kind="global",
+            run_id=self.run_id,
+            round=server_round,
+            sender="server",
+            tensors=tensors,
+            config=config,
+            final=final,
         )
-        self.session.publish(self.session.topics.round_announcement, encode(announcement), retain=True)
+        self.session.publish(
+            self.session.topics.round_announcement, encode(announcement), retain=True
+        )
         payload = encode(model, self.config.wire.codec)
         self.session.publish(self.session.topics.global_model, payload, retain=True)
         if final:
             self.final_model = model
-        self.log.info("%s model for round %d published (%d bytes)", "final" if final else "global", server_round, len(payload))
+        self.log.info(
+            "%s model for round %d published (%d bytes)",
+            "final" if final else "global",
+            server_round,
+            len(payload),
+        )
         return len(payload)
 
     def _round_config(self) -> dict[str, object]:

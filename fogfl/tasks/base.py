@@ -71,7 +71,7 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, data: Partition) -> dict[str, float]:
         """Metrics on the test split: ``eval_loss``, ``eval_examples`` and task metrics."""
 
-    def warm_up(self, model: nn.Module) -> None:
+    def warm_up(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Pay one-off library start-up costs now, before the first round is timed."""
 
 
@@ -155,5 +155,7 @@ class SupervisedTask(Task):
                 metrics["eval_mae"] = float(errors.abs().mean().item())
                 metrics["eval_mse"] = float((errors**2).mean().item())
             else:
-                metrics["eval_accuracy"] = float((outputs.argmax(1) == targets).float().mean().item())
+                metrics["eval_accuracy"] = float(
+                    (outputs.argmax(1) == targets).float().mean().item()
+                )
         return metrics

@@ -68,9 +68,15 @@ class QoEOptions(TaskOptions):
     )
 
 
-def client_scenario(ordinal: int, rng: np.random.Generator, pinned: str | None = None) -> NetworkScenario:
+def client_scenario(
+    ordinal: int, rng: np.random.Generator, pinned: str | None = None
+) -> NetworkScenario:
     """The base scenario for a client (round robin by its number), varied at random."""
-    base = BASE_SCENARIOS[SCENARIO_NAMES.index(pinned)] if pinned else BASE_SCENARIOS[(ordinal - 1) % 3]
+    base = (
+        BASE_SCENARIOS[SCENARIO_NAMES.index(pinned)]
+        if pinned
+        else BASE_SCENARIOS[(ordinal - 1) % 3]
+    )
     jitter = rng.normal(0.0, 1.0, size=9)
     return replace(
         base,
@@ -86,9 +92,13 @@ def client_scenario(ordinal: int, rng: np.random.Generator, pinned: str | None =
     )
 
 
-def simulate_trace(scenario: NetworkScenario, duration_s: int, rng: np.random.Generator) -> dict[str, FloatArray]:
+def simulate_trace(
+    scenario: NetworkScenario, duration_s: int, rng: np.random.Generator
+) -> dict[str, FloatArray]:
     """One second per sample of link state, player buffer and the resulting QoE score."""
-    throughput = np.clip(rng.normal(scenario.throughput_kbps, scenario.throughput_std, duration_s), 200.0, None)
+    throughput = np.clip(
+        rng.normal(scenario.throughput_kbps, scenario.throughput_std, duration_s), 200.0, None
+    )
     latency = np.clip(rng.normal(scenario.latency_ms, scenario.latency_std, duration_s), 5.0, None)
     loss = np.clip(rng.normal(scenario.loss_rate, scenario.loss_std, duration_s), 0.0, 1.0)
     buffer_delta = 1.0 - scenario.bitrate_kbps / np.maximum(throughput, 1.0)
@@ -131,7 +141,11 @@ def qoe_score(
 
 
 def with_replays(
-    trace: dict[str, FloatArray], scenario: NetworkScenario, replays: int, noise: float, rng: np.random.Generator
+    trace: dict[str, FloatArray],
+    scenario: NetworkScenario,
+    replays: int,
+    noise: float,
+    rng: np.random.Generator,
 ) -> dict[str, FloatArray]:
     """The trace plus `replays` noisy re-plays of it (the same viewer, a slightly other day)."""
     copies = [trace]
@@ -140,7 +154,9 @@ def with_replays(
         throughput = np.clip(trace["throughput_kbps"] * (1 + rng.normal(0, noise, n)), 200.0, None)
         latency = np.clip(trace["latency_ms"] * (1 + rng.normal(0, noise / 2, n)), 5.0, None)
         loss = np.clip(trace["loss_rate"] * (1 + rng.normal(0, noise, n)), 0.0, 1.0)
-        buffer_level = np.clip(trace["buffer_level_s"] * (1 + rng.normal(0, noise / 2, n)), 0.0, None)
+        buffer_level = np.clip(
+            trace["buffer_level_s"] * (1 + rng.normal(0, noise / 2, n)), 0.0, None
+        )
         rebuffer = (buffer_level <= scenario.rebuffer_threshold_s).astype(np.float64)
         replay = {
             "throughput_kbps": throughput,
@@ -165,7 +181,7 @@ class QoEModel(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)  # type: ignore[no-any-return]
+        return self.net(features)
 
 
 class QoETask(SupervisedTask):
@@ -185,9 +201,13 @@ class QoETask(SupervisedTask):
         scenario = client_scenario(ordinal, rng, self.options.scenario)
         trace = simulate_trace(scenario, self.options.duration_s, rng)
         trace = with_replays(trace, scenario, self.options.replays, self.options.replay_noise, rng)
-        features = (np.stack([trace[f] for f in FEATURES], axis=1) * FEATURE_SCALE).astype(np.float32)
+        features = (np.stack([trace[f] for f in FEATURES], axis=1) * FEATURE_SCALE).astype(
+            np.float32
+        )
         target = trace["qoe_score"].astype(np.float32)
         order = rng.permutation(len(target))
-        n_test = max(1, int(round(len(target) * self.options.test_fraction)))
+        n_test = max(1, round(len(target) * self.options.test_fraction))
         test, train = order[:n_test], order[n_test:]
-        return Partition(features[train], target[train], features[test], target[test], scenario.name)
+        return Partition(
+            features[train], target[train], features[test], target[test], scenario.name
+        )

@@ -24,7 +24,9 @@ from fogfl.wire import read_metadata
 
 def write_config(path: Path, broker: LocalBroker, **sections: dict[str, Any]) -> Path:
     """A config file pointing at `broker`, with the given sections merged in."""
-    data: dict[str, Any] = {"mqtt": {"host": broker.host, "port": broker.port, "connect_timeout_s": 20}}
+    data: dict[str, Any] = {
+        "mqtt": {"host": broker.host, "port": broker.port, "connect_timeout_s": 20}
+    }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +49,9 @@ class Roles:
 
     def wait(self, name: str, timeout: float) -> int:
         code = self.children[name].wait(timeout)
-        assert code is not None, f"{name} still running after {timeout} s:\n{self.children[name].tail(30)}"
+        assert code is not None, (
+            f"{name} still running after {timeout} s:\n{self.children[name].tail(30)}"
+        )
         return code
 
     def wait_for_log(self, name: str, text: str, timeout: float = 30) -> None:
@@ -127,7 +131,9 @@ class Recorder:
 
 def publisher(broker: LocalBroker) -> MqttSession:
     settings = MqttSettings(host=broker.host, port=broker.port)
-    return MqttSession(settings, f"publisher-{time.monotonic_ns()}", logging.getLogger("publisher")).connect()
+    return MqttSession(
+        settings, f"publisher-{time.monotonic_ns()}", logging.getLogger("publisher")
+    ).connect()
 
 
 def rejected_reasons(log_text: str) -> list[str]:

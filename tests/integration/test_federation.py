@@ -14,7 +14,14 @@ from fogfl.mqtt import Received, Topics
 from fogfl.processes import free_port
 from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
 from fogfl.wire import Envelope, decode, encode
-from tests.integration.harness import Recorder, Roles, publisher, rejected_reasons, roles, write_config
+from tests.integration.harness import (
+    Recorder,
+    Roles,
+    publisher,
+    rejected_reasons,
+    roles,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("fl")
@@ -37,21 +44,45 @@ def start_federation(
     port = free_port()
     regions = list(clients)
     common = write_config(
-        tmp_path / "common.yaml", broker,
-        federation={"rounds": rounds, "regions": regions, "min_regions": min_regions, "run_id": "itest"},
+        tmp_path / "common.yaml",
+        broker,
+        federation={
+            "rounds": rounds,
+            "regions": regions,
+            "min_regions": min_regions,
+            "run_id": "itest",
+        },
         fog={"deadline_s": 60, **(fog or {})},
         bridge={"server_address": f"127.0.0.1:{port}", "partial_timeout_s": bridge_timeout},
-        server={"address": f"127.0.0.1:{port}", "run_dir": str(tmp_path / "run"), "round_timeout_s": bridge_timeout + 30},
+        server={
+            "address": f"127.0.0.1:{port}",
+            "run_dir": str(tmp_path / "run"),
+            "round_timeout_s": bridge_timeout + 30,
+        },
     )
     for region in regions:
         if fog_regions is None or region in fog_regions:
-            started.start(f"fog-{region}", "fog-broker", "--region", region, "--expected", str(len(clients[region])),
-                          "--config", str(common))
+            started.start(
+                f"fog-{region}",
+                "fog-broker",
+                "--region",
+                region,
+                "--expected",
+                str(len(clients[region])),
+                "--config",
+                str(common),
+            )
         started.start(f"bridge-{region}", "fog-bridge", "--region", region, "--config", str(common))
     for region, members in clients.items():
         for client_id, seconds in members:
-            own = write_config(tmp_path / f"{client_id}.yaml", broker, task={"name": "qoe", "options": {"duration_s": seconds}})
-            started.start(client_id, "client", "--id", client_id, "--region", region, "--config", str(own))
+            own = write_config(
+                tmp_path / f"{client_id}.yaml",
+                broker,
+                task={"name": "qoe", "options": {"duration_s": seconds}},
+            )
+            started.start(
+                client_id, "client", "--id", client_id, "--region", region, "--config", str(own)
+            )
     # Start the clock only when everyone listens, so that a short deadline bites on purpose.
     for name in started.children:
         started.wait_for_log(name, "ready", timeout=60)
@@ -63,8 +94,13 @@ def tensors_of(received: Received) -> Envelope:
     return decode(received.payload, kinds={"update", "global", "partial"}, max_bytes=LIMIT)
 
 
-def test_hierarchy_equals_flat_fedavg_and_survives_garbage(fresh_broker: LocalBroker, tmp_path: Path) -> None:
-    clients = {"north": [("north-1", 600), ("north-2", 400), ("north-3", 250)], "south": [("south-4", 500), ("south-5", 200)]}
+def test_hierarchy_equals_flat_fedavg_and_survives_garbage(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    clients = {
+        "north": [("north-1", 600), ("north-2", 400), ("north-3", 250)],
+        "south": [("south-4", 500), ("south-5", 200)],
+    }
     intruder = publisher(fresh_broker)
     injected: list[str] = []
 
@@ -72,11 +108,20 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(fresh_broker: LocalBr
         if not injected and meta.get("kind") == "update" and meta.get("round") == "2":
             injected.append("yes")
             intruder.publish(TOPICS.updates("north"), b"\x07\x00\x00\x00\x00\x00\x00\x00{broken")
-            wrong = Envelope(kind="update", run_id="itest", round=2, sender="intruder", region="north",
-                             num_examples=50, tensors={"net.0.weight": np.zeros((3, 3), np.float32)})
+            wrong = Envelope(
+                kind="update",
+                run_id="itest",
+                round=2,
+                sender="intruder",
+                region="north",
+                num_examples=50,
+                tensors={"net.0.weight": np.zeros((3, 3), np.float32)},
+            )
             intruder.publish(TOPICS.updates("north"), encode(wrong))
 
-    recorder = Recorder(fresh_broker, [TOPICS.all_updates, TOPICS.global_model], on_message=inject_garbage_mid_run)
+    recorder = Recorder(
+        fresh_broker, [TOPICS.all_updates, TOPICS.global_model], on_message=inject_garbage_mid_run
+    )
     with roles(tmp_path / "logs") as started:
         run_dir = start_federation(started, tmp_path, fresh_broker, clients, rounds=3)
         assert started.wait("server", 180) == 0, started.log("server")
@@ -87,18 +132,31 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(fresh_broker: LocalBr
     intruder.close()
 
     globals_by_round = {
-        (int(m["round"]), m["final"]): tensors_of(r) for r, m in recorder.messages if m.get("kind") == "global"
+        (int(m["round"]), m["final"]): tensors_of(r)
+        for r, m in recorder.messages
+        if m.get("kind") == "global"
     }
     sizes = set()
     for round_ in (1, 2, 3):
-        updates = [tensors_of(r) for r, m in recorder.messages if m.get("kind") == "update" and m["round"] == str(round_)
-                   and m["sender"] != "intruder"]
-        assert sorted(u.sender for u in updates) == sorted(c for members in clients.values() for c, _ in members)
+        updates = [
+            tensors_of(r)
+            for r, m in recorder.messages
+            if m.get("kind") == "update" and m["round"] == str(round_) and m["sender"] != "intruder"
+        ]
+        assert sorted(u.sender for u in updates) == sorted(
+            c for members in clients.values() for c, _ in members
+        )
         sizes |= {u.num_examples for u in updates}
-        after = globals_by_round[(round_ + 1, "false")] if round_ < 3 else globals_by_round[(3, "true")]
+        after = (
+            globals_by_round[(round_ + 1, "false")] if round_ < 3 else globals_by_round[(3, "true")]
+        )
         weights = [u.num_examples for u in updates]
         for name, value in after.tensors.items():
-            flat = np.average(np.stack([u.tensors[name] for u in updates]).astype(np.float64), axis=0, weights=weights)
+            flat = np.average(
+                np.stack([u.tensors[name] for u in updates]).astype(np.float64),
+                axis=0,
+                weights=weights,
+            )
             relative = np.linalg.norm(value - flat) / np.linalg.norm(flat)
             assert relative <= 1e-6, f"round {round_} {name}: relative error {relative}"
     assert len(sizes) == 5, "every client should hold a different number of examples"
@@ -110,11 +168,19 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(fresh_broker: LocalBr
     assert [rows[r]["clients"] for r in (1, 2, 3)] == ["5", "5", "5"]
     assert float(rows[3]["eval_loss"]) < 0.7 * float(rows[1]["eval_loss"])
     final_file = decode((run_dir / MODEL_FILE).read_bytes(), kinds={"global"}, max_bytes=LIMIT)
-    assert final_file.final and all(np.array_equal(final_file.tensors[k], v) for k, v in globals_by_round[(3, "true")].tensors.items())
+    assert final_file.final and all(
+        np.array_equal(final_file.tensors[k], v)
+        for k, v in globals_by_round[(3, "true")].tensors.items()
+    )
 
 
-def test_a_client_killed_mid_run_is_left_behind_at_the_deadline(fresh_broker: LocalBroker, tmp_path: Path) -> None:
-    clients = {"north": [("north-1", 300), ("north-2", 300), ("north-3", 300)], "south": [("south-4", 300), ("south-5", 300)]}
+def test_a_client_killed_mid_run_is_left_behind_at_the_deadline(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    clients = {
+        "north": [("north-1", 300), ("north-2", 300), ("north-3", 300)],
+        "south": [("south-4", 300), ("south-5", 300)],
+    }
     with roles(tmp_path / "logs") as started:
         victim: list[int] = []
 
@@ -124,7 +190,9 @@ def test_a_client_killed_mid_run_is_left_behind_at_the_deadline(fresh_broker: Lo
                 os.kill(victim[0], signal.SIGKILL)
 
         recorder = Recorder(fresh_broker, [TOPICS.all_updates], on_message=kill_after_first_update)
-        run_dir = start_federation(started, tmp_path, fresh_broker, clients, rounds=3, fog={"deadline_s": 3})
+        run_dir = start_federation(
+            started, tmp_path, fresh_broker, clients, rounds=3, fog={"deadline_s": 3}
+        )
         assert started.wait("server", 180) == 0, started.log("server")
         fog_log = started.log("fog-north")
         recorder.close()
@@ -134,20 +202,38 @@ def test_a_client_killed_mid_run_is_left_behind_at_the_deadline(fresh_broker: Lo
     assert "deadline of 3 s passed" in fog_log
 
 
-def test_a_silent_region_is_a_failure_not_a_stale_model(fresh_broker: LocalBroker, tmp_path: Path) -> None:
+def test_a_silent_region_is_a_failure_not_a_stale_model(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
     clients = {"north": [("north-1", 300), ("north-2", 300)], "south": [("south-3", 300)]}
     recorder = Recorder(fresh_broker, [TOPICS.all_partials, TOPICS.global_model])
     with roles(tmp_path / "logs") as started:
-        run_dir = start_federation(started, tmp_path, fresh_broker, clients, rounds=2, bridge_timeout=4,
-                                   min_regions=1, fog_regions=["north"])
+        run_dir = start_federation(
+            started,
+            tmp_path,
+            fresh_broker,
+            clients,
+            rounds=2,
+            bridge_timeout=4,
+            min_regions=1,
+            fog_regions=["north"],
+        )
         assert started.wait("server", 180) == 0, started.log("server")
         bridge_log = started.log("bridge-south")
     recorder.close()
     assert "reporting a failure to Flower" in bridge_log
     rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
     assert any(rows[r]["failed_regions"] == "1" for r in (1, 2))
-    partials = {int(m["round"]): tensors_of(r) for r, m in recorder.messages if m.get("kind") == "partial" and m["final"] == "false"}
-    globals_ = {(int(m["round"]), m["final"]): tensors_of(r) for r, m in recorder.messages if m.get("kind") == "global"}
+    partials = {
+        int(m["round"]): tensors_of(r)
+        for r, m in recorder.messages
+        if m.get("kind") == "partial" and m["final"] == "false"
+    }
+    globals_ = {
+        (int(m["round"]), m["final"]): tensors_of(r)
+        for r, m in recorder.messages
+        if m.get("kind") == "global"
+    }
     # With one region reporting, the next global model is exactly that region's partial.
     for round_, after in ((1, globals_[(2, "false")]), (2, globals_[(2, "true")])):
         for name, value in partials[round_].tensors.items():

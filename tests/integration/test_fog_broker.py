@@ -19,21 +19,34 @@ RUN = "run-fog"
 
 def model(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"layer.weight": rng.normal(size=(8, 4)).astype(np.float32), "layer.bias": rng.normal(size=8).astype(np.float32)}
+    return {
+        "layer.weight": rng.normal(size=(8, 4)).astype(np.float32),
+        "layer.bias": rng.normal(size=8).astype(np.float32),
+    }
 
 
 SCHEMA = ModelSchema.of(model(0))
 
 
 def announce(session, round_: int, final: bool = False, run: str = RUN) -> None:  # type: ignore[no-untyped-def]
-    message = Envelope(kind="round", run_id=run, round=round_, sender="server", final=final, schema=SCHEMA)
+    message = Envelope(
+        kind="round", run_id=run, round=round_, sender="server", final=final, schema=SCHEMA
+    )
     session.publish(TOPICS.round_announcement, encode(message), retain=True)
 
 
-def update(sender: str, round_: int, num_examples: int, tensors: dict[str, np.ndarray], **changes: object) -> bytes:
+def update(
+    sender: str, round_: int, num_examples: int, tensors: dict[str, np.ndarray], **changes: object
+) -> bytes:
     fields: dict[str, object] = dict(
-        kind="update", run_id=RUN, round=round_, sender=sender, region="north",
-        num_examples=num_examples, tensors=tensors, metrics={"train_loss": float(num_examples)},
+        kind="update",
+        run_id=RUN,
+        round=round_,
+        sender=sender,
+        region="north",
+        num_examples=num_examples,
+        tensors=tensors,
+        metrics={"train_loss": float(num_examples)},
     )
     fields.update(changes)
     return encode(Envelope(**fields))  # type: ignore[arg-type]
@@ -44,18 +57,34 @@ def partial_of(recorder: Recorder, round_: int, timeout: float = 20) -> Envelope
     return decode(received.payload, kinds={"partial"}, max_bytes=10**8, schema=SCHEMA)
 
 
-def test_partial_is_the_example_weighted_mean_despite_bad_messages(fresh_broker: LocalBroker, tmp_path: Path) -> None:
+def test_partial_is_the_example_weighted_mean_despite_bad_messages(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
     config = write_config(tmp_path / "c.yaml", fresh_broker)
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start("fog", "fog-broker", "--region", "north", "--expected", "3", "--deadline", "60", "--config", str(config))
+        started.start(
+            "fog",
+            "fog-broker",
+            "--region",
+            "north",
+            "--expected",
+            "3",
+            "--deadline",
+            "60",
+            "--config",
+            str(config),
+        )
         started.wait_for_log("fog", "ready")
         announce(session, 1)
         models, weights = [model(i) for i in (1, 2, 3)], [1440, 300, 2000]
         topic = TOPICS.updates("north")
         session.publish(topic, update("c1", 1, weights[0], models[0]))
-        wrong_shape = {"layer.weight": np.zeros((4, 4), np.float32), "layer.bias": np.zeros(8, np.float32)}
+        wrong_shape = {
+            "layer.weight": np.zeros((4, 4), np.float32),
+            "layer.bias": np.zeros(8, np.float32),
+        }
         nan = model(9)
         nan["layer.bias"][0] = np.nan
         for bad in (
@@ -75,8 +104,20 @@ def test_partial_is_the_example_weighted_mean_despite_bad_messages(fresh_broker:
         session.publish(topic, update("c4", 1, 5, model(4)))  # after the close: late
         announce(session, 1, final=True)
         for sender in ("c1", "c2", "c3"):
-            session.publish(topic, encode(Envelope(kind="evaluation", run_id=RUN, round=1, sender=sender, region="north",
-                                                   num_examples=100, metrics={"eval_loss": 1.0, "eval_examples": 100})))
+            session.publish(
+                topic,
+                encode(
+                    Envelope(
+                        kind="evaluation",
+                        run_id=RUN,
+                        round=1,
+                        sender=sender,
+                        region="north",
+                        num_examples=100,
+                        metrics={"eval_loss": 1.0, "eval_examples": 100},
+                    )
+                ),
+            )
         assert started.wait("fog", 20) == 0
         log = started.log("fog")
     session.close()
@@ -89,19 +130,43 @@ def test_partial_is_the_example_weighted_mean_despite_bad_messages(fresh_broker:
         np.testing.assert_allclose(partial.tensors[name], expected, rtol=1e-6, atol=1e-7)
     assert partial.metrics["train_loss"] == pytest.approx(np.average(weights, weights=weights))
     reasons = rejected_reasons(log)
-    for reason in ("malformed", "wrong-shape", "duplicate", "other-run", "future-round", "wrong-region", "not-finite", "no-examples", "late"):
+    for reason in (
+        "malformed",
+        "wrong-shape",
+        "duplicate",
+        "other-run",
+        "future-round",
+        "wrong-region",
+        "not-finite",
+        "no-examples",
+        "late",
+    ):
         assert reason in reasons, f"{reason} not logged; log:\n{log}"
     assert sum(partial.stats["rejected"].values()) == 8
     assert "final evaluation 1 closed" in log
 
 
-def test_round_closes_at_the_deadline_with_the_updates_it_has(fresh_broker: LocalBroker, tmp_path: Path) -> None:
+def test_round_closes_at_the_deadline_with_the_updates_it_has(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
     config = write_config(tmp_path / "c.yaml", fresh_broker)
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start("fog", "fog-broker", "--region", "north", "--expected", "3", "--deadline", "2",
-                      "--min-updates", "2", "--config", str(config))
+        started.start(
+            "fog",
+            "fog-broker",
+            "--region",
+            "north",
+            "--expected",
+            "3",
+            "--deadline",
+            "2",
+            "--min-updates",
+            "2",
+            "--config",
+            str(config),
+        )
         started.wait_for_log("fog", "ready")
         announce(session, 1)
         session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
@@ -118,7 +183,9 @@ def test_a_new_run_replaces_the_old_one(fresh_broker: LocalBroker, tmp_path: Pat
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start("fog", "fog-broker", "--region", "north", "--expected", "1", "--config", str(config))
+        started.start(
+            "fog", "fog-broker", "--region", "north", "--expected", "1", "--config", str(config)
+        )
         started.wait_for_log("fog", "ready")
         announce(session, 3, run="old-run")
         announce(session, 1)

@@ -19,14 +19,21 @@ LOG = logging.getLogger("test")
 
 
 def session(broker: LocalBroker, name: str, topics: list[str] | None = None) -> MqttSession:
-    return MqttSession(MqttSettings(host=broker.host, port=broker.port), name, LOG).connect(topics or [])
+    return MqttSession(MqttSettings(host=broker.host, port=broker.port), name, LOG).connect(
+        topics or []
+    )
 
 
 def test_a_large_model_arrives_intact(fresh_broker: LocalBroker) -> None:
     receiver = session(fresh_broker, "receiver", ["fl/global_model"])
     sender = session(fresh_broker, "sender")
-    weights = {"w": np.random.default_rng(0).normal(size=(3, 1000, 1000)).astype(np.float32)}  # 12 MB
-    sender.publish("fl/global_model", encode(Envelope(kind="global", run_id="r", round=1, sender="server", tensors=weights)))
+    weights = {
+        "w": np.random.default_rng(0).normal(size=(3, 1000, 1000)).astype(np.float32)
+    }  # 12 MB
+    sender.publish(
+        "fl/global_model",
+        encode(Envelope(kind="global", run_id="r", round=1, sender="server", tensors=weights)),
+    )
     received = receiver.receive(timeout=30)
     assert received is not None
     got = decode(received.payload, kinds={"global"}, max_bytes=10**9)

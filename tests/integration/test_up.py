@@ -40,35 +40,69 @@ def processes_mentioning(text: str) -> list[str]:
 def fogfl_up(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "fogfl", "up", *arguments],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
 
 
 def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    up = fogfl_up("--rounds", "3", "--clients-per-region", "2", "--run-dir", str(run_dir), "--broker", broker_mode())
+    up = fogfl_up(
+        "--rounds",
+        "3",
+        "--clients-per-region",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--broker",
+        broker_mode(),
+    )
     output, _ = up.communicate(timeout=240)
     assert up.returncode == 0, output
     rows = read_metrics(run_dir / METRICS_FILE)
     assert [row["round"] for row in rows] == ["0", "1", "2", "3"]
     assert all(row["clients"] == "4" and row["regions"] == "2" for row in rows[1:])
     assert float(rows[3]["eval_loss"]) < float(rows[1]["eval_loss"])
-    assert all(float(rows[r]["bytes_up"]) > 0 and float(rows[r]["bytes_down"]) > 0 for r in (1, 2, 3))
+    assert all(
+        float(rows[r]["bytes_up"]) > 0 and float(rows[r]["bytes_down"]) > 0 for r in (1, 2, 3)
+    )
     assert decode((run_dir / MODEL_FILE).read_bytes(), kinds={"global"}, max_bytes=10**8).final
     assert "rounds: 3" in (run_dir / CONFIG_FILE).read_text()
     logs = {p.name for p in (run_dir / "logs").glob("*.log")}
-    assert {"server.log", "fog-broker-north.log", "fog-bridge-south.log", "client-north-01.log", "client-south-04.log"} <= logs
+    assert {
+        "server.log",
+        "fog-broker-north.log",
+        "fog-bridge-south.log",
+        "client-north-01.log",
+        "client-south-04.log",
+    } <= logs
     assert "eval loss" in output and "done in" in output
     assert processes_mentioning(str(run_dir)) == []
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    up = fogfl_up("--rounds", "500", "--clients-per-region", "1", "--run-dir", str(run_dir), "--broker", broker_mode())
+    up = fogfl_up(
+        "--rounds",
+        "500",
+        "--clients-per-region",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--broker",
+        broker_mode(),
+    )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(r.get("clients") for r in read_metrics(run_dir / METRICS_FILE)):
+    while time.monotonic() < deadline and not any(
+        r.get("clients") for r in read_metrics(run_dir / METRICS_FILE)
+    ):
         time.sleep(0.2)
-    assert len(processes_mentioning(str(run_dir))) >= 6  # broker, server, 2 fog brokers, 2 bridges, clients
+    assert (
+        len(processes_mentioning(str(run_dir))) >= 6
+    )  # broker, server, 2 fog brokers, 2 bridges, clients
     os.kill(up.pid, signal.SIGINT)
     up.communicate(timeout=60)
     assert up.returncode != 0
@@ -79,7 +113,9 @@ def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**os.environ, "FOGFL_MQTT__CONNECT_TIMEOUT_S": "2"}
     closed_port = str(free_port())
-    up = fogfl_up("--broker", "external", "--mqtt-port", closed_port, "--run-dir", str(run_dir), env=env)
+    up = fogfl_up(
+        "--broker", "external", "--mqtt-port", closed_port, "--run-dir", str(run_dir), env=env
+    )
     output, _ = up.communicate(timeout=120)
     assert up.returncode == 1
     assert "fogfl up failed:" in output and "exited with code 2" in output
@@ -90,7 +126,9 @@ def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
 def test_bad_flag_value_is_one_readable_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fogfl", "up", "--rounds", "0", "--run-dir", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "federation.rounds" in result.stderr and "Traceback" not in result.stderr

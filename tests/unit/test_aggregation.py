@@ -12,13 +12,19 @@ from fogfl.wire import ModelSchema
 def random_models(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [
-        {"w": rng.normal(size=(20, 7)).astype(np.float32), "b": rng.normal(size=7).astype(np.float32)}
+        {
+            "w": rng.normal(size=(20, 7)).astype(np.float32),
+            "b": rng.normal(size=7).astype(np.float32),
+        }
         for _ in range(count)
     ]
 
 
 def flat_fedavg(models: list[dict[str, np.ndarray]], weights: list[int]) -> dict[str, np.ndarray]:
-    return {k: np.average(np.stack([m[k] for m in models]).astype(np.float64), axis=0, weights=weights) for k in models[0]}
+    return {
+        k: np.average(np.stack([m[k] for m in models]).astype(np.float64), axis=0, weights=weights)
+        for k in models[0]
+    }
 
 
 def test_streaming_mean_equals_weighted_average() -> None:
@@ -88,5 +94,7 @@ def test_metrics_weight_training_by_examples_and_evaluation_by_test_examples() -
 
 
 def test_mean_metrics_ignores_non_numbers() -> None:
-    result = mean_metrics([(2, {"train_loss": 1.0, "region": "north"}), (2, {"train_loss": 2.0, "flag": True})])
+    result = mean_metrics(
+        [(2, {"train_loss": 1.0, "region": "north"}), (2, {"train_loss": 2.0, "flag": True})]
+    )
     assert result == {"train_loss": 1.5}

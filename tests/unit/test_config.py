@@ -39,7 +39,9 @@ def test_environment_values_are_typed() -> None:
 
 
 def test_out_of_range_value_names_the_key_and_the_range() -> None:
-    with pytest.raises(ConfigError, match=r"mqtt\.port: Input should be less than or equal to 65535 \(got 70000\)"):
+    with pytest.raises(
+        ConfigError, match=r"mqtt\.port: Input should be less than or equal to 65535 \(got 70000\)"
+    ):
         load_config(overrides={"mqtt.port": 70000}, environ={})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 
@@ -31,8 +32,14 @@ SCHEMA = ModelSchema.of(model())
 
 def update(**changes: object) -> Envelope:
     fields: dict[str, object] = dict(
-        kind="update", run_id="run-1", round=3, sender="north-01", region="north",
-        num_examples=1440, tensors=model(), metrics={"train_loss": 0.5, "eval_examples": 360.0},
+        kind="update",
+        run_id="run-1",
+        round=3,
+        sender="north-01",
+        region="north",
+        num_examples=1440,
+        tensors=model(),
+        metrics={"train_loss": 0.5, "eval_examples": 360.0},
     )
     fields.update(changes)
     return Envelope(**fields)  # type: ignore[arg-type]
@@ -41,7 +48,13 @@ def update(**changes: object) -> Envelope:
 def test_round_trip_keeps_every_field_and_tensor() -> None:
     sent = update(contributors=["a", "b"], config={"local_epochs": 2}, stats={"updates_bytes": 7})
     got = decode(encode(sent), kinds={"update"}, max_bytes=LIMIT, schema=SCHEMA, run_id="run-1")
-    assert (got.kind, got.run_id, got.round, got.sender, got.region) == ("update", "run-1", 3, "north-01", "north")
+    assert (got.kind, got.run_id, got.round, got.sender, got.region) == (
+        "update",
+        "run-1",
+        3,
+        "north-01",
+        "north",
+    )
     assert got.num_examples == 1440
     assert got.metrics == sent.metrics
     assert got.contributors == ["a", "b"]
@@ -56,7 +69,11 @@ def test_payload_is_plain_safetensors_any_reader_can_open() -> None:
     tensors = safetensors_load(payload)
     np.testing.assert_array_equal(tensors["net.0.bias"], model()["net.0.bias"])
     meta = read_metadata(payload)
-    assert meta["kind"] == "update" and meta["fogfl"] == "1" and json.loads(meta["metrics"])["train_loss"] == 0.5
+    assert (
+        meta["kind"] == "update"
+        and meta["fogfl"] == "1"
+        and json.loads(meta["metrics"])["train_loss"] == 0.5
+    )
 
 
 def test_envelope_overhead_is_under_one_percent_of_tensor_bytes() -> None:
@@ -121,7 +138,10 @@ def test_rejects_nan_and_inf() -> None:
 
 def test_rejects_non_numeric_metrics() -> None:
     payload = encode(update(metrics={"train_loss": 1.0}))
-    assert rejection(payload.replace(b'{\\"train_loss\\": 1.0}', b'{\\"train_loss\\": \\"x\\"}')) == "bad-field"
+    assert (
+        rejection(payload.replace(b'{\\"train_loss\\": 1.0}', b'{\\"train_loss\\": \\"x\\"}'))
+        == "bad-field"
+    )
 
 
 def test_rejects_tensor_offsets_outside_the_payload() -> None:
@@ -134,10 +154,8 @@ def test_rejects_tensor_offsets_outside_the_payload() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_raise_only_wire_errors(payload: bytes) -> None:
-    try:
+    with contextlib.suppress(WireError):
         decode(payload, kinds={"update"}, max_bytes=LIMIT, schema=SCHEMA)
-    except WireError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -146,7 +164,5 @@ def test_corrupted_valid_payloads_raise_only_wire_errors(position: int, junk: by
     payload = bytearray(encode(update(tensors={"w": np.ones(3, np.float32)})))
     position %= len(payload)
     payload[position : position + len(junk)] = junk
-    try:
+    with contextlib.suppress(WireError):
         decode(bytes(payload), kinds={"update"}, max_bytes=LIMIT)
-    except WireError:
-        pass
