@@ -69,18 +69,31 @@ def health(
         tls_key,
         log_level,
     )
+    problems = _FirstProblem()
     try:
         settings = _configure(config, {**overrides, "mqtt.connect_timeout_s": timeout})
-        session = MqttSession(
-            settings.mqtt, f"fogfl-health-{os.getpid()}", logging.getLogger("fogfl.health")
-        )
+        session = MqttSession(settings.mqtt, f"fogfl-health-{os.getpid()}", problems.logger)
         session.connect()
     except FogflError as error:
-        _unhealthy(str(error))
+        _unhealthy(f"{error}: {problems.first}" if problems.first else str(error))
     session.close()
     typer.echo(
         f"healthy: the MQTT broker at {settings.mqtt.host}:{settings.mqtt.port} accepted a session"
     )
+
+
+class _FirstProblem(logging.Handler):
+    """Keeps the session's first complaint ("refused the connection: Not authorized")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.first = ""
+        self.logger = logging.getLogger(f"fogfl.health.{id(self)}")
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.first = self.first or record.getMessage()
 
 
 def _host_port(address: str) -> tuple[str, int]:

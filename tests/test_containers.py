@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -332,10 +333,17 @@ def _start_mosquitto(
     return port
 
 
+def _password(username: str) -> str:
+    return f"{username}-secret"
+
+
 def _session(
     port: int, username: str | None = None, subscriptions: tuple[str, ...] = ()
 ) -> MqttSession:
-    settings = MqttSettings(host="127.0.0.1", port=port, username=username, connect_timeout_s=10)
+    password = None if username is None else _password(username)
+    settings = MqttSettings(
+        host="127.0.0.1", port=port, username=username, password=password, connect_timeout_s=5
+    )
     return MqttSession(settings, f"test-{username}-{time.monotonic_ns()}", LOG).connect(
         subscriptions
     )
@@ -376,26 +384,56 @@ def test_compose_mosquitto_conf_serves_fogfl_and_its_health_check(
         assert result.returncode == 0, result.stderr
 
 
-def test_acl_lets_a_client_publish_only_on_its_region(
-    mosquitto: str, tmp_path: Path, brokers: list[ChildProcess]
-) -> None:
+@pytest.fixture
+def acl_broker(mosquitto: str, tmp_path: Path, brokers: list[ChildProcess]) -> int:
+    """Mosquitto with mosquitto.conf switched to per-role access control as the docs say."""
+    passwd_tool = shutil.which("mosquitto_passwd")
+    if passwd_tool is None:
+        pytest.skip("no mosquitto_passwd (Debian package `mosquitto`) to make a password file")
+    passwd = tmp_path / "passwd"
+    for number, user in enumerate(("server", "monitor", "client-north", "client-south")):
+        create = ["-c"] if number == 0 else []
+        subprocess.run([passwd_tool, *create, "-b", str(passwd), user, _password(user)], check=True)
     conf = (MOSQUITTO_DIR / "mosquitto.conf").read_text()
-    conf = re.sub(r"^#acl_file \S+$", f"acl_file {MOSQUITTO_DIR / 'acl'}", conf, flags=re.M)
-    port = _start_mosquitto(mosquitto, conf, tmp_path, "acl", brokers)
-    with _session(port, "monitor", ("fl/#",)) as monitor:
-        with _session(port, "client-north") as north, _session(port, "client-south") as south:
+    for pattern, replacement in (
+        (r"^allow_anonymous true$", "#allow_anonymous true"),
+        (r"^#allow_anonymous false$", "allow_anonymous false"),
+        (r"^#password_file \S+$", f"password_file {passwd}"),
+        (r"^#acl_file \S+$", f"acl_file {MOSQUITTO_DIR / 'acl'}"),
+    ):
+        conf, count = re.subn(pattern, replacement, conf, flags=re.M)
+        assert count == 1, f"mosquitto.conf has no line {pattern}"
+    if os.geteuid() == 0:  # Mosquitto would switch to its own user, who cannot read tmp_path
+        conf += "user root\n"
+    return _start_mosquitto(mosquitto, conf, tmp_path, "acl", brokers)
+
+
+def test_acl_lets_a_client_publish_only_on_its_region(acl_broker: int) -> None:
+    with _session(acl_broker, "monitor", ("fl/#",)) as monitor:
+        north = _session(acl_broker, "client-north")
+        south = _session(acl_broker, "client-south")
+        with north, south:
             north.publish("fl/updates/south", b"north into south")
             south.publish("fl/updates/north", b"south into north")
             north.publish("fl/global_model", b"client posing as the server")
             north.publish("fl/updates/north", b"north update")
-        with _session(port) as anonymous:
-            anonymous.publish("fl/updates/north", b"anonymous")
-        with _session(port, "server") as server:
+        with _session(acl_broker, "server") as server:
             server.publish("fl/round", b"round 1")
-        seen = [
-            (message.topic, bytes(message.payload)) for message in _collect(monitor, "fl/round")
-        ]
+        seen = [(m.topic, bytes(m.payload)) for m in _collect(monitor, "fl/round")]
     assert seen == [("fl/updates/north", b"north update"), ("fl/round", b"round 1")]
+
+
+def test_acl_mode_refuses_anonymous_and_wrong_passwords(acl_broker: int) -> None:
+    where = ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(acl_broker), "--timeout", "2"]
+    server = ["--mqtt-username", "server"]
+    assert (
+        _fogfl("health", "mqtt", *where, *server, "--mqtt-password", _password("server")).returncode
+        == 0
+    )
+    wrong = _fogfl("health", "mqtt", *where, *server, "--mqtt-password", "guess")
+    assert wrong.returncode == 1
+    assert "Not authorized" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    assert _fogfl("health", "mqtt", *where).returncode == 1
 
 
 def test_fog_site_bridge_sends_partials_up_and_keeps_updates_local(
@@ -412,10 +450,15 @@ def test_fog_site_bridge_sends_partials_up_and_keeps_updates_local(
     site_conf = re.sub(r"^address \S+$", f"address 127.0.0.1:{cloud_port}", site_conf, flags=re.M)
     site_port = _start_mosquitto(mosquitto, site_conf, tmp_path, "site", brokers)
 
-    # Down: the retained global model reaches the site once the bridge is up.
+    # Down: the retained global model reaches the site once the bridge is up, and stays
+    # retained there for clients that start later.
+    with _session(site_port, "fog-north", ("fl/global_model",)) as first:
+        assert [bytes(m.payload) for m in _collect(first, "fl/global_model")] == [
+            b"global model r1"
+        ]
     with _session(site_port, "client-north", ("fl/global_model",)) as client:
-        arrived = _collect(client, "fl/global_model")
-        assert [bytes(m.payload) for m in arrived] == [b"global model r1"]
+        arrived = [(bytes(m.payload), m.retained) for m in _collect(client, "fl/global_model")]
+        assert arrived == [(b"global model r1", True)]
 
         # Up: the partial goes to the cloud (retained, for a bridge that subscribes later);
         # the client's update stays on the site.
