@@ -11,6 +11,7 @@ from rich.console import Console
 
 from fogfl import __version__
 from fogfl.config import FogflConfig, load_config
+from fogfl.dissemination.cli import dissemination
 from fogfl.errors import FogflError
 from fogfl.logs import setup_logging
 from fogfl.mqtt import Topics
@@ -39,7 +40,9 @@ TlsCert = Annotated[Optional[Path], typer.Option(help="Client certificate for TL
 TlsKey = Annotated[Optional[Path], typer.Option(help="Client key for TLS.")]  # noqa: UP045
 LogLevel = Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]  # noqa: UP045
 Task = Annotated[Optional[str], typer.Option(help="Workload to federate (e.g. qoe).")]  # noqa: UP045
-Region = Annotated[str, typer.Option(help="The region (fog site) this process serves.")]
+Region = Annotated[
+    str, typer.Option(help="The region (fog site) this process serves.", envvar="FOGFL_REGION")
+]
 
 
 def _configure(config_file: Path | None, overrides: dict[str, Any]) -> FogflConfig:
@@ -74,7 +77,12 @@ def _mqtt(
 
 @app.command()
 def client(
-    id: Annotated[str, typer.Option("--id", help="This client's id, unique in the federation.")],
+    id: Annotated[
+        str,
+        typer.Option(
+            "--id", help="This client's id, unique in the federation.", envvar="FOGFL_CLIENT_ID"
+        ),
+    ],
     region: Region,
     task: Task = None,
     torch_threads: Annotated[int, typer.Option(help="CPU threads for training.")] = 1,
@@ -403,6 +411,9 @@ def up(
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+app.command("dissemination")(dissemination)
 
 
 def _exit(code: int) -> None:

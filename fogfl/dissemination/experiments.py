@@ -162,7 +162,10 @@ def run_load(params: StudyParams, advance: Advance) -> ExperimentResult:
         "messages": {protocol: row["messages"] for protocol, row in chosen.items()},
         "bytes": {protocol: row["bytes"] for protocol, row in chosen.items()},
         "redundancy": {protocol: row["redundancy"] for protocol, row in chosen.items()},
-        "gossip_redundancy_at_largest": {"nodes": largest, "value": gossip_at_largest["redundancy"]},
+        "gossip_redundancy_at_largest": {
+            "nodes": largest,
+            "value": gossip_at_largest["redundancy"],
+        },
     }
     highlights = [
         (
@@ -228,7 +231,9 @@ def run_failure(params: StudyParams, advance: Advance) -> ExperimentResult:
     summary = {
         "rounds": rounds,
         "coverage_mean": {
-            str(row["failure_rate"]): {p: row[f"{p}_coverage_mean"] for p in ("gossip", "mqtt", "coap")}
+            str(row["failure_rate"]): {
+                p: row[f"{p}_coverage_mean"] for p in ("gossip", "mqtt", "coap")
+            }
             for row in rows
         },
     }
@@ -236,7 +241,7 @@ def run_failure(params: StudyParams, advance: Advance) -> ExperimentResult:
         (
             f"coverage at node failure {worst['failure_rate']:g} (mean, p10)",
             " · ".join(
-                f"{p} {float(worst[f'{p}_coverage_mean']):.2f} ({float(worst[f'{p}_coverage_p10']):.2f})"
+                f"{p} {worst[f'{p}_coverage_mean']:.2f} ({worst[f'{p}_coverage_p10']:.2f})"
                 for p in ("gossip", "mqtt", "coap")
             ),
         )
@@ -256,9 +261,9 @@ def _failure_trial(
     alive = int(rng.binomial(params.nodes, 1.0 - rate))
     if alive == 0:
         nothing = float("nan")
-        return dict.fromkeys(("gossip", "mqtt", "coap", "rounds_to_last", "gossip_messages"), nothing) | {
-            "alive": 0.0
-        }
+        return dict.fromkeys(
+            ("gossip", "mqtt", "coap", "rounds_to_last", "gossip_messages"), nothing
+        ) | {"alive": 0.0}
     # Only alive nodes and working links matter, and the alive part of G(N, p) with links
     # failing independently is itself G(alive, p·(1−q)): draw that directly.
     graph = erdos_renyi(alive, params.edge_prob * (1.0 - params.link_failure), rng)
@@ -478,7 +483,11 @@ def run_fog(params: StudyParams, advance: Advance) -> ExperimentResult:
                 "backhaul_bytes": backhaul * params.message_bytes,
                 "busiest_sends": busiest,
             }
-            for label, values in (("coverage", none), ("one_broker_failed", one), ("cloud_failed", cloud)):
+            for label, values in (
+                ("coverage", none),
+                ("one_broker_failed", one),
+                ("cloud_failed", cloud),
+            ):
                 mean, p10, p90 = spread(values)
                 row[f"{label}_mean"] = mean
                 row[f"{label}_p10"] = p10

@@ -1,0 +1,288 @@
+"""One PNG per experiment, drawn from the same rows that go into its CSV.
+
+matplotlib is imported inside the functions (it is slow to import) and used through
+`Figure` objects, never pyplot, so no global figure state is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fogfl.dissemination.experiments import ExperimentResult, Row, StudyParams
+
+COLOURS = {
+    "mqtt": "#1f77b4",
+    "mqtt-flat": "#1f77b4",
+    "mqtt-fog": "#9467bd",
+    "coap": "#ff7f0e",
+    "coap-observe": "#d62728",
+    "gossip": "#2ca02c",
+}
+MARKERS = {"mqtt": "o", "coap": "s", "coap-observe": "^", "gossip": "D"}
+LINES = {"coap-observe": "--"}
+LABELS = {
+    "mqtt": "MQTT (one broker)",
+    "mqtt-flat": "MQTT, one cloud broker",
+    "mqtt-fog": "MQTT, fog brokers bridged to cloud",
+    "coap": "CoAP request/response",
+    "coap-observe": "CoAP Observe",
+    "gossip": "push gossip",
+}
+DPI = 130
+
+
+def plot(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    """Draw `result` into the PNG at `path`."""
+    PLOTTERS[result.name](result, params, path)
+
+
+def _figure(columns: int, title: str, width: float = 5.2, height: float = 4.2) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * columns, height), layout="constrained")
+    axes = figure.subplots(1, columns, squeeze=False)[0]
+    figure.suptitle(title, fontsize=13)
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+    return figure, axes
+
+
+def _column(rows: Sequence[Row], key: str) -> np.ndarray:
+    return np.asarray([float(row[key]) for row in rows])
+
+
+def _by(rows: Sequence[Row], key: str, value: object) -> list[Row]:
+    return [row for row in rows if row[key] == value]
+
+
+def plot_load(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    figure, (messages, volume, redundancy) = _figure(3, "Cost of one event reaching N nodes")
+    for protocol in ("mqtt", "coap", "coap-observe", "gossip"):
+        rows = _by(result.rows, "protocol", protocol)
+        nodes = _column(rows, "nodes")
+        style = {
+            "color": COLOURS[protocol],
+            "label": LABELS[protocol],
+            "marker": MARKERS[protocol],
+            "ms": 4,
+            "linestyle": LINES.get(protocol, "-"),
+        }
+        messages.plot(nodes, _column(rows, "messages"), **style)
+        if protocol == "gossip":
+            messages.fill_between(
+                nodes,
+                _column(rows, "messages_p10"),
+                _column(rows, "messages_p90"),
+                color=COLOURS[protocol],
+                alpha=0.2,
+                label="gossip p10–p90",
+            )
+        volume.plot(nodes, _column(rows, "bytes"), **style)
+        redundancy.plot(nodes, _column(rows, "redundancy"), **style)
+    messages.set(xscale="log", yscale="log", xlabel="nodes N", ylabel="messages per event")
+    volume.set(xscale="log", yscale="log", xlabel="nodes N", ylabel="bytes per event")
+    redundancy.set(
+        xscale="log", xlabel="nodes N", ylabel="update copies per node reached", ylim=(0, None)
+    )
+    messages.legend(fontsize=8, title="MQTT ≈ CoAP Observe (N vs N−1)", title_fontsize=8)
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_failure(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    broker = (
+        "fails like a node"
+        if params.broker_failure is None
+        else f"fails with p={params.broker_failure:g}"
+    )
+    figure, (ax,) = _figure(
+        1,
+        f"Coverage under failures (N={params.nodes}, links fail with "
+        f"p={params.link_failure:g}, broker {broker})",
+        width=7.5,
+        height=4.8,
+    )
+    rates = _column(result.rows, "failure_rate")
+    for protocol in ("mqtt", "coap", "gossip"):
+        colour = COLOURS[protocol]
+        ax.plot(
+            rates,
+            _column(result.rows, f"{protocol}_coverage_mean"),
+            marker="o",
+            color=colour,
+            label=f"{LABELS[protocol]}, mean",
+        )
+        ax.fill_between(
+            rates,
+            _column(result.rows, f"{protocol}_coverage_p10"),
+            _column(result.rows, f"{protocol}_coverage_p90"),
+            color=colour,
+            alpha=0.15,
+            label=f"{LABELS[protocol]}, p10–p90",
+        )
+    ax.set(
+        xlabel="share of nodes failed",
+        ylabel="coverage (share of alive nodes reached)",
+        ylim=(0, 1.05),
+    )
+    ax.legend(fontsize=8, loc="lower left")
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_partition(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (ax,) = _figure(
+        1,
+        f"Partition and merge (N={params.nodes}, {params.healing_links} links heal "
+        f"after round {params.partition_rounds})",
+        width=7.5,
+        height=4.8,
+    )
+    rounds = _column(result.rows, "round")
+    for key, label, colour in (
+        ("a", "knows update A", "#1f77b4"),
+        ("b", "knows update B", "#ff7f0e"),
+        ("both", "knows both", "#2ca02c"),
+    ):
+        ax.plot(
+            rounds,
+            _column(result.rows, f"{key}_mean"),
+            marker="o",
+            ms=3,
+            color=colour,
+            label=f"{label} (mean)",
+        )
+        ax.fill_between(
+            rounds,
+            _column(result.rows, f"{key}_p10"),
+            _column(result.rows, f"{key}_p90"),
+            color=colour,
+            alpha=0.15,
+        )
+    ax.axvline(params.partition_rounds + 0.5, color="grey", linestyle="--", label="partition heals")
+    ax.set(xlabel="gossip round", ylabel="share of all nodes", ylim=(0, 1.05))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, loc="center right")
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_balance(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    figure, (lorenz, bars) = _figure(
+        2, f"Send load with {params.publishers} publishers (N={params.nodes})"
+    )
+    first_trial = _by(result.rows, "trial", 0)
+    protocols = ("mqtt", "coap", "gossip")
+    for protocol in protocols:
+        loads = np.sort(
+            [float(r[f"{protocol}_sends"]) for r in first_trial if r[f"{protocol}_sends"] != ""]
+        )
+        share = np.concatenate([[0.0], np.cumsum(loads) / max(loads.sum(), 1.0)])
+        population = np.linspace(0.0, 1.0, share.size)
+        lorenz.plot(population, share, color=COLOURS[protocol], label=LABELS[protocol])
+    lorenz.plot([0, 1], [0, 1], color="grey", linestyle=":", label="equal load")
+    lorenz.set(
+        xlabel="share of machines, least loaded first",
+        ylabel="share of all sends",
+        title="Lorenz curve (trial 0)",
+    )
+    lorenz.legend(fontsize=8)
+    means = [result.summary[p]["gini_mean"] for p in protocols]
+    low = [m - result.summary[p]["gini_p10"] for m, p in zip(means, protocols, strict=True)]
+    high = [result.summary[p]["gini_p90"] - m for m, p in zip(means, protocols, strict=True)]
+    bars.bar(
+        [LABELS[p] for p in protocols],
+        means,
+        yerr=[low, high],
+        capsize=6,
+        color=[COLOURS[p] for p in protocols],
+    )
+    for x, value in enumerate(means):
+        bars.annotate(
+            f"{value:.2f}",
+            (x, value),
+            ha="center",
+            va="bottom",
+            xytext=(0, 4),
+            textcoords="offset points",
+        )
+    bars.set(
+        ylabel="Gini coefficient of sends (0 = equal)",
+        ylim=(0, 1.1),
+        title="Gini, mean and p10–p90 over trials",
+    )
+    bars.tick_params(axis="x", labelsize=8)
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_fog(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    figure, (load, backhaul, coverage) = _figure(
+        3, f"Fog hierarchy vs one broker vs gossip (N={params.nodes})"
+    )
+    for protocol in ("mqtt-flat", "mqtt-fog", "gossip"):
+        rows = _by(result.rows, "protocol", protocol)
+        brokers = _column(rows, "fog_brokers")
+        style = {"color": COLOURS[protocol], "label": LABELS[protocol], "marker": "o", "ms": 3}
+        load.plot(brokers, _column(rows, "busiest_sends"), **style)
+        # A log axis cannot show 0 (gossip within a single region): leave those points out.
+        crossing = _column(rows, "backhaul_bytes")
+        backhaul.plot(brokers, np.where(crossing > 0, crossing, np.nan), **style)
+        coverage.plot(brokers, _column(rows, "one_broker_failed_mean"), **style)
+        coverage.fill_between(
+            brokers,
+            _column(rows, "one_broker_failed_p10"),
+            _column(rows, "one_broker_failed_p90"),
+            color=COLOURS[protocol],
+            alpha=0.15,
+        )
+    for ax in (load, backhaul, coverage):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("fog brokers B (each serving N/B nodes)")
+    load.set(yscale="log", ylabel="sends by the busiest broker or node, per event")
+    backhaul.set(yscale="log", ylabel="bytes per event crossing fog ↔ cloud")
+    coverage.set(ylabel="coverage when one broker fails (mean, p10–p90)", ylim=(0, 1.05))
+    load.legend(fontsize=8)
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_live(result: ExperimentResult, params: StudyParams, path: Path) -> None:
+    counted = [row for row in result.rows if row["unit"] == "messages"]
+    figure, (ax,) = _figure(
+        1,
+        f"One event through {result.summary['broker']} (N={result.summary['nodes']})",
+        width=7.5,
+        height=4.8,
+    )
+    x = np.arange(len(counted))
+    model = [float(row["model"]) for row in counted]
+    measured = [float(row["measured"]) if row["measured"] != "" else 0.0 for row in counted]
+    ax.bar(x - 0.2, model, width=0.4, label="model", color="#9e9e9e")
+    ax.bar(x + 0.2, measured, width=0.4, label="measured", color="#1f77b4")
+    for position, value, row in zip(x, measured, counted, strict=True):
+        text = "n/a" if row["measured"] == "" else f"{value:,.0f}"
+        ax.annotate(
+            text,
+            (position + 0.2, value),
+            ha="center",
+            va="bottom",
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set_xticks(x, [str(row["quantity"]) for row in counted], fontsize=8, rotation=12)
+    ax.set(ylabel="messages per event")
+    ax.legend()
+    figure.savefig(path, dpi=DPI)
+
+
+PLOTTERS: dict[str, Callable[[ExperimentResult, StudyParams, Path], None]] = {
+    "load": plot_load,
+    "failure": plot_failure,
+    "partition": plot_partition,
+    "balance": plot_balance,
+    "fog": plot_fog,
+    "live": plot_live,
+}
