@@ -2,7 +2,8 @@
 
 Environment variables name a key by its path with double underscores:
 ``FOGFL_MQTT__HOST=broker`` sets ``mqtt.host``; ``FOGFL_FEDERATION__ROUNDS=10`` sets
-``federation.rounds``. Values are read as YAML scalars (``10``, ``true``, ``0.5``).
+``federation.rounds``; top-level keys need none (``FOGFL_LOG_LEVEL=DEBUG``). Values are read
+as YAML scalars (``10``, ``true``, ``0.5``).
 """
 
 from __future__ import annotations
@@ -188,10 +189,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
+    top_level = {
+        name
+        for name, spec in FogflConfig.model_fields.items()
+        if spec.annotation is not None and not isinstance(spec.default, BaseModel)
+    }
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+        if not name.startswith(ENV_PREFIX):
             continue
-        key = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
+        key = name[len(ENV_PREFIX) :].lower()
+        if ENV_NESTING not in key and key not in top_level:
+            continue  # FOGFL_CONFIG, FOGFL_CLIENT_ID and friends are not settings
+        key = key.replace(ENV_NESTING, ".")
         try:
             found[key] = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "qoe": "fogfl.tasks.qoe:QoETask",
+    "synthetic": "fogfl.tasks.synthetic:SyntheticTask",
 }
 
 

@@ -32,10 +32,17 @@ def test_precedence_is_file_then_environment_then_flags(tmp_path: Path) -> None:
 
 
 def test_environment_values_are_typed() -> None:
-    env = {"FOGFL_MQTT__TLS__ENABLED": "true", "FOGFL_FEDERATION__REGIONS": "[a, b, c]"}
+    env = {
+        "FOGFL_MQTT__TLS__ENABLED": "true",
+        "FOGFL_FEDERATION__REGIONS": "[a, b, c]",
+        "FOGFL_LOG_LEVEL": "DEBUG",
+        "FOGFL_CLIENT_ID": "not-a-setting",
+        "FOGFL_CONFIG": "/also/not/a/setting.yaml",
+    }
     config = load_config(environ=env)
     assert config.mqtt.tls.enabled is True
     assert config.federation.regions == ["a", "b", "c"]
+    assert config.log_level == "DEBUG"
 
 
 def test_out_of_range_value_names_the_key_and_the_range() -> None:
