@@ -132,3 +132,24 @@ def test_bad_flag_value_is_one_readable_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "federation.rounds" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_up_runs_on_the_embedded_broker(tmp_path: Path) -> None:
+    """The fallback for machines without Mosquitto, tested on purpose (not as a fallback)."""
+    run_dir = tmp_path / "run"
+    up = fogfl_up(
+        "--rounds",
+        "2",
+        "--clients-per-region",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--broker",
+        "embedded",
+    )
+    output, _ = up.communicate(timeout=240)
+    assert up.returncode == 0, output
+    assert "broker: embedded" in output
+    rows = read_metrics(run_dir / METRICS_FILE)
+    assert [row["clients"] for row in rows[1:]] == ["2", "2"]
+    assert processes_mentioning(str(run_dir)) == []

@@ -92,3 +92,20 @@ def test_dumped_config_loads_back_identically(tmp_path: Path) -> None:
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(config))
     assert load_config(path, environ={}) == config
+
+
+def test_every_key_is_documented() -> None:
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+
+    def keys(model: object, prefix: str = "") -> list[str]:
+        found = []
+        for name, field in type(model).model_fields.items():  # type: ignore[attr-defined]
+            value = getattr(model, name)
+            if hasattr(value, "model_fields"):
+                found += keys(value, f"{prefix}{name}.")
+            else:
+                found.append(f"{prefix}{name}")
+        return found
+
+    missing = [key for key in keys(FogflConfig()) if f"`{key}" not in documented]
+    assert missing == [], f"docs/configuration.md does not describe {missing}"
