@@ -114,12 +114,22 @@ def trial_rng(seed: int, experiment: str, *indices: int) -> np.random.Generator:
 
 
 def spread(values: ArrayLike) -> tuple[float, float, float]:
-    """Mean, 10th and 90th percentile, ignoring NaN (trials with nothing to measure)."""
-    array = np.asarray(values, dtype=np.float64)
-    if np.all(np.isnan(array)):
+    """Mean, 10th and 90th percentile, leaving out NaN (trials with nothing to measure)."""
+    measured = _measured(values)
+    if measured.size == 0:
         return float("nan"), float("nan"), float("nan")
-    p10, p90 = np.nanpercentile(array, [10, 90])
-    return float(np.nanmean(array)), float(p10), float(p90)
+    p10, p90 = np.percentile(measured, [10, 90])
+    return float(measured.mean()), float(p10), float(p90)
+
+
+def median(values: ArrayLike) -> float:
+    measured = _measured(values)
+    return float(np.median(measured)) if measured.size else float("nan")
+
+
+def _measured(values: ArrayLike) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    return array[~np.isnan(array)]
 
 
 # --- 1. load ---------------------------------------------------------------------------
@@ -224,8 +234,8 @@ def run_failure(params: StudyParams, advance: Advance) -> ExperimentResult:
             row[f"{protocol}_coverage_mean"] = mean
             row[f"{protocol}_coverage_p10"] = p10
             row[f"{protocol}_coverage_p90"] = p90
-        row["gossip_rounds_to_last_median"] = float(np.nanmedian(columns["rounds_to_last"]))
-        row["gossip_messages_mean"] = float(np.nanmean(columns["gossip_messages"]))
+        row["gossip_rounds_to_last_median"] = median(columns["rounds_to_last"])
+        row["gossip_messages_mean"] = spread(columns["gossip_messages"])[0]
         rows.append(row)
     worst = rows[-1]
     summary = {
@@ -316,17 +326,17 @@ def run_partition(params: StudyParams, advance: Advance) -> ExperimentResult:
         "merged_share": MERGED_SHARE,
         "trials_merged": int(reached.sum()),
         "rounds_after_healing_to_merge_median": (
-            float(np.nanmedian(rounds_to_merge)) if reached.any() else None
+            median(rounds_to_merge) if reached.any() else None
         ),
         "both_known_at_end_mean": float(known[:, -1, 2].mean()),
     }
-    median = summary["rounds_after_healing_to_merge_median"]
+    merge_median = summary["rounds_after_healing_to_merge_median"]
     highlights = [
         (
             f"rounds after {params.healing_links} healing links until "
             f"{MERGED_SHARE:.0%} know both (median)",
-            f"{median:g} ({reached.sum()}/{params.trials} trials got there)"
-            if median is not None
+            f"{merge_median:g} ({reached.sum()}/{params.trials} trials got there)"
+            if merge_median is not None
             else f"never within {params.merge_rounds} rounds",
         ),
         ("share knowing both at the end (mean)", f"{summary['both_known_at_end_mean']:.3f}"),
