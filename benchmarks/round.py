@@ -82,18 +82,24 @@ def run(megabytes: float, rounds: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=float, nargs="*", default=[1, 10], help="model sizes in MB")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     if mosquitto_binary() is None:
         raise SystemExit("this benchmark needs Mosquitto (apt-get install mosquitto)")
-    print("2 regions × 3 clients, separate processes, Mosquitto on loopback; rounds 2.. (round 1 has start-up)")
+    print(
+        "2 regions × 3 clients, separate processes, Mosquitto on loopback; "
+        "rounds 2.. (round 1 has start-up)"
+    )
     print(f"{'model':>8} {'rounds':>6} {'median overhead':>16} {'min':>8} {'max':>8}")
     for megabytes in args.sizes:
         overheads = run(megabytes, args.rounds)
         print(
-            f"{megabytes:>6g}MB {len(overheads):>6} {statistics.median(overheads) * 1000:>13.0f} ms "
+            f"{megabytes:>6g}MB {len(overheads):>6} "
+            f"{statistics.median(overheads) * 1000:>13.0f} ms "
             f"{min(overheads) * 1000:>5.0f} ms {max(overheads) * 1000:>5.0f} ms"
         )
 

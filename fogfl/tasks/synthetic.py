@@ -58,7 +58,9 @@ class SyntheticTask(Task):
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for layer in model.parameters():
-                layer.add_(torch.randn(layer.shape, generator=generator), alpha=settings.learning_rate)
+                layer.add_(
+                    torch.randn(layer.shape, generator=generator), alpha=settings.learning_rate
+                )
         return {"train_loss": float(settings.learning_rate)}
 
     def evaluate(self, model: nn.Module, data: Partition) -> dict[str, float]:

@@ -99,7 +99,7 @@ def test_every_key_is_documented() -> None:
 
     def keys(model: object, prefix: str = "") -> list[str]:
         found = []
-        for name, field in type(model).model_fields.items():  # type: ignore[attr-defined]
+        for name in type(model).model_fields:  # type: ignore[attr-defined]
             value = getattr(model, name)
             if hasattr(value, "model_fields"):
                 found += keys(value, f"{prefix}{name}.")
