@@ -61,6 +61,19 @@ class TrainingSettings(_Section):
     local_epochs: int = Field(2, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=1_000_000)
     learning_rate: float = Field(5e-4, gt=0, le=10)
+    proximal_mu: float = Field(0.0, ge=0, le=1e6, description="FedProx μ; 0 is plain FedAvg")
+
+
+class ParticipationSettings(_Section):
+    schedule: Literal["constant", "exponential", "linear", "sigmoid", "reciprocal"] = "constant"
+    start_fraction: float = Field(1.0, gt=0, le=1)
+    end_fraction: float = Field(1.0, gt=0, le=1)
+
+    @property
+    def full(self) -> bool:
+        return self.start_fraction == 1.0 and (
+            self.schedule == "constant" or self.end_fraction == 1.0
+        )
 
 
 class FederationSettings(_Section):
@@ -70,6 +83,12 @@ class FederationSettings(_Section):
     min_regions: int | None = Field(None, ge=1, description="default: every region")
     seed: int = Field(42, ge=0)
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    clients: dict[str, list[str]] | None = Field(
+        None, description="client ids per region; default <region>-NN numbered across regions"
+    )
+    participation: ParticipationSettings = ParticipationSettings()
+    weighting: Literal["examples", "uniform"] = "examples"
+    edge_rounds: int = Field(1, ge=1, le=1000, description="edge rounds per cloud round (κ)")
 
     @model_validator(mode="after")
     def _regions_are_names(self) -> FederationSettings:
@@ -80,6 +99,8 @@ class FederationSettings(_Section):
                 )
         if len(set(self.regions)) != len(self.regions):
             raise ValueError(f"region names repeat: {self.regions}")
+        if self.clients is not None and set(self.clients) != set(self.regions):
+            raise ValueError(f"clients must list exactly the regions {self.regions}")
         if self.min_regions is not None and self.min_regions > len(self.regions):
             raise ValueError(
                 f"min_regions={self.min_regions} exceeds the {len(self.regions)} regions configured"
@@ -89,6 +110,17 @@ class FederationSettings(_Section):
     @property
     def required_regions(self) -> int:
         return self.min_regions if self.min_regions is not None else len(self.regions)
+
+    def client_ids(self) -> dict[str, list[str]]:
+        """Every region's client ids. By default clients are numbered across the whole
+        federation (north-01…north-03, south-04…), so tasks can cycle scenarios over them."""
+        if self.clients is not None:
+            return {region: list(self.clients[region]) for region in self.regions}
+        per_region = self.clients_per_region
+        return {
+            region: [f"{region}-{r * per_region + k + 1:02d}" for k in range(per_region)]
+            for r, region in enumerate(self.regions)
+        }
 
 
 class FogSettings(_Section):
@@ -110,7 +142,10 @@ class BridgeSettings(_Section):
 class ServerSettings(_Section):
     address: str = "0.0.0.0:8080"
     run_dir: Path | None = Field(None, description="default: runs/<run id>")
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"] = "fedavg"
+    strategy_options: dict[str, float] = Field(
+        default_factory=dict, description="the Flower strategy's own parameters (eta, beta, …)"
+    )
     round_timeout_s: float = Field(240.0, gt=0)
     region_wait_s: float = Field(
         30.0, ge=0, description="how long a round waits for every region's bridge to connect"
@@ -138,6 +173,12 @@ class FogflConfig(_Section):
     @property
     def expected_updates(self) -> int:
         return self.fog.expected_updates or self.federation.clients_per_region
+
+    @model_validator(mode="after")
+    def _strategy_fits_training(self) -> FogflConfig:
+        if self.server.strategy == "fedprox" and self.training.proximal_mu <= 0:
+            raise ValueError("server.strategy fedprox needs training.proximal_mu > 0")
+        return self
 
 
 def load_config(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +36,14 @@ from flwr.common import (  # noqa: E402
 )
 from flwr.server.client_manager import ClientManager  # noqa: E402
 from flwr.server.client_proxy import ClientProxy  # noqa: E402
-from flwr.server.strategy import FedAvg, Strategy  # noqa: E402
+from flwr.server.strategy import (  # noqa: E402
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Strategy,
+)
 
 from fogfl.errors import FogflError  # noqa: E402
 from fogfl.processes import wait_for_port  # noqa: E402
@@ -228,17 +236,40 @@ class HierarchicalStrategy(Strategy):
         return None
 
 
-def fedavg(initial: Arrays, min_regions: int) -> FedAvg:
-    """Flower's FedAvg over regions, weighting each by the examples behind its partial."""
-    return FedAvg(
-        fraction_fit=1.0,
-        fraction_evaluate=0.0,
-        min_fit_clients=min_regions,
-        min_evaluate_clients=min_regions,
-        min_available_clients=min_regions,
-        initial_parameters=ndarrays_to_parameters(initial),
-        fit_metrics_aggregation_fn=_no_metrics,
-    )
+STRATEGIES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+}
+
+
+def make_strategy(
+    name: str, initial: Arrays, min_regions: int, options: Mapping[str, float] | None = None
+) -> FedAvg:
+    """One of Flower's strategies over the regions, each region weighted by the weight its
+    partial reports (its examples, or its clients under uniform weighting). `options` are
+    the strategy's own parameters (FedAdam's eta, FedTrimmedAvg's beta, FedProx's
+    proximal_mu, …)."""
+    if name not in STRATEGIES:
+        raise FogflError(
+            f"server.strategy: unknown strategy {name!r}; use one of {sorted(STRATEGIES)}"
+        )
+    settings: dict[str, Any] = {
+        "fraction_fit": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_fit_clients": min_regions,
+        "min_evaluate_clients": min_regions,
+        "min_available_clients": min_regions,
+        "initial_parameters": ndarrays_to_parameters(initial),
+        "fit_metrics_aggregation_fn": _no_metrics,
+        **dict(options or {}),
+    }
+    try:
+        return STRATEGIES[name](**settings)
+    except TypeError as exc:
+        raise FogflError(f"server.strategy_options do not fit {name}: {exc}") from None
 
 
 def serve(address: str, strategy: HierarchicalStrategy, round_timeout_s: float) -> None:

@@ -37,6 +37,9 @@ class Topics:
     def partial(self, region: str) -> str:
         return f"{self.prefix}/partial/{region}"
 
+    def region_model(self, region: str) -> str:
+        return f"{self.prefix}/region_model/{region}"
+
     @property
     def all_updates(self) -> str:
         return f"{self.prefix}/updates/+"
@@ -60,7 +63,8 @@ class Topics:
     def region_of(self, topic: str) -> str:
         """The region a per-region topic belongs to, or "" for the shared topics."""
         parts = topic[len(self.prefix) + 1 :].split("/")
-        return parts[1] if len(parts) == 2 and parts[0] in ("updates", "partial") else ""
+        per_region = ("updates", "partial", "region_model")
+        return parts[1] if len(parts) == 2 and parts[0] in per_region else ""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,14 @@ def new_run_id() -> str:
 @dataclass
 class RoundRecord:
     """One row of metrics.csv. `eval_*` describe the global model *after* the round, as
-    evaluated by the clients on their test splits; round 0 is the initial model."""
+    evaluated by the clients on their test splits; round 0 is the initial model.
+
+    Traffic per round, in payload bytes: `bytes_up` (updates and partials) and `bytes_down`
+    (global model to each client, region models under edge rounds); by tier, `bytes_edge`
+    (inside the regions: client updates, region models, the global model's fan-out to
+    clients) and `bytes_cloud` (across the cloud link: one partial and one global model per
+    region, as with a bridged broker per fog site).
+    """
 
     round: int
     clients: int | None = None
@@ -40,6 +47,8 @@ class RoundRecord:
     eval_accuracy: float | None = None
     bytes_up: int | None = None
     bytes_down: int | None = None
+    bytes_edge: int | None = None
+    bytes_cloud: int | None = None
     round_seconds: float | None = None
 
 

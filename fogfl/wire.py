@@ -24,7 +24,7 @@ from safetensors.numpy import save as safetensors_save
 from fogfl import PROTOCOL_VERSION
 from fogfl.errors import WireError
 
-Kind = Literal["update", "partial", "global", "round", "evaluation"]
+Kind = Literal["update", "partial", "global", "round", "evaluation", "region"]
 Codec = Literal["float32", "float16"]
 KINDS: tuple[str, ...] = get_args(Kind)
 CODECS: tuple[str, ...] = get_args(Codec)
@@ -122,7 +122,8 @@ class Envelope:
     """One fogfl message: who sent what for which run and round, with the tensors.
 
     Kind-specific fields: `metrics` (update, partial, evaluation), `contributors` and
-    `stats` (partial), `config` and `schema` (global, round), `final` (global, round, partial).
+    `stats` (partial), `config` and `schema` (global, round), `final` (global, round, partial),
+    `edge_round` (update, region: which of the round's edge rounds, from 1).
     """
 
     kind: Kind
@@ -131,6 +132,7 @@ class Envelope:
     sender: str
     region: str = ""
     num_examples: int = 0
+    edge_round: int = 1
     tensors: Tensors = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     contributors: list[str] = field(default_factory=list)
@@ -153,6 +155,7 @@ def encode(message: Envelope, codec: Codec | None = None) -> bytes:
         "kind": message.kind,
         "run_id": message.run_id,
         "round": str(message.round),
+        "edge_round": str(message.edge_round),
         "sender": message.sender,
         "region": message.region,
         "num_examples": str(message.num_examples),
@@ -216,6 +219,7 @@ def decode(
         kind=cast(Kind, kind),
         run_id=message_run,
         round=_count(meta, "round"),
+        edge_round=_count(meta, "edge_round") if "edge_round" in meta else 1,
         sender=_identifier(meta, "sender"),
         region=_identifier(meta, "region", allow_empty=True),
         num_examples=_count(meta, "num_examples"),

@@ -19,7 +19,7 @@ from fogfl.errors import WireError
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received
 from fogfl.tasks import load_task
-from fogfl.tasks.base import client_ordinal, load_tensors, model_tensors
+from fogfl.tasks.base import load_tensors, model_tensors, training_seed
 from fogfl.wire import Envelope, ModelSchema, decode, encode
 
 ROLE = "client"
@@ -39,7 +39,8 @@ class FederatedClient:
         self.task.warm_up(self.model)
         self.session = MqttSession(config.mqtt, f"fogfl-client-{client_id}-{os.getpid()}", self.log)
         self.topics = self.session.topics
-        self.rounds_done: dict[str, int] = {}
+        self.runs_joined: set[str] = set()
+        self.position: dict[str, tuple[int, int]] = {}
 
     def run(self) -> int:
         """Take part in rounds until the server publishes the final model; returns 0."""
@@ -50,58 +51,84 @@ class FederatedClient:
             self.data.num_test,
             self.data.description,
         )
-        self.session.connect([self.topics.global_model])
+        self.session.connect([self.topics.global_model, self.topics.region_model(self.region)])
         self.log.info("ready; waiting for the global model on %s", self.topics.global_model)
         try:
             while True:
-                message = self._latest(self.session.receive(timeout=None))
-                if message is None:
-                    continue
-                try:
-                    model = decode(
-                        message.payload,
-                        kinds={"global"},
-                        max_bytes=self.config.wire.max_payload_bytes,
-                        schema=self.schema,
-                    )
-                    settings = _round_settings(self.config.training, model.config)
-                except WireError as error:
-                    self.rejections.record_error(error, message.topic)
+                model = self._newest(self.session.receive(timeout=None))
+                if model is None:
                     continue
                 if model.final:
-                    if model.run_id in self.rounds_done:
+                    if model.run_id in self.runs_joined:
                         self._evaluate_final(model)
                         return 0
                     self.log.info(
                         "ignoring the final model of run %s, which this client did not join",
                         model.run_id,
                     )
-                elif model.round > self.rounds_done.get(model.run_id, 0):
-                    self._train_round(model, settings)
+                    continue
+                self.runs_joined.add(model.run_id)
+                position = (model.round, model.edge_round)
+                if position <= self.position.get(model.run_id, (0, 0)):
+                    continue
+                self.position[model.run_id] = position
+                try:
+                    settings = _round_settings(self.config.training, model.config)
+                except WireError as error:
+                    self.rejections.record_error(error, self.topics.global_model)
+                    continue
+                if self._sits_out(model):
+                    continue
+                self._train_round(model, settings)
         finally:
             self.session.close()
 
-    def _latest(self, first: Received | None) -> Received | None:
-        """The newest queued global model: rounds that went by while training are skipped."""
-        latest = first
-        while (newer := self.session.receive(timeout=0)) is not None:
-            latest = newer
-        return latest
+    def _newest(self, first: Received | None) -> Envelope | None:
+        """The furthest-along model among those queued: a client that was busy training skips
+        the rounds that went by meanwhile. Bad messages are rejected and counted."""
+        newest: Envelope | None = None
+        message = first
+        while message is not None:
+            try:
+                model = decode(
+                    message.payload,
+                    kinds={"global", "region"},
+                    max_bytes=self.config.wire.max_payload_bytes,
+                    schema=self.schema,
+                )
+            except WireError as error:
+                self.rejections.record_error(error, message.topic)
+            else:
+                if model.kind == "region" and model.region != self.region:
+                    self.rejections.record(
+                        "wrong-region", f"region model of {model.region}", message.topic
+                    )
+                elif newest is None or _progress(model) >= _progress(newest):
+                    newest = model
+            message = self.session.receive(timeout=0)
+        return newest
 
-    def _train_round(self, global_model: Envelope, settings: TrainingSettings) -> None:
+    def _sits_out(self, model: Envelope) -> bool:
+        chosen = model.config.get("participants")
+        if not isinstance(chosen, dict) or self.client_id in chosen.get(self.region, []):
+            return False
+        self.log.info("round %d: not picked this round; sitting it out", model.round)
+        return True
+
+    def _train_round(self, start: Envelope, settings: TrainingSettings) -> None:
+        """Train from a global model (edge round 1) or the region's model (later edge rounds)."""
         started = time.monotonic()
-        load_tensors(self.model, global_model.tensors)
-        evaluation = self.task.evaluate(self.model, self.data)
-        seed = (
-            self.config.federation.seed * 1_000_003
-            + global_model.round * 7919
-            + client_ordinal(self.client_id)
+        load_tensors(self.model, start.tensors)
+        evaluation = self.task.evaluate(self.model, self.data) if start.kind == "global" else {}
+        seed = training_seed(
+            self.config.federation.seed, start.round, self.client_id, start.edge_round
         )
         training = self.task.train(self.model, self.data, settings, seed)
         update = Envelope(
             kind="update",
-            run_id=global_model.run_id,
-            round=global_model.round,
+            run_id=start.run_id,
+            round=start.round,
+            edge_round=start.edge_round,
             sender=self.client_id,
             region=self.region,
             num_examples=self.data.num_train,
@@ -111,11 +138,13 @@ class FederatedClient:
         self.session.publish(
             self.topics.updates(self.region), encode(update, self.config.wire.codec)
         )
-        self.rounds_done[global_model.run_id] = global_model.round
+        edge = f" (edge round {start.edge_round})" if start.kind == "region" else ""
+        before = f"eval_loss {evaluation['eval_loss']:.4f} before training, " if evaluation else ""
         self.log.info(
-            "round %d: eval_loss %.4f before training, train_loss %.4f, %.2f s",
-            global_model.round,
-            evaluation["eval_loss"],
+            "round %d%s: %strain_loss %.4f, %.2f s",
+            start.round,
+            edge,
+            before,
             training["train_loss"],
             time.monotonic() - started,
         )
@@ -138,6 +167,10 @@ class FederatedClient:
             evaluation["eval_loss"],
             final_model.run_id,
         )
+
+
+def _progress(model: Envelope) -> tuple[bool, int, int]:
+    return (model.final, model.round, model.edge_round)
 
 
 def _round_settings(

@@ -63,6 +63,8 @@ class FogBridge:
             "region": self.region,
             "clients": len(partial.contributors),
             "updates_bytes": int(partial.stats.get("updates_bytes", 0)),
+            "region_bytes": int(partial.stats.get("region_bytes", 0)),
+            "examples": partial.num_examples,
             "partial_bytes": partial.payload_bytes,
         }
         self.log.info(
@@ -72,7 +74,10 @@ class FogBridge:
             len(partial.contributors),
         )
         arrays = [] if final else schema.ordered(partial.tensors)
-        return flower.RegionResult(arrays, partial.num_examples, metrics)
+        # Flower weighs regions by this: the examples behind the partial, or its clients
+        # under uniform weighting.
+        weight = int(partial.stats.get("weight", partial.num_examples))
+        return flower.RegionResult(arrays, weight, metrics)
 
     def _wait_for(self, key: PartialKey, schema: ModelSchema | None) -> Envelope | None:
         deadline = time.monotonic() + self.config.bridge.partial_timeout_s

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from fogfl.aggregation import MetricsMean, WeightedModelMean
 from fogfl.config import FogflConfig
@@ -29,23 +29,49 @@ ROLE = "fog-broker"
 
 @dataclass
 class RegionRound:
-    """The updates of one round (or the final evaluation) collected so far."""
+    """The updates of one round (or the final evaluation) collected so far.
+
+    With κ edge rounds per cloud round, the region model is averaged κ times: after each
+    edge round but the last, it goes back down to the clients to train on again.
+    """
 
     run_id: str
     round: int
     phase: Phase
     schema: ModelSchema
     deadline: float
+    expected: int
+    participants: set[str] | None
+    uniform: bool
+    edge_rounds: int
+    config: dict[str, Any]
     model: WeightedModelMean | None
+    edge_round: int = 1
     metrics: MetricsMean = field(default_factory=MetricsMean)
     contributors: list[str] = field(default_factory=list)
     num_examples: int = 0
     updates_bytes: int = 0
+    region_bytes: int = 0
     deadline_logged: bool = False
 
     @property
     def final(self) -> bool:
         return self.phase == "evaluate"
+
+    @property
+    def last_edge_round(self) -> bool:
+        return self.edge_round >= self.edge_rounds
+
+    def weight(self, num_examples: int) -> int:
+        return 1 if self.uniform else num_examples
+
+    def next_edge_round(self, deadline: float) -> None:
+        self.edge_round += 1
+        self.deadline = deadline
+        self.model = WeightedModelMean(self.schema)
+        self.contributors = []
+        self.num_examples = 0
+        self.deadline_logged = False
 
 
 class FogBroker:
@@ -120,19 +146,40 @@ class FogBroker:
                 "round %d abandoned with %d of %d updates: the server moved on to round %d",
                 current.round,
                 len(current.contributors),
-                self.expected_updates,
+                current.expected,
                 announcement.round,
             )
+        plan = announcement.config
+        chosen = plan.get("participants")
+        participants = None
+        expected = self.expected_updates
+        if isinstance(chosen, dict) and phase == "fit":
+            participants = {str(c) for c in chosen.get(self.region, [])}
+            expected = len(participants)
+        edge_rounds = plan.get("edge_rounds", 1)
         self.current = RegionRound(
             run_id=announcement.run_id,
             round=announcement.round,
             phase=phase,
             schema=announcement.schema,
             deadline=time.monotonic() + self.deadline_s,
+            expected=expected,
+            participants=participants,
+            uniform=plan.get("weighting") == "uniform",
+            edge_rounds=edge_rounds if isinstance(edge_rounds, int) and edge_rounds >= 1 else 1,
+            config=plan,
             model=None if phase == "evaluate" else WeightedModelMean(announcement.schema),
         )
         what = "final evaluation" if phase == "evaluate" else "round"
-        self.log.info("%s %d of run %s opened", what, announcement.round, announcement.run_id)
+        self.log.info(
+            "%s %d of run %s opened; expecting %d updates",
+            what,
+            announcement.round,
+            announcement.run_id,
+            expected,
+        )
+        if expected == 0 and phase == "fit":
+            self.log.warning("round %d: no client of this region takes part", announcement.round)
 
     def _on_update(self, message: Received) -> None:
         current = self.current
@@ -163,18 +210,25 @@ class FogBroker:
             raise WireError(
                 "future-round", f"{who} is for round {update.round}; round {current.round} is open"
             )
+        if kind == "update" and update.edge_round != current.edge_round:
+            when = "late" if update.edge_round < current.edge_round else "future-round"
+            raise WireError(
+                when, f"{who} is for edge round {update.edge_round}; {current.edge_round} is open"
+            )
+        if current.participants is not None and update.sender not in current.participants:
+            raise WireError("not-participant", f"{who}: the server did not pick it this round")
         if update.sender in current.contributors:
             raise WireError("duplicate", f"{who} for round {update.round} arrived twice")
         if update.num_examples <= 0:
             raise WireError("no-examples", f"{who} reports num_examples={update.num_examples}")
         if current.model is not None:
-            current.model.add(update.tensors, update.num_examples)
+            current.model.add(update.tensors, current.weight(update.num_examples))
         current.metrics.add(update.metrics, update.num_examples)
         current.contributors.append(update.sender)
         current.num_examples += update.num_examples
         current.updates_bytes += update.payload_bytes
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
-        if len(current.contributors) >= self.expected_updates:
+        if len(current.contributors) >= current.expected:
             self._close("all expected updates are in")
 
     def _seconds_to_deadline(self) -> float:
@@ -186,7 +240,7 @@ class FogBroker:
         current = self.current
         if current is None or time.monotonic() < current.deadline:
             return
-        if len(current.contributors) >= self.min_updates:
+        if len(current.contributors) >= min(self.min_updates, current.expected):
             self._close(f"deadline of {self.deadline_s:.0f} s passed")
         elif not current.deadline_logged:
             current.deadline_logged = True
@@ -200,6 +254,16 @@ class FogBroker:
     def _close(self, why: str) -> None:
         current = self.current
         assert current is not None
+        if current.model is not None and not current.contributors:
+            self.log.warning(
+                "round %d closed with no updates (%s); nothing to publish", current.round, why
+            )
+            self.last_closed = (current.run_id, current.round, current.phase)
+            self.current = None
+            return
+        if current.model is not None and not current.last_edge_round:
+            self._publish_region_model(current, why)
+            return
         partial = Envelope(
             kind="partial",
             run_id=current.run_id,
@@ -212,6 +276,10 @@ class FogBroker:
             contributors=current.contributors,
             stats={
                 "updates_bytes": current.updates_bytes,
+                "region_bytes": current.region_bytes,
+                "weight": current.model.total_weight
+                if current.model is not None
+                else current.num_examples,
                 "rejected": dict(self.rejections.counts),
             },
             final=current.final,
@@ -231,6 +299,33 @@ class FogBroker:
         self.current = None
         if current.final:
             self.finished = True
+
+    def _publish_region_model(self, current: RegionRound, why: str) -> None:
+        """End an edge round: the region's mean goes back down to its clients."""
+        assert current.model is not None
+        region_model = Envelope(
+            kind="region",
+            run_id=current.run_id,
+            round=current.round,
+            edge_round=current.edge_round + 1,
+            sender=f"fog-{self.region}",
+            region=self.region,
+            num_examples=current.num_examples,
+            tensors=current.model.result(),
+            config=current.config,
+        )
+        payload = encode(region_model, self.config.wire.codec)
+        self.session.publish(self.topics.region_model(self.region), payload, retain=True)
+        current.region_bytes += len(payload) * len(current.contributors)
+        self.log.info(
+            "round %d: edge round %d of %d closed (%s) with %d updates",
+            current.round,
+            current.edge_round,
+            current.edge_rounds,
+            why,
+            len(current.contributors),
+        )
+        current.next_edge_round(time.monotonic() + self.deadline_s)
 
 
 def run(

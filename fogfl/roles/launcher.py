@@ -100,12 +100,10 @@ class Federation:
             self.roles.append(
                 self._spawn(f"fog-bridge-{region}", ["fog-bridge", "--region", region])
             )
-        for client_id, region in client_ids(self.config):
-            self.roles.append(
-                self._spawn(
-                    f"client-{client_id}", ["client", "--id", client_id, "--region", region]
-                )
-            )
+        for region, members in self.config.federation.client_ids().items():
+            for client_id in members:
+                arguments = ["client", "--id", client_id, "--region", region]
+                self.roles.append(self._spawn(f"client-{client_id}", arguments))
 
     def poll(self) -> Status:
         """The federation's status now; marks it finished once the server is done."""
@@ -156,17 +154,6 @@ class Federation:
             f"{child.name} exited with code {code}; "
             f"last lines of {child.log_path}:\n{child.tail(12)}"
         )
-
-
-def client_ids(config: FogflConfig) -> list[tuple[str, str]]:
-    """(client id, region) for every client; ids number clients across the whole federation,
-    so the qoe task cycles every region through the base scenarios."""
-    ids = []
-    per_region = config.federation.clients_per_region
-    for r, region in enumerate(config.federation.regions):
-        for k in range(per_region):
-            ids.append((f"{region}-{r * per_region + k + 1:02d}", region))
-    return ids
 
 
 def region_names(count: int) -> list[str]:

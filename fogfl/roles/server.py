@@ -29,6 +29,7 @@ from fogfl.run_dir import (
     write_atomic,
     write_metrics,
 )
+from fogfl.schedules import participant_count, select_participants
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, encode
@@ -53,6 +54,7 @@ class Server:
         self.round_started: dict[int, float] = {}
         self.global_bytes: dict[int, int] = {}
         self.short_rounds: list[str] = []
+        self.participants: dict[int, dict[str, list[str]] | None] = {}
 
     def run(self) -> int:
         """Run every round; returns 0 when each had at least `min_regions` regions."""
@@ -69,7 +71,12 @@ class Server:
             self.config.server.address,
         )
         strategy = flower.HierarchicalStrategy(
-            flower.fedavg(self.schema.ordered(self.initial), self.min_regions),
+            flower.make_strategy(
+                self.config.server.strategy,
+                self.schema.ordered(self.initial),
+                self.min_regions,
+                _strategy_options(self.config),
+            ),
             hooks=self,
             num_rounds=self.rounds,
             regions=len(self.config.federation.regions),
@@ -93,6 +100,7 @@ class Server:
 
     def start_round(self, server_round: int, arrays: flower.Arrays) -> flower.Config:
         self.round_started[server_round] = time.monotonic()
+        self.participants[server_round] = self._participants(server_round)
         self.global_bytes[server_round] = self._publish_global(server_round, arrays, final=False)
         return self._fit_config(server_round)
 
@@ -109,19 +117,23 @@ class Server:
             self.short_rounds.append(
                 f"round {server_round}: {len(reports)} of {self.min_regions} regions"
             )
-        metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
-        clients = sum(int(r.metrics.get("clients", 0)) for r in reports)
-        uploaded = sum(
-            int(r.metrics.get("updates_bytes", 0)) + int(r.metrics.get("partial_bytes", 0))
-            for r in reports
+        metrics = mean_metrics(
+            [(int(r.metrics.get("examples", r.num_examples)), r.metrics) for r in reports]
         )
+        clients = sum(int(r.metrics.get("clients", 0)) for r in reports)
+        updates_bytes = sum(int(r.metrics.get("updates_bytes", 0)) for r in reports)
+        partial_bytes = sum(int(r.metrics.get("partial_bytes", 0)) for r in reports)
+        region_bytes = sum(int(r.metrics.get("region_bytes", 0)) for r in reports)
+        global_bytes = self.global_bytes.get(server_round, 0)
         record = self._record(server_round)
         record.clients = clients
         record.regions = len(reports)
         record.failed_regions = len(failures)
         record.train_loss = metrics.get("train_loss")
-        record.bytes_up = uploaded
-        record.bytes_down = self.global_bytes.get(server_round, 0) * clients
+        record.bytes_up = updates_bytes + partial_bytes
+        record.bytes_down = global_bytes * clients + region_bytes
+        record.bytes_edge = updates_bytes + region_bytes + global_bytes * clients
+        record.bytes_cloud = partial_bytes + global_bytes * len(reports)
         record.round_seconds = time.monotonic() - self.round_started.get(
             server_round, time.monotonic()
         )
@@ -151,7 +163,7 @@ class Server:
 
     def _publish_global(self, server_round: int, arrays: flower.Arrays, final: bool) -> int:
         tensors = self.schema.named(arrays)
-        config = self._round_config()
+        config = self._round_config(server_round, final)
         announcement = Envelope(
             kind="round",
             run_id=self.run_id,
@@ -185,8 +197,39 @@ class Server:
         )
         return len(payload)
 
-    def _round_config(self) -> dict[str, object]:
-        return self.config.training.model_dump()
+    def _round_config(self, server_round: int, final: bool) -> dict[str, object]:
+        """What every role needs to know about the round, announced with it."""
+        federation = self.config.federation
+        config: dict[str, object] = {
+            **self.config.training.model_dump(),
+            "weighting": federation.weighting,
+            "edge_rounds": federation.edge_rounds,
+        }
+        chosen = None if final else self.participants.get(server_round)
+        if chosen is not None:
+            config["participants"] = chosen
+        return config
+
+    def _participants(self, server_round: int) -> dict[str, list[str]] | None:
+        """This round's clients per region, or None when every client takes part."""
+        federation = self.config.federation
+        plan = federation.participation
+        if plan.full:
+            return None
+        population = federation.client_ids()
+        total = sum(len(ids) for ids in population.values())
+        count = participant_count(
+            plan.schedule,
+            server_round,
+            self.rounds,
+            total,
+            plan.start_fraction,
+            plan.end_fraction,
+            minimum=len(population),
+        )
+        chosen = select_participants(population, count, federation.seed, server_round)
+        self.log.info("round %d: %d of %d clients take part", server_round, count, total)
+        return chosen
 
     def _fit_config(self, server_round: int) -> flower.Config:
         return {"run_id": self.run_id, "round": server_round, "schema": self.schema.to_json()}
@@ -223,6 +266,14 @@ class Server:
         resolved.federation.run_id = self.run_id
         resolved.server.run_dir = self.run_dir
         return resolved
+
+
+def _strategy_options(config: FogflConfig) -> dict[str, float]:
+    options = dict(config.server.strategy_options)
+    if config.server.strategy == "fedprox":
+        # The clients' proximal term is training.proximal_mu; Flower's FedProx only relays it.
+        options.setdefault("proximal_mu", config.training.proximal_mu)
+    return options
 
 
 def _fmt(value: float | None) -> str:

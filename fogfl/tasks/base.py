@@ -93,6 +93,14 @@ def client_ordinal(client_id: str) -> int:
     return int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:4], "little")
 
 
+def training_seed(seed: int, server_round: int, client_id: str, edge_round: int = 1) -> int:
+    """The seed of one client's local training in one (edge) round: the runtime and the
+    simulation derive it the same way, so they train identically."""
+    return (
+        seed * 1_000_003 + server_round * 7919 + edge_round * 104_729 + client_ordinal(client_id)
+    ) % 2**63
+
+
 def model_tensors(model: nn.Module) -> Tensors:
     """The model's state dict as numpy arrays, in state-dict order."""
     return {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()}
@@ -104,7 +112,11 @@ def load_tensors(model: nn.Module, tensors: Mapping[str, npt.NDArray[Any]]) -> N
 
 
 class SupervisedTask(Task):
-    """Mini-batch training with Adam on a loss, evaluation on the test split."""
+    """Mini-batch training with Adam on a loss, evaluation on the test split.
+
+    With ``proximal_mu`` > 0 the local objective gains FedProx's proximal term
+    μ/2·‖w − w_global‖², which keeps the local model near the global one it started from.
+    """
 
     def warm_up(self, model: nn.Module) -> None:
         # torch builds its first optimizer in about a second (lazy imports); do it at start.
@@ -126,6 +138,8 @@ class SupervisedTask(Task):
         targets = self._targets(data.y_train)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         criterion = self.loss_fn()
+        mu = settings.proximal_mu
+        anchors = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
         model.train()
         epoch_loss = math.nan
         for _epoch in range(settings.local_epochs):
@@ -135,9 +149,15 @@ class SupervisedTask(Task):
                 batch = order[start : start + settings.batch_size]
                 optimizer.zero_grad()
                 loss = criterion(model(features[batch]), targets[batch])
+                total += float(loss.item()) * len(batch)
+                if anchors:
+                    drift = sum(
+                        (p - a).square().sum()
+                        for p, a in zip(model.parameters(), anchors, strict=True)
+                    )
+                    loss = loss + mu / 2 * drift
                 loss.backward()
                 optimizer.step()
-                total += float(loss.item()) * len(batch)
             epoch_loss = total / max(len(order), 1)
         return {"train_loss": epoch_loss}
 
