@@ -9,7 +9,7 @@ adjacency stored at all.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -53,7 +53,7 @@ class CompleteGraph:
 class SparseGraph:
     """An undirected simple graph stored as symmetric CSR adjacency."""
 
-    def __init__(self, n_nodes: int, indptr: IntArray, indices: IntArray) -> None:
+    def __init__(self, n_nodes: int, indptr: IntArray, indices: NDArray[np.integer[Any]]) -> None:
         self._n = n_nodes
         self.indptr = indptr
         self.indices = indices
@@ -63,11 +63,13 @@ class SparseGraph:
         """The graph with edges first[k]–second[k]; each edge listed once, no self-loops."""
         import scipy.sparse
 
-        rows = np.concatenate([first, second])
-        cols = np.concatenate([second, first])
+        # Lower-triangle entries first: with edges sorted by (first, second), as Erdős–Rényi
+        # draws are, every row's columns then come out sorted and scipy need not sort them.
+        rows = np.concatenate([second, first])
+        cols = np.concatenate([first, second])
         ones = np.ones(rows.size, dtype=np.int8)
         adjacency = scipy.sparse.csr_array((ones, (rows, cols)), shape=(n_nodes, n_nodes))
-        return cls(n_nodes, adjacency.indptr.astype(np.int64), adjacency.indices.astype(np.int64))
+        return cls(n_nodes, adjacency.indptr.astype(np.int64), adjacency.indices)
 
     @property
     def n_nodes(self) -> int:
@@ -81,10 +83,10 @@ class SparseGraph:
         return self.indptr[nodes + 1] - self.indptr[nodes]
 
     def neighbour(self, nodes: IntArray, position: IntArray) -> IntArray:
-        return self.indices[self.indptr[nodes] + position]
+        return self.indices[self.indptr[nodes] + position].astype(np.int64)
 
     def neighbours_of(self, node: int) -> IntArray:
-        return self.indices[self.indptr[node] : self.indptr[node + 1]]
+        return self.indices[self.indptr[node] : self.indptr[node + 1]].astype(np.int64)
 
 
 def erdos_renyi_edges(

@@ -261,17 +261,13 @@ def plot_live(result: ExperimentResult, params: StudyParams, path: Path) -> None
     measured = [float(row["measured"]) if row["measured"] != "" else 0.0 for row in counted]
     ax.bar(x - 0.2, model, width=0.4, label="model", color="#9e9e9e")
     ax.bar(x + 0.2, measured, width=0.4, label="measured", color="#1f77b4")
-    for position, value, row in zip(x, measured, counted, strict=True):
+    for position, predicted, value, row in zip(x, model, measured, counted, strict=True):
         text = "n/a" if row["measured"] == "" else f"{value:,.0f}"
-        ax.annotate(
-            text,
-            (position + 0.2, value),
-            ha="center",
-            va="bottom",
-            xytext=(0, 3),
-            textcoords="offset points",
-            fontsize=8,
-        )
+        for offset, label, height in ((-0.2, f"{predicted:,.0f}", predicted), (0.2, text, value)):
+            ax.annotate(
+                label, (position + offset, height), ha="center", va="bottom",
+                xytext=(0, 3), textcoords="offset points", fontsize=8,
+            )
     ax.set_xticks(x, [str(row["quantity"]) for row in counted], fontsize=8, rotation=12)
     ax.set(ylabel="messages per event")
     ax.legend()
