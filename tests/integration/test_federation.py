@@ -38,28 +38,30 @@ def start_federation(
     bridge_timeout: float = 60,
     min_regions: int | None = None,
     fog_regions: list[str] | None = None,
+    extra: dict[str, dict[str, object]] | None = None,
 ) -> Path:
     """Start server, fog brokers, bridges and clients; clients are (id, trace seconds) so each
     has its own number of examples. Returns the run directory."""
     port = free_port()
     regions = list(clients)
-    common = write_config(
-        tmp_path / "common.yaml",
-        broker,
-        federation={
+    sections: dict[str, dict[str, object]] = {
+        "federation": {
             "rounds": rounds,
             "regions": regions,
             "min_regions": min_regions,
             "run_id": "itest",
         },
-        fog={"deadline_s": 60, **(fog or {})},
-        bridge={"server_address": f"127.0.0.1:{port}", "partial_timeout_s": bridge_timeout},
-        server={
+        "fog": {"deadline_s": 60, **(fog or {})},
+        "bridge": {"server_address": f"127.0.0.1:{port}", "partial_timeout_s": bridge_timeout},
+        "server": {
             "address": f"127.0.0.1:{port}",
             "run_dir": str(tmp_path / "run"),
             "round_timeout_s": bridge_timeout + 30,
         },
-    )
+    }
+    for section, values in (extra or {}).items():
+        sections.setdefault(section, {}).update(values)
+    common = write_config(tmp_path / "common.yaml", broker, **sections)
     for region in regions:
         if fog_regions is None or region in fog_regions:
             started.start(
@@ -238,3 +240,39 @@ def test_a_silent_region_is_a_failure_not_a_stale_model(
     for round_, after in ((1, globals_[(2, "false")]), (2, globals_[(2, "true")])):
         for name, value in partials[round_].tensors.items():
             np.testing.assert_allclose(after.tensors[name], value, rtol=1e-6, atol=1e-7)
+
+
+def test_edge_rounds_schedules_and_fedprox_in_a_real_run(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    clients = {
+        "north": [("north-01", 200), ("north-02", 200)],
+        "south": [("south-03", 200), ("south-04", 200)],
+    }
+    recorder = Recorder(fresh_broker, [TOPICS.all_partials, TOPICS.all_updates])
+    extra: dict[str, dict[str, object]] = {
+        "federation": {
+            "edge_rounds": 2,
+            "clients_per_region": 2,
+            "participation": {"schedule": "linear", "start_fraction": 1.0, "end_fraction": 0.5},
+        },
+        "training": {"proximal_mu": 0.01, "local_epochs": 1},
+        "server": {"strategy": "fedprox"},
+    }
+    with roles(tmp_path / "logs") as started:
+        run_dir = start_federation(started, tmp_path, fresh_broker, clients, rounds=3, extra=extra)
+        assert started.wait("server", 180) == 0, started.log("server")
+        for name in started.children:
+            assert started.wait(name, 30) == 0, started.log(name)
+    recorder.close()
+    rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
+    assert [rows[r]["clients"] for r in (1, 2, 3)] == ["4", "3", "2"]  # linear 100% → 50% of 4
+    for round_ in (1, 2, 3):
+        partials = recorder.where(kind="partial", round=str(round_), final="false")
+        assert sorted(m["region"] for _, m in partials) == [
+            "north",
+            "south",
+        ]  # one per region whatever κ
+        edges = {m["edge_round"] for _, m in recorder.where(kind="update", round=str(round_))}
+        assert edges == {"1", "2"}
+        assert int(rows[round_]["bytes_edge"]) > int(rows[round_]["bytes_cloud"]) > 0

@@ -28,9 +28,15 @@ def model(seed: int) -> dict[str, np.ndarray]:
 SCHEMA = ModelSchema.of(model(0))
 
 
-def announce(session, round_: int, final: bool = False, run: str = RUN) -> None:  # type: ignore[no-untyped-def]
+def announce(session, round_: int, final: bool = False, run: str = RUN, **config: object) -> None:  # type: ignore[no-untyped-def]
     message = Envelope(
-        kind="round", run_id=run, round=round_, sender="server", final=final, schema=SCHEMA
+        kind="round",
+        run_id=run,
+        round=round_,
+        sender="server",
+        final=final,
+        schema=SCHEMA,
+        config=config,
     )
     session.publish(TOPICS.round_announcement, encode(message), retain=True)
 
@@ -194,3 +200,82 @@ def test_a_new_run_replaces_the_old_one(fresh_broker: LocalBroker, tmp_path: Pat
     session.close()
     recorder.close()
     assert partial.run_id == RUN
+
+
+def test_only_announced_participants_count_and_uniform_weighting_weighs_clients_equally(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", fresh_broker)
+    recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
+    session = publisher(fresh_broker)
+    with roles(tmp_path / "logs") as started:
+        started.start(
+            "fog", "fog-broker", "--region", "north", "--expected", "5", "--config", str(config)
+        )
+        started.wait_for_log("fog", "ready")
+        announce(
+            session, 1, participants={"north": ["c1", "c3"], "south": ["c9"]}, weighting="uniform"
+        )
+        topic = TOPICS.updates("north")
+        session.publish(topic, update("c2", 1, 500, model(2)))  # not picked
+        session.publish(topic, update("c1", 1, 100, model(1)))
+        session.publish(topic, update("c3", 1, 900, model(3)))
+        partial = partial_of(recorder, 1)
+        log = started.log("fog")
+    session.close()
+    recorder.close()
+    assert partial.contributors == ["c1", "c3"]
+    assert partial.num_examples == 1000 and partial.stats["weight"] == 2
+    for name in SCHEMA.names:
+        np.testing.assert_allclose(
+            partial.tensors[name], (model(1)[name] + model(3)[name]) / 2, rtol=1e-6, atol=1e-7
+        )
+    assert "not-participant" in rejected_reasons(log)
+
+
+def test_edge_rounds_send_the_region_model_down_and_one_partial_up(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", fresh_broker)
+    recorder = Recorder(fresh_broker, [TOPICS.partial("north"), TOPICS.region_model("north")])
+    session = publisher(fresh_broker)
+    with roles(tmp_path / "logs") as started:
+        started.start(
+            "fog", "fog-broker", "--region", "north", "--expected", "2", "--config", str(config)
+        )
+        started.wait_for_log("fog", "ready")
+        announce(session, 1, edge_rounds=3)
+        topic = TOPICS.updates("north")
+        for edge in (1, 2, 3):
+            if edge > 1:
+                received, _ = recorder.wait_for(20, kind="region", edge_round=str(edge))
+                region = decode(received.payload, kinds={"region"}, max_bytes=10**8, schema=SCHEMA)
+                expected = np.average(
+                    np.stack([model(10 * (edge - 1) + i)["layer.bias"] for i in (1, 2)]),
+                    axis=0,
+                    weights=[100, 300],
+                )
+                np.testing.assert_allclose(
+                    region.tensors["layer.bias"], expected, rtol=1e-6, atol=1e-7
+                )
+                session.publish(
+                    topic, update("c1", 1, 100, model(0), edge_round=edge - 1)
+                )  # stale edge round
+            session.publish(topic, update("c1", 1, 100, model(10 * edge + 1), edge_round=edge))
+            session.publish(topic, update("c2", 1, 300, model(10 * edge + 2), edge_round=edge))
+        partial = partial_of(recorder, 1)
+        log = started.log("fog")
+    session.close()
+    recorder.close()
+    assert len(recorder.where(kind="partial")) == 1
+    assert len(recorder.where(kind="region")) == 2
+    np.testing.assert_allclose(
+        partial.tensors["layer.bias"],
+        np.average(
+            np.stack([model(31)["layer.bias"], model(32)["layer.bias"]]), axis=0, weights=[100, 300]
+        ),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    assert partial.stats["region_bytes"] > 0
+    assert rejected_reasons(log).count("late") == 2
