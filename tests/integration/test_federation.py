@@ -39,6 +39,7 @@ def start_federation(
     min_regions: int | None = None,
     fog_regions: list[str] | None = None,
     extra: dict[str, dict[str, object]] | None = None,
+    late: frozenset[str] = frozenset(),
 ) -> Path:
     """Start server, fog brokers, bridges and clients; clients are (id, trace seconds) so each
     has its own number of examples. Returns the run directory."""
@@ -82,9 +83,10 @@ def start_federation(
                 broker,
                 task={"name": "qoe", "options": {"duration_s": seconds}},
             )
-            started.start(
-                client_id, "client", "--id", client_id, "--region", region, "--config", str(own)
-            )
+            if client_id not in late:
+                started.start(
+                    client_id, "client", "--id", client_id, "--region", region, "--config", str(own)
+                )
     # Start the clock only when everyone listens, so that a short deadline bites on purpose.
     for name in started.children:
         started.wait_for_log(name, "ready", timeout=60)
@@ -276,3 +278,41 @@ def test_edge_rounds_schedules_and_fedprox_in_a_real_run(
         edges = {m["edge_round"] for _, m in recorder.where(kind="update", round=str(round_))}
         assert edges == {"1", "2"}
         assert int(rows[round_]["bytes_edge"]) > int(rows[round_]["bytes_cloud"]) > 0
+
+
+def test_a_client_that_joins_late_starts_from_the_current_round(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    clients = {"north": [("north-01", 200), ("north-02", 200)], "south": [("south-03", 200)]}
+    recorder = Recorder(fresh_broker, [TOPICS.all_updates])
+    with roles(tmp_path / "logs") as started:
+        run_dir = start_federation(
+            started,
+            tmp_path,
+            fresh_broker,
+            clients,
+            rounds=4,
+            fog={"deadline_s": 2},
+            late=frozenset({"north-02"}),
+        )
+        recorder.wait_for(60, kind="update", sender="north-01", round="2")
+        started.start(
+            "north-02",
+            "client",
+            "--id",
+            "north-02",
+            "--region",
+            "north",
+            "--config",
+            str(tmp_path / "north-02.yaml"),
+        )
+        assert started.wait("server", 180) == 0, started.log("server")
+        assert started.wait("north-02", 30) == 0, started.log("north-02")
+    recorder.close()
+    joined = sorted(int(m["round"]) for _, m in recorder.where(kind="update", sender="north-02"))
+    assert joined and joined[0] >= 2, (
+        "the late client should start at the current round, not round 1"
+    )
+    assert joined == list(range(joined[0], 5))
+    rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
+    assert rows[1]["clients"] == "2" and rows[4]["clients"] == "3"
