@@ -456,48 +456,39 @@ def run_fog(params: StudyParams, advance: Advance) -> ExperimentResult:
         gossip_backhaul = float(np.mean([t.gossip_backhaul[b_index] for t in trials]))
         gossip_messages = float(np.mean([t.gossip_messages for t in trials]))
         gossip_coverage = [t.gossip_coverage for t in trials]
-        protocols: dict[str, tuple[float, float, float, list[float], list[float], list[float]]] = {
-            # protocol: edge msgs, backhaul msgs, busiest sends, coverage (none, one broker, cloud)
-            "mqtt-flat": (
+        flat_failed = [1.0 / n_nodes] * len(trials)
+        protocols = {
+            "mqtt-flat": _FogFigures(
                 0.0,
                 float(flat.messages),
                 float(n_nodes - 1),
-                [t.flat_coverage for t in trials],
-                [1.0 / n_nodes] * len(trials),
-                [1.0 / n_nodes] * len(trials),
+                [[t.flat_coverage for t in trials], flat_failed, flat_failed],
             ),
-            "mqtt-fog": (
+            "mqtt-fog": _FogFigures(
                 float(fog.edge_messages),
                 float(fog.backhaul_messages),
                 float(fog.busiest_broker_sends),
-                [t.fog_coverage[b_index][0] for t in trials],
-                [t.fog_coverage[b_index][1] for t in trials],
-                [t.fog_coverage[b_index][2] for t in trials],
+                [[t.fog_coverage[b_index][s] for t in trials] for s in range(3)],
             ),
-            "gossip": (
+            # No broker to fail: gossip's coverage is the same in every scenario.
+            "gossip": _FogFigures(
                 gossip_messages - gossip_backhaul,
                 gossip_backhaul,
                 float(np.mean([t.gossip_busiest for t in trials])),
-                gossip_coverage,
-                gossip_coverage,
-                gossip_coverage,
+                [gossip_coverage, gossip_coverage, gossip_coverage],
             ),
         }
-        for protocol, (edge, backhaul, busiest, none, one, cloud) in protocols.items():
+        for protocol, figures in protocols.items():
             row: Row = {
                 "fog_brokers": n_fog,
                 "protocol": protocol,
-                "edge_messages": edge,
-                "backhaul_messages": backhaul,
-                "edge_bytes": edge * params.message_bytes,
-                "backhaul_bytes": backhaul * params.message_bytes,
-                "busiest_sends": busiest,
+                "edge_messages": figures.edge_messages,
+                "backhaul_messages": figures.backhaul_messages,
+                "edge_bytes": figures.edge_messages * params.message_bytes,
+                "backhaul_bytes": figures.backhaul_messages * params.message_bytes,
+                "busiest_sends": figures.busiest_sends,
             }
-            for label, values in (
-                ("coverage", none),
-                ("one_broker_failed", one),
-                ("cloud_failed", cloud),
-            ):
+            for label, values in zip(FOG_SCENARIOS, figures.coverage, strict=True):
                 mean, p10, p90 = spread(values)
                 row[f"{label}_mean"] = mean
                 row[f"{label}_p10"] = p10
@@ -523,10 +514,24 @@ def run_fog(params: StudyParams, advance: Advance) -> ExperimentResult:
     return ExperimentResult("fog", rows, summary, highlights)
 
 
+# Coverage columns of fog.csv: nothing fails / one broker fails / the cloud broker fails.
+FOG_SCENARIOS = ("coverage", "one_broker_failed", "cloud_failed")
+
+
+@dataclass
+class _FogFigures:
+    """One protocol's row of fog.csv for one B."""
+
+    edge_messages: float
+    backhaul_messages: float
+    busiest_sends: float
+    coverage: list[list[float]]  # per FOG_SCENARIOS, per trial
+
+
 @dataclass
 class _FogTrial:
     flat_coverage: float
-    fog_coverage: list[tuple[float, float, float]]  # per B: none, one fog failed, cloud failed
+    fog_coverage: list[tuple[float, float, float]]  # per B, per FOG_SCENARIOS
     gossip_coverage: float
     gossip_messages: float
     gossip_busiest: float
