@@ -103,7 +103,7 @@ def _cell(column: str, cell: str) -> str:
     if column.startswith("bytes"):
         return human_bytes(value)
     if column == "round_seconds":
-        return f"{value:.2f}"
+        return f"{value:.1f}"
     if value.is_integer():
         return str(int(value))
     return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.2e}"
@@ -112,6 +112,6 @@ def _cell(column: str, cell: str) -> str:
 def human_bytes(count: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if abs(count) < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+            return f"{count:.0f} {unit}" if unit == "B" or count >= 100 else f"{count:.1f} {unit}"
         count /= 1000
     return f"{count:.1f} GB"
