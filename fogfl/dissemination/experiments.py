@@ -62,8 +62,8 @@ class StudyParams:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.nodes < 4:
-            problems.append(f"--nodes is {self.nodes}; the study needs at least 4 nodes")
+        if self.nodes < 2:
+            problems.append(f"--nodes is {self.nodes}; the study needs at least 2 nodes")
         if self.trials < 1:
             problems.append(f"--trials is {self.trials}; run at least 1 trial")
         for name in ("edge_prob", "link_failure", "broker_failure"):

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import selectors
 import socket
 import struct
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,39 +107,32 @@ def measure(broker: LocalBroker, options: LiveOptions, advance: Advance) -> Live
     """Run the event on a broker that is already up."""
     host, port = broker.host, broker.port
     deadline = time.monotonic() + options.timeout_s
-    with_sys = broker.kind != "embedded"
     topic = f"fogfl/dissemination/{secrets.token_hex(4)}"
     reads: list[SysRead] = []
+    with_sys = broker.kind != "embedded"
     baseline = _sys_snapshot(host, port, deadline, reads, lambda read: True) if with_sys else None
-    publisher = _client(host, port, f"{topic}/publisher")
-    subscribers = _Subscribers(host, port, topic, options.nodes - 1, advance)
+    clients = _LiveClients(host, port, topic, options.nodes - 1, advance)
     try:
-        _connect(publisher, host, port, deadline)
-        subscribers.start(deadline)
+        clients.connect(deadline)
         before = None
         if baseline is not None:
-            expected_subscriptions = baseline.counter(SUBSCRIPTIONS) + options.nodes - 1
+            subscriptions = baseline.counter(SUBSCRIPTIONS) + options.nodes - 1
             before = _sys_snapshot(
                 host,
                 port,
                 deadline,
                 reads,
-                lambda read: read.counter(SUBSCRIPTIONS) >= expected_subscriptions,
+                lambda read: read.counter(SUBSCRIPTIONS) >= subscriptions,
             )
         first_read = len(reads) - 1
-        payload = secrets.token_bytes(options.message_bytes)
-        sent_at = time.perf_counter()
-        publisher.publish(topic, payload, qos=QOS).wait_for_publish(
-            max(0.1, deadline - time.monotonic())
-        )
-        subscribers.wait_for(options.nodes - 1, deadline)
+        seconds_to_last = clients.publish(secrets.token_bytes(options.message_bytes), deadline)
         advance(1)
         result = LiveMeasurement(
             broker_kind=broker.kind,
             topic=topic,
-            received=subscribers.received,
-            subscribers_reached=subscribers.reached,
-            seconds_to_last=(subscribers.last_at - sent_at) if subscribers.last_at else None,
+            received=sum(clients.counts),
+            subscribers_reached=sum(1 for count in clients.counts if count),
+            seconds_to_last=seconds_to_last,
             reads=reads,
         )
         if before is None:
@@ -163,28 +156,27 @@ def measure(broker: LocalBroker, options: LiveOptions, advance: Advance) -> Live
             if after is None:
                 result.unavailable = "no $SYS snapshot after the event arrived in time"
             else:
-                # Every read from `before` up to (not including) `after` happened between
-                # the two snapshots, so the broker counted its traffic: take it off.
-                between = reads[first_read : len(reads) - 1]
-                result.broker_publish_in = after.counter(PUBLISH_RECEIVED) - before.counter(
-                    PUBLISH_RECEIVED
-                )
-                result.broker_publish_out = (
-                    after.counter(PUBLISH_SENT)
-                    - before.counter(PUBLISH_SENT)
-                    - sum(read.publishes for read in between)
-                )
-                result.broker_bytes_out = (
-                    after.counter(BYTES_SENT)
-                    - before.counter(BYTES_SENT)
-                    - sum(read.bytes for read in between)
-                )
+                _broker_counts(result, before, after, reads[first_read:-1])
         advance(1)
         return result
     finally:
-        subscribers.stop()
-        publisher.disconnect()
-        publisher.loop_stop()
+        clients.close()
+
+
+def _broker_counts(
+    result: LiveMeasurement, before: SysRead, after: SysRead, between: list[SysRead]
+) -> None:
+    """Counter differences, less what the reads from `before` up to `after` cost: they
+    happened between the two snapshots, so the broker counted their traffic too."""
+    result.broker_publish_in = after.counter(PUBLISH_RECEIVED) - before.counter(PUBLISH_RECEIVED)
+    result.broker_publish_out = (
+        after.counter(PUBLISH_SENT)
+        - before.counter(PUBLISH_SENT)
+        - sum(read.publishes for read in between)
+    )
+    result.broker_bytes_out = (
+        after.counter(BYTES_SENT) - before.counter(BYTES_SENT) - sum(read.bytes for read in between)
+    )
 
 
 def live_steps(options: LiveOptions) -> int:
@@ -218,87 +210,113 @@ def _broker(options: LiveOptions, workdir: Path) -> LocalBroker:
     raise BrokerError(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
 
 
-# --- subscribers and publisher (paho) -----------------------------------------------------
+# --- publisher and subscribers (paho) -----------------------------------------------------
 
 
-def _client(host: str, port: int, client_id: str) -> paho.Client:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
-    return client
+class _LiveClients:
+    """The publisher and the subscribers: paho clients driven by one selector loop in the
+    calling thread. (paho's own loop gives each client a thread that select()s, which
+    stops at about 340 clients: select() cannot watch file descriptors above 1023.)"""
 
-
-def _connect(client: paho.Client, host: str, port: int, deadline: float) -> None:
-    connected = threading.Event()
-    client.on_connect = lambda *args: connected.set()
-    client.connect(host, port, keepalive=300)
-    client.loop_start()
-    if not connected.wait(max(0.1, deadline - time.monotonic())):
-        raise BrokerError(f"could not connect to the broker at {host}:{port}; is it running?")
-
-
-class _Subscribers:
-    """N paho clients subscribed to one topic, counting what they receive."""
-
-    def __init__(self, host: str, port: int, topic: str, count: int, advance: Advance) -> None:
+    def __init__(self, host: str, port: int, topic: str, subscribers: int, advance: Advance):
         self.host, self.port, self.topic = host, port, topic
-        self.counts = [0] * count
-        self.ready = 0
-        self.last_at: float | None = None
         self.advance = advance
-        self.changed = threading.Condition()
-        self.clients = [self._make(index) for index in range(count)]
+        self.selector = selectors.DefaultSelector()
+        self.counts = [0] * subscribers
+        self.subscribed = 0
+        self.publisher_ready = False
+        self.last_delivery: float | None = None
+        self.publisher = self._client("publisher")
+        self.publisher.on_connect = self._on_publisher_connect
+        self.subscribers = [
+            self._client(f"subscriber-{index}", index) for index in range(subscribers)
+        ]
+        for client in self.subscribers:
+            client.on_connect = self._on_subscriber_connect
+            client.on_subscribe = self._on_subscribe
+            client.on_message = self._on_message
 
-    def _make(self, index: int) -> paho.Client:
-        client = _client(self.host, self.port, f"{self.topic}/subscriber-{index}")
-        client.user_data_set(index)
-        client.on_connect = lambda c, *args: c.subscribe(self.topic, qos=QOS)
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+    def _client(self, name: str, index: int | None = None) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{self.topic}/{name}",
+            protocol=paho.MQTTv311,
+            userdata=index,
+        )
+        client.on_socket_close = self._on_socket_close
         return client
 
+    @property
+    def clients(self) -> list[paho.Client]:
+        return [self.publisher, *self.subscribers]
+
+    def connect(self, deadline: float) -> None:
+        """Connect everyone and wait until every subscriber is subscribed."""
+        # One connection at a time: hundreds of simultaneous connects overflow the broker's
+        # listen backlog, and the clients then back off for seconds before retrying.
+        for client in self.clients:
+            try:
+                client.connect(self.host, self.port, keepalive=300)
+            except OSError as error:
+                raise BrokerError(_unreachable(self.host, self.port, error)) from None
+            sock = client.socket()
+            if sock is None:
+                raise BrokerError(f"the broker at {self.host}:{self.port} closed the connection")
+            self.selector.register(sock, selectors.EVENT_READ, client)
+        ready = self._run_until(
+            lambda: self.publisher_ready and self.subscribed == len(self.subscribers), deadline
+        )
+        if not ready:
+            raise BrokerError(
+                f"only {self.subscribed} of {len(self.subscribers)} subscribers got subscribed "
+                "in time; try fewer --nodes or a longer --live-timeout"
+            )
+
+    def publish(self, payload: bytes, deadline: float) -> float | None:
+        """Publish the event and wait until every subscriber has it (or the deadline);
+        returns the seconds from the publish to the last delivery."""
+        sent_at = time.perf_counter()
+        info = self.publisher.publish(self.topic, payload, qos=QOS)
+        self._run_until(
+            lambda: info.is_published() and sum(self.counts) >= len(self.subscribers), deadline
+        )
+        return None if self.last_delivery is None else self.last_delivery - sent_at
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.disconnect()
+        # The broker closes each connection after DISCONNECT; reading that closes ours.
+        self._run_until(lambda: not self.selector.get_map(), time.monotonic() + 2.0)
+        self.selector.close()
+
+    def _run_until(self, done: Callable[[], bool], deadline: float) -> bool:
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for key, _events in self.selector.select(min(remaining, 0.1)):
+                key.data.loop_read()
+            for client in self.clients:
+                if client.want_write():
+                    client.loop_write()
+        return True
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self.selector.unregister(sock)
+
+    def _on_publisher_connect(self, client: paho.Client, *args: Any) -> None:
+        self.publisher_ready = True
+
+    def _on_subscriber_connect(self, client: paho.Client, *args: Any) -> None:
+        client.subscribe(self.topic, qos=QOS)
+
     def _on_subscribe(self, client: paho.Client, index: int, *args: Any) -> None:
-        with self.changed:
-            self.ready += 1
-            self.changed.notify_all()
+        self.subscribed += 1
         self.advance(1)
 
     def _on_message(self, client: paho.Client, index: int, message: Any) -> None:
-        with self.changed:
-            self.counts[index] += 1
-            self.last_at = time.perf_counter()
-            self.changed.notify_all()
-
-    def start(self, deadline: float) -> None:
-        for client in self.clients:
-            client.connect_async(self.host, self.port, keepalive=300)
-            client.loop_start()
-        with self.changed:
-            if not self.changed.wait_for(
-                lambda: self.ready == len(self.clients), deadline - time.monotonic()
-            ):
-                raise BrokerError(
-                    f"only {self.ready} of {len(self.clients)} subscribers got subscribed in time; "
-                    "try fewer --nodes or a longer timeout"
-                )
-
-    def wait_for(self, total: int, deadline: float) -> None:
-        with self.changed:
-            self.changed.wait_for(
-                lambda: self.received >= total, max(0.0, deadline - time.monotonic())
-            )
-
-    @property
-    def received(self) -> int:
-        return sum(self.counts)
-
-    @property
-    def reached(self) -> int:
-        return sum(1 for count in self.counts if count)
-
-    def stop(self) -> None:
-        for client in self.clients:
-            client.disconnect()
-        for client in self.clients:
-            client.loop_stop()
+        self.counts[index] += 1
+        self.last_delivery = time.perf_counter()
 
 
 # --- $SYS reads (a minimal MQTT 3.1.1 client on a raw socket) ----------------------------
@@ -337,7 +355,11 @@ def read_sys(host: str, port: int, timeout: float) -> SysRead | None:
     refreshed = False
     disconnected = False
     end = time.monotonic() + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as error:
+        raise BrokerError(_unreachable(host, port, error)) from None
+    with sock:
         sock.sendall(_packet(0x10, connect) + _packet(0x82, subscribe))
         while time.monotonic() < end:
             try:
@@ -389,6 +411,11 @@ class _PacketStream:
         packet = (self.buffer[self.position], bytes(self.buffer[cursor : cursor + length]))
         self.position = cursor + length
         return packet
+
+
+def _unreachable(host: str, port: int, error: OSError) -> str:
+    reason = error.strerror or error
+    return f"cannot reach the MQTT broker at {host}:{port} ({reason}); is it running?"
 
 
 def _packet(header: int, body: bytes) -> bytes:

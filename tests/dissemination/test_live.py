@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from fogfl.broker import mosquitto_binary
+from fogfl.dissemination import live
+from fogfl.dissemination.experiments import StudyParams
 from fogfl.dissemination.live import LiveOptions, publish_packet_bytes, run_live
+from fogfl.dissemination.plots import plot
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +41,18 @@ def test_live_count_matches_the_model(tmp_path: Path) -> None:
     assert summary["broker_bytes_out"] == summary["predicted_wire_bytes_out"]
     assert summary["matches_model"] is True
     assert sum(steps) == nodes + 1
+
+
+def test_without_mosquitto_the_subscribers_still_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "mosquitto_binary", lambda: None)
+    result = run_live(LiveOptions(nodes=4, timeout_s=30, workdir=tmp_path), lambda steps: None)
+    assert result.summary["broker"] == "embedded"
+    assert "no $SYS counters" in result.summary["broker_counts_unavailable"]
+    assert result.summary["received"] == 3
+    plot(result, StudyParams(nodes=4, publishers=2, fog_brokers=(1, 2)), tmp_path / "live.png")
+    assert (tmp_path / "live.png").stat().st_size > 0
 
 
 def test_publish_packet_size() -> None:
