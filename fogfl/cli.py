@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import enum
+import functools
+import inspect
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,16 +31,25 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-# Options every role takes. Optional[...] (not `X | None`) because typer reads these at runtime.
+
+class HealthCheck(str, enum.Enum):
+    mqtt = "mqtt"
+    tcp = "tcp"
+
+
+# Typer reads annotations at runtime, hence Optional[...] rather than `X | None` in places.
 ConfigFile = Annotated[
-    Path | None,
+    Optional[Path],  # noqa: UP045
     typer.Option("--config", "-c", help="YAML configuration file.", envvar="FOGFL_CONFIG"),
 ]
 MqttHost = Annotated[Optional[str], typer.Option(help="MQTT broker host.")]  # noqa: UP045
 MqttPort = Annotated[Optional[int], typer.Option(help="MQTT broker port.")]  # noqa: UP045
 MqttUsername = Annotated[Optional[str], typer.Option(help="MQTT username.")]  # noqa: UP045
 MqttPassword = Annotated[Optional[str], typer.Option(help="MQTT password.")]  # noqa: UP045
-Tls = Annotated[bool | None, typer.Option("--tls/--no-tls", help="Connect to the broker over TLS.")]
+Tls = Annotated[
+    Optional[bool],  # noqa: UP045
+    typer.Option("--tls/--no-tls", help="Connect to the broker over TLS."),
+]
 TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate for TLS.")]  # noqa: UP045
 TlsCert = Annotated[Optional[Path], typer.Option(help="Client certificate for TLS.")]  # noqa: UP045
 TlsKey = Annotated[Optional[Path], typer.Option(help="Client key for TLS.")]  # noqa: UP045
@@ -43,39 +58,69 @@ Task = Annotated[Optional[str], typer.Option(help="Workload to federate (e.g. qo
 Region = Annotated[
     str, typer.Option(help="The region (fog site) this process serves.", envvar="FOGFL_REGION")
 ]
+OptionalInt = Optional[int]  # noqa: UP045
+OptionalFloat = Optional[float]  # noqa: UP045
+OptionalStr = Optional[str]  # noqa: UP045
+OptionalPath = Optional[Path]  # noqa: UP045
+
+# The flags every command takes, and the configuration key each one sets.
+SHARED_FLAGS: dict[str, tuple[Any, str]] = {
+    "config": (ConfigFile, ""),
+    "mqtt_host": (MqttHost, "mqtt.host"),
+    "mqtt_port": (MqttPort, "mqtt.port"),
+    "mqtt_username": (MqttUsername, "mqtt.username"),
+    "mqtt_password": (MqttPassword, "mqtt.password"),
+    "tls": (Tls, "mqtt.tls.enabled"),
+    "tls_ca": (TlsCa, "mqtt.tls.ca_file"),
+    "tls_cert": (TlsCert, "mqtt.tls.cert_file"),
+    "tls_key": (TlsKey, "mqtt.tls.key_file"),
+    "log_level": (LogLevel, "log_level"),
+}
 
 
-def _configure(config_file: Path | None, overrides: dict[str, Any]) -> FogflConfig:
-    config = load_config(config_file, overrides)
-    setup_logging(config.log_level)
-    return config
+@dataclass(frozen=True)
+class Settings:
+    """The shared flags of one invocation: a config file and the keys the flags set."""
+
+    config_file: Path | None
+    overrides: dict[str, Any]
+
+    def load(self, overrides: dict[str, Any] | None = None) -> FogflConfig:
+        """The validated configuration, with logging set up to its level."""
+        config = load_config(self.config_file, {**self.overrides, **(overrides or {})})
+        setup_logging(config.log_level)
+        return config
 
 
-def _mqtt(
-    host: str | None,
-    port: int | None,
-    username: str | None,
-    password: str | None,
-    tls: bool | None,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    log_level: str | None,
-) -> dict[str, Any]:
-    return {
-        "mqtt.host": host,
-        "mqtt.port": port,
-        "mqtt.username": username,
-        "mqtt.password": password,
-        "mqtt.tls.enabled": tls,
-        "mqtt.tls.ca_file": tls_ca,
-        "mqtt.tls.cert_file": tls_cert,
-        "mqtt.tls.key_file": tls_key,
-        "log_level": log_level.upper() if log_level else None,
-    }
+def with_shared_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the flags every command takes (`--config`, `--mqtt-*`, `--tls*`,
+    `--log-level`); it receives them as one `settings: Settings` argument."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        parameter.replace(annotation=hints[name])
+        for name, parameter in inspect.signature(command).parameters.items()
+        if name != "settings"
+    ]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, (annotation, _) in SHARED_FLAGS.items()
+    ]
+
+    @functools.wraps(command)
+    def with_settings(**values: Any) -> None:
+        flags = {name: values.pop(name) for name in SHARED_FLAGS}
+        overrides = {key: flags[name] for name, (_, key) in SHARED_FLAGS.items() if key}
+        if overrides["log_level"]:
+            overrides["log_level"] = overrides["log_level"].upper()
+        command(**values, settings=Settings(flags["config"], overrides))
+
+    with_settings.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    with_settings.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+    return with_settings
 
 
 @app.command()
+@with_shared_flags
 def client(
     id: Annotated[
         str,
@@ -86,197 +131,111 @@ def client(
     region: Region,
     task: Task = None,
     torch_threads: Annotated[int, typer.Option(help="CPU threads for training.")] = 1,
-    config: ConfigFile = None,
-    mqtt_host: MqttHost = None,
-    mqtt_port: MqttPort = None,
-    mqtt_username: MqttUsername = None,
-    mqtt_password: MqttPassword = None,
-    tls: Tls = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    log_level: LogLevel = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Train on local data each round and publish the update to the region's fog broker."""
-    mqtt = _mqtt(
-        mqtt_host,
-        mqtt_port,
-        mqtt_username,
-        mqtt_password,
-        tls,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        log_level,
-    )
-    settings = _configure(config, {**mqtt, "task.name": task})
+    config = settings.load({"task.name": task})
     from fogfl.roles import client as role
 
-    _exit(role.run(settings, id, region, torch_threads))
+    _exit(role.run(config, id, region, torch_threads))
 
 
 @app.command("fog-broker")
+@with_shared_flags
 def fog_broker(
     region: Region,
-    expected: Annotated[Optional[int], typer.Option(help="Updates that close a round.")] = None,  # noqa: UP045
+    expected: Annotated[OptionalInt, typer.Option(help="Updates that close a round.")] = None,
     deadline: Annotated[
-        float | None, typer.Option(help="Seconds after which a round may close.")
+        OptionalFloat, typer.Option(help="Seconds after which a round may close.")
     ] = None,
     min_updates: Annotated[
-        int | None, typer.Option(help="Updates needed to close at the deadline.")
+        OptionalInt, typer.Option(help="Updates needed to close at the deadline.")
     ] = None,
-    config: ConfigFile = None,
-    mqtt_host: MqttHost = None,
-    mqtt_port: MqttPort = None,
-    mqtt_username: MqttUsername = None,
-    mqtt_password: MqttPassword = None,
-    tls: Tls = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    log_level: LogLevel = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Aggregate a region's client updates into one partial aggregate per round (numpy only)."""
-    mqtt = _mqtt(
-        mqtt_host,
-        mqtt_port,
-        mqtt_username,
-        mqtt_password,
-        tls,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        log_level,
-    )
-    settings = _configure(
-        config,
+    config = settings.load(
         {
-            **mqtt,
             "fog.expected_updates": expected,
             "fog.deadline_s": deadline,
             "fog.min_updates": min_updates,
-        },
+        }
     )
     from fogfl.roles import fog_broker as role
 
     _exit(
         role.run(
-            settings,
+            config,
             region,
-            settings.fog.expected_updates,
-            settings.fog.deadline_s,
-            settings.fog.min_updates,
+            config.fog.expected_updates,
+            config.fog.deadline_s,
+            config.fog.min_updates,
         )
     )
 
 
 @app.command("fog-bridge")
+@with_shared_flags
 def fog_bridge(
     region: Region,
-    server: Annotated[Optional[str], typer.Option(help="Flower server address, HOST:PORT.")] = None,  # noqa: UP045
+    server: Annotated[OptionalStr, typer.Option(help="Flower server address, HOST:PORT.")] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait for a round's partial.")
+        OptionalFloat, typer.Option(help="Seconds to wait for a round's partial.")
     ] = None,
-    config: ConfigFile = None,
-    mqtt_host: MqttHost = None,
-    mqtt_port: MqttPort = None,
-    mqtt_username: MqttUsername = None,
-    mqtt_password: MqttPassword = None,
-    tls: Tls = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    log_level: LogLevel = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Hand the region's partial aggregates to the Flower server as one Flower client."""
-    mqtt = _mqtt(
-        mqtt_host,
-        mqtt_port,
-        mqtt_username,
-        mqtt_password,
-        tls,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        log_level,
-    )
-    settings = _configure(
-        config, {**mqtt, "bridge.server_address": server, "bridge.partial_timeout_s": timeout}
-    )
+    config = settings.load({"bridge.server_address": server, "bridge.partial_timeout_s": timeout})
     from fogfl.roles import fog_bridge as role
 
-    _exit(role.run(settings, region, settings.bridge.server_address))
+    _exit(role.run(config, region, config.bridge.server_address))
 
 
 @app.command()
+@with_shared_flags
 def server(
-    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds.")] = None,  # noqa: UP045
-    min_regions: Annotated[Optional[int], typer.Option(help="Regions each round needs.")] = None,  # noqa: UP045
+    rounds: Annotated[OptionalInt, typer.Option(help="Federated rounds.")] = None,
+    min_regions: Annotated[OptionalInt, typer.Option(help="Regions each round needs.")] = None,
     address: Annotated[
-        str | None, typer.Option(help="Flower server listen address, HOST:PORT.")
+        OptionalStr, typer.Option(help="Flower server listen address, HOST:PORT.")
     ] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run's outputs.")] = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Run id (default: time + random).")] = None,  # noqa: UP045
+    run_dir: Annotated[OptionalPath, typer.Option(help="Where to write the run's outputs.")] = None,
+    run_id: Annotated[OptionalStr, typer.Option(help="Run id (default: time + random).")] = None,
     task: Task = None,
-    config: ConfigFile = None,
-    mqtt_host: MqttHost = None,
-    mqtt_port: MqttPort = None,
-    mqtt_username: MqttUsername = None,
-    mqtt_password: MqttPassword = None,
-    tls: Tls = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    log_level: LogLevel = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Run Flower's FedAvg over the regions and publish each global model over MQTT."""
-    mqtt = _mqtt(
-        mqtt_host,
-        mqtt_port,
-        mqtt_username,
-        mqtt_password,
-        tls,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        log_level,
-    )
-    settings = _configure(
-        config,
+    config = settings.load(
         {
-            **mqtt,
             "federation.rounds": rounds,
             "federation.min_regions": min_regions,
             "federation.run_id": run_id,
             "server.address": address,
             "server.run_dir": run_dir,
             "task.name": task,
-        },
+        }
     )
     from fogfl.roles import server as role
 
-    _exit(role.run(settings))
+    _exit(role.run(config))
 
 
 @app.command()
+@with_shared_flags
 def monitor(
     filter: Annotated[
-        str | None, typer.Option("--filter", help="Topic filter (default <prefix>/#).")
+        OptionalStr, typer.Option("--filter", help="Topic filter (default <prefix>/#).")
     ] = None,
     json_lines: Annotated[
         bool, typer.Option("--json", help="One JSON object per message, no live view.")
     ] = False,
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,  # noqa: UP045
-    config: ConfigFile = None,
-    mqtt_host: MqttHost = None,
-    mqtt_port: MqttPort = None,
-    mqtt_username: MqttUsername = None,
-    mqtt_password: MqttPassword = None,
-    tls: Tls = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    log_level: LogLevel = None,
+    duration: Annotated[OptionalFloat, typer.Option(help="Stop after this many seconds.")] = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Watch every fogfl message live: topic, kind, round, sender, bytes; per-region progress."""
     import json
@@ -287,42 +246,33 @@ def monitor(
     from fogfl.roles.monitor import MonitorState, Observation, watch
     from fogfl.views import monitor_view
 
-    mqtt = _mqtt(
-        mqtt_host,
-        mqtt_port,
-        mqtt_username,
-        mqtt_password,
-        tls,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        log_level,
-    )
-    settings = _configure(config, mqtt)
-    state = MonitorState(settings.expected_updates)
-    messages = watch(settings, filter, duration)
+    config = settings.load()
+    state = MonitorState(config.expected_updates)
+    messages = watch(config, filter, duration)
     if json_lines:
         for seen in messages:
             print(json.dumps(seen.as_dict()), flush=True)
         return
     recent: deque[Observation] = deque(maxlen=15)
+    topics = Topics(config.mqtt.topic_prefix)
     with Live(monitor_view(state, recent), console=Console(), refresh_per_second=4) as live:
         for seen in messages:
-            state.add(seen, Topics(settings.mqtt.topic_prefix))
+            state.add(seen, topics)
             recent.append(seen)
             live.update(monitor_view(state, recent))
 
 
 @app.command()
+@with_shared_flags
 def up(
-    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds [default: 5].")] = None,  # noqa: UP045
-    regions: Annotated[int | None, typer.Option(help="Regions (fog sites) [default: 2].")] = None,
+    rounds: Annotated[OptionalInt, typer.Option(help="Federated rounds [default: 5].")] = None,
+    regions: Annotated[OptionalInt, typer.Option(help="Regions (fog sites) [default: 2].")] = None,
     clients_per_region: Annotated[
-        int | None, typer.Option(help="Clients per region [default: 3].")
+        OptionalInt, typer.Option(help="Clients per region [default: 3].")
     ] = None,
     task: Task = None,
     run_dir: Annotated[
-        Path | None, typer.Option(help="Output directory [default: runs/<run id>].")
+        OptionalPath, typer.Option(help="Output directory [default: runs/<run id>].")
     ] = None,
     broker: Annotated[
         str,
@@ -331,16 +281,8 @@ def up(
         ),
     ] = "auto",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
-    config: ConfigFile = None,
-    mqtt_host: MqttHost = None,
-    mqtt_port: MqttPort = None,
-    mqtt_username: MqttUsername = None,
-    mqtt_password: MqttPassword = None,
-    tls: Tls = None,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    log_level: LogLevel = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Start a whole local federation (broker, server, fog brokers, bridges, clients) and run it."""
     import signal
@@ -356,57 +298,68 @@ def up(
         raise typer.BadParameter(
             "must be auto, mosquitto, embedded or external", param_hint="--broker"
         )
-    mqtt = _mqtt(
-        mqtt_host,
-        mqtt_port,
-        mqtt_username,
-        mqtt_password,
-        tls,
-        tls_ca,
-        tls_cert,
-        tls_key,
-        log_level,
-    )
-    settings = _configure(
-        config,
+    config = settings.load(
         {
-            **mqtt,
             "federation.rounds": rounds,
             "federation.regions": region_names(regions) if regions else None,
             "federation.clients_per_region": clients_per_region,
             "task.name": task,
-        },
+        }
     )
-    settings.federation.run_id = settings.federation.run_id or new_run_id()
-    directory = run_dir or settings.server.run_dir or Path("runs") / settings.federation.run_id
+    plan = config.federation
+    plan.run_id = plan.run_id or new_run_id()
+    directory = run_dir or config.server.run_dir or Path("runs") / plan.run_id
     # SIGTERM (e.g. from a test harness or `kill`) stops the federation like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
-    plan = settings.federation
     out = Console()
     out.print(
         f"fogfl up: run [bold]{plan.run_id}[/], {plan.rounds} rounds, "
         f"{len(plan.regions)} regions × {plan.clients_per_region} clients, "
-        f"task {settings.task.name}, outputs in {directory}"
+        f"task {config.task.name}, outputs in {directory}"
     )
     started = time.monotonic()
-    with Federation(settings, broker, directory, timeout) as federation:  # type: ignore[arg-type]
+    with Federation(config, broker, directory, timeout) as federation:  # type: ignore[arg-type]
         out.print(f"broker: {federation.broker.kind if federation.broker else '?'}")
-        rounds_total = settings.federation.rounds
         with Live(
-            up_view([], 0, rounds_total, 0.0), console=out, refresh_per_second=4, transient=True
+            up_view([], 0, plan.rounds, 0.0), console=out, refresh_per_second=4, transient=True
         ) as live:
             while not (status := federation.poll()).finished:
-                live.update(
-                    up_view(
-                        status.rows, status.rounds_done, rounds_total, time.monotonic() - started
-                    )
-                )
+                elapsed = time.monotonic() - started
+                live.update(up_view(status.rows, status.rounds_done, plan.rounds, elapsed))
                 time.sleep(0.25)
-    out.print(rounds_table(status.rows, title=f"run {settings.federation.run_id}"))
+    out.print(rounds_table(status.rows, title=f"run {plan.run_id}"))
     if status.failure:
         console.print(f"[bold red]fogfl up failed:[/] {status.failure}", highlight=False)
         raise typer.Exit(1)
     out.print(f"done in {time.monotonic() - started:.1f} s; outputs in {directory}")
+
+
+@app.command()
+@with_shared_flags
+def health(
+    check: Annotated[HealthCheck, typer.Argument(help="mqtt: the broker; tcp: HOST:PORT.")],
+    address: Annotated[OptionalStr, typer.Argument(help="HOST:PORT, for tcp.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to keep trying before giving up.")] = 3.0,
+    *,
+    settings: Settings,
+) -> None:
+    """Exit 0 if the broker (mqtt) or HOST:PORT (tcp) answers within --timeout, else 1."""
+    from fogfl.health import Unhealthy, check_mqtt, check_tcp
+
+    if check is HealthCheck.tcp and address is None:
+        raise typer.BadParameter(
+            "the tcp check needs HOST:PORT, e.g. `fogfl health tcp server:8080`"
+        )
+    if check is HealthCheck.mqtt and address is not None:
+        raise typer.BadParameter("the mqtt check takes no address; use --mqtt-host and --mqtt-port")
+    try:
+        if check is HealthCheck.tcp:
+            typer.echo(check_tcp(str(address), timeout))
+        else:
+            typer.echo(check_mqtt(settings.load({"mqtt.connect_timeout_s": timeout})))
+    except Unhealthy as problem:
+        typer.echo(f"unhealthy: {problem}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -438,8 +391,3 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-from fogfl.health import health  # noqa: E402
-
-app.command("health")(health)
