@@ -9,17 +9,17 @@ test split, trains `local_epochs` on its train split and publishes its weights w
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 from pydantic import ValidationError
 
 from fogfl.config import FogflConfig, TrainingSettings
 from fogfl.errors import WireError
+from fogfl.local_round import evaluate_final, train_from
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received
 from fogfl.tasks import load_task
-from fogfl.tasks.base import load_tensors, model_tensors, training_seed
+from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, decode, encode
 
 ROLE = "client"
@@ -117,54 +117,43 @@ class FederatedClient:
 
     def _train_round(self, start: Envelope, settings: TrainingSettings) -> None:
         """Train from a global model (edge round 1) or the region's model (later edge rounds)."""
-        started = time.monotonic()
-        load_tensors(self.model, start.tensors)
-        evaluation = self.task.evaluate(self.model, self.data) if start.kind == "global" else {}
-        seed = training_seed(
-            self.config.federation.seed, start.round, self.client_id, start.edge_round
-        )
-        training = self.task.train(self.model, self.data, settings, seed)
-        update = Envelope(
-            kind="update",
-            run_id=start.run_id,
-            round=start.round,
-            edge_round=start.edge_round,
-            sender=self.client_id,
-            region=self.region,
-            num_examples=self.data.num_train,
-            tensors=model_tensors(self.model),
-            metrics={**training, **evaluation, "train_seconds": time.monotonic() - started},
+        update = train_from(
+            self.task,
+            self.model,
+            self.data,
+            start,
+            self.client_id,
+            self.region,
+            settings,
+            self.config.federation.seed,
         )
         self.session.publish(
             self.topics.updates(self.region), encode(update, self.config.wire.codec)
         )
         edge = f" (edge round {start.edge_round})" if start.kind == "region" else ""
-        before = f"eval_loss {evaluation['eval_loss']:.4f} before training, " if evaluation else ""
+        metrics = update.metrics
+        before = (
+            f"eval_loss {metrics['eval_loss']:.4f} before training, "
+            if "eval_loss" in metrics
+            else ""
+        )
         self.log.info(
             "round %d%s: %strain_loss %.4f, %.2f s",
             start.round,
             edge,
             before,
-            training["train_loss"],
-            time.monotonic() - started,
+            metrics["train_loss"],
+            metrics["train_seconds"],
         )
 
     def _evaluate_final(self, final_model: Envelope) -> None:
-        load_tensors(self.model, final_model.tensors)
-        evaluation = self.task.evaluate(self.model, self.data)
-        report = Envelope(
-            kind="evaluation",
-            run_id=final_model.run_id,
-            round=final_model.round,
-            sender=self.client_id,
-            region=self.region,
-            num_examples=self.data.num_test,
-            metrics=evaluation,
+        report = evaluate_final(
+            self.task, self.model, self.data, final_model, self.client_id, self.region
         )
         self.session.publish(self.topics.updates(self.region), encode(report))
         self.log.info(
             "final model: eval_loss %.4f; run %s is over",
-            evaluation["eval_loss"],
+            report.metrics["eval_loss"],
             final_model.run_id,
         )
 
