@@ -153,7 +153,7 @@ class FogBroker:
         chosen = plan.get("participants")
         participants = None
         expected = self.expected_updates
-        if isinstance(chosen, dict) and phase == "fit":
+        if isinstance(chosen, dict):
             participants = {str(c) for c in chosen.get(self.region, [])}
             expected = len(participants)
         edge_rounds = plan.get("edge_rounds", 1)

@@ -205,7 +205,13 @@ class Server:
             "weighting": federation.weighting,
             "edge_rounds": federation.edge_rounds,
         }
-        chosen = None if final else self.participants.get(server_round)
+        if final:
+            # Every client evaluates the final model, picked or not; name them all when the
+            # population is known, so each fog broker expects its region's full count.
+            known = federation.clients is not None or not federation.participation.full
+            chosen = federation.client_ids() if known else None
+        else:
+            chosen = self.participants.get(server_round)
         if chosen is not None:
             config["participants"] = chosen
         return config
