@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from fogfl.tasks.base import Task
 
 REGISTRY: dict[str, str] = {
+    "ecg5000": "fogfl.tasks.ecg5000:ECG5000Task",
     "qoe": "fogfl.tasks.qoe:QoETask",
     "synthetic": "fogfl.tasks.synthetic:SyntheticTask",
 }
