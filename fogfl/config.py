@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fogfl.errors import ConfigError
+from fogfl.errors import ConfigError, WireError
 
 ENV_PREFIX = "FOGFL_"
 ENV_NESTING = "__"
@@ -62,6 +62,39 @@ class TrainingSettings(_Section):
     batch_size: int = Field(64, ge=1, le=1_000_000)
     learning_rate: float = Field(5e-4, gt=0, le=10)
     proximal_mu: float = Field(0.0, ge=0, le=1e6, description="FedProx μ; 0 is plain FedAvg")
+
+
+class RoundPlan(TrainingSettings):
+    """What the server announces with every round (the `config` of round and global
+    messages): the clients' training settings, the weighting, κ, and, under a participation
+    schedule, who takes part. Unknown keys are ignored, so newer servers stay readable."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    weighting: Literal["examples", "uniform"] = "examples"
+    edge_rounds: int = Field(1, ge=1, le=1000)
+    participants: dict[str, list[str]] | None = None
+
+    @property
+    def training(self) -> TrainingSettings:
+        return TrainingSettings.model_validate(
+            self.model_dump(include=set(TrainingSettings.model_fields))
+        )
+
+    def takes_part(self, client_id: str, region: str) -> bool:
+        return self.participants is None or client_id in self.participants.get(region, [])
+
+
+def read_round_plan(
+    announced: Mapping[str, Any], defaults: TrainingSettings | None = None
+) -> RoundPlan:
+    """The plan a round announced, over local training defaults; WireError if malformed."""
+    base = defaults.model_dump() if defaults is not None else {}
+    try:
+        return RoundPlan.model_validate({**base, **announced})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise WireError("bad-config", f"the round's plan is invalid: {problems}") from None
 
 
 class ParticipationSettings(_Section):

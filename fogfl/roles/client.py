@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
-from pydantic import ValidationError
 
-from fogfl.config import FogflConfig, TrainingSettings
+from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
 from fogfl.errors import WireError
 from fogfl.local_round import evaluate_final, train_from
 from fogfl.logs import Rejections, role_logger
@@ -73,13 +72,14 @@ class FederatedClient:
                     continue
                 self.position[model.run_id] = position
                 try:
-                    settings = _round_settings(self.config.training, model.config)
+                    plan = read_round_plan(model.config, self.config.training)
                 except WireError as error:
                     self.rejections.record_error(error, self.topics.global_model)
                     continue
-                if self._sits_out(model):
+                if not plan.takes_part(self.client_id, self.region):
+                    self.log.info("round %d: not picked this round; sitting it out", model.round)
                     continue
-                self._train_round(model, settings)
+                self._train_round(model, plan.training)
         finally:
             self.session.close()
 
@@ -107,13 +107,6 @@ class FederatedClient:
                     newest = model
             message = self.session.receive(timeout=0)
         return newest
-
-    def _sits_out(self, model: Envelope) -> bool:
-        chosen = model.config.get("participants")
-        if not isinstance(chosen, dict) or self.client_id in chosen.get(self.region, []):
-            return False
-        self.log.info("round %d: not picked this round; sitting it out", model.round)
-        return True
 
     def _train_round(self, start: Envelope, settings: TrainingSettings) -> None:
         """Train from a global model (edge round 1) or the region's model (later edge rounds)."""
@@ -160,17 +153,6 @@ class FederatedClient:
 
 def _progress(model: Envelope) -> tuple[bool, int, int]:
     return (model.final, model.round, model.edge_round)
-
-
-def _round_settings(
-    defaults: TrainingSettings, round_config: dict[str, object]
-) -> TrainingSettings:
-    """The training settings for a round: the server's round config over the local defaults."""
-    known = {k: v for k, v in round_config.items() if k in TrainingSettings.model_fields}
-    try:
-        return TrainingSettings.model_validate({**defaults.model_dump(), **known})
-    except ValidationError as exc:
-        raise WireError("bad-config", f"the round's training config is invalid: {exc}") from None
 
 
 def run(config: FogflConfig, client_id: str, region: str, torch_threads: int = 1) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fogfl.aggregation import MetricsMean, WeightedModelMean
-from fogfl.config import FogflConfig
+from fogfl.config import FogflConfig, read_round_plan
 from fogfl.errors import WireError
 from fogfl.logs import Rejections, RoleLogger, role_logger
 from fogfl.mqtt import MqttSession, Received
@@ -149,14 +149,12 @@ class FogBroker:
                 current.expected,
                 announcement.round,
             )
-        plan = announcement.config
-        chosen = plan.get("participants")
+        plan = read_round_plan(announcement.config)
         participants = None
         expected = self.expected_updates
-        if isinstance(chosen, dict):
-            participants = {str(c) for c in chosen.get(self.region, [])}
+        if plan.participants is not None:
+            participants = set(plan.participants.get(self.region, []))
             expected = len(participants)
-        edge_rounds = plan.get("edge_rounds", 1)
         self.current = RegionRound(
             run_id=announcement.run_id,
             round=announcement.round,
@@ -165,9 +163,9 @@ class FogBroker:
             deadline=time.monotonic() + self.deadline_s,
             expected=expected,
             participants=participants,
-            uniform=plan.get("weighting") == "uniform",
-            edge_rounds=edge_rounds if isinstance(edge_rounds, int) and edge_rounds >= 1 else 1,
-            config=plan,
+            uniform=plan.weighting == "uniform",
+            edge_rounds=plan.edge_rounds,
+            config=announcement.config,
             model=None if phase == "evaluate" else WeightedModelMean(announcement.schema),
         )
         what = "final evaluation" if phase == "evaluate" else "round"

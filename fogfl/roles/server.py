@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fogfl import flower
 from fogfl.aggregation import mean_metrics
-from fogfl.config import FogflConfig, dump_config
+from fogfl.config import FogflConfig, RoundPlan, dump_config
 from fogfl.logs import role_logger
 from fogfl.mqtt import MqttSession
 from fogfl.run_dir import (
@@ -200,11 +200,6 @@ class Server:
     def _round_config(self, server_round: int, final: bool) -> dict[str, object]:
         """What every role needs to know about the round, announced with it."""
         federation = self.config.federation
-        config: dict[str, object] = {
-            **self.config.training.model_dump(),
-            "weighting": federation.weighting,
-            "edge_rounds": federation.edge_rounds,
-        }
         if final:
             # Every client evaluates the final model, picked or not; name them all when the
             # population is known, so each fog broker expects its region's full count.
@@ -212,9 +207,13 @@ class Server:
             chosen = federation.client_ids() if known else None
         else:
             chosen = self.participants.get(server_round)
-        if chosen is not None:
-            config["participants"] = chosen
-        return config
+        plan = RoundPlan(
+            **self.config.training.model_dump(),
+            weighting=federation.weighting,
+            edge_rounds=federation.edge_rounds,
+            participants=chosen,
+        )
+        return plan.model_dump(mode="json", exclude_none=True)
 
     def _participants(self, server_round: int) -> dict[str, list[str]] | None:
         """This round's clients per region, or None when every client takes part."""
