@@ -391,3 +391,9 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+from fogfl.sim.cli import report, sim  # noqa: E402
+
+app.command("sim")(sim)
+app.command("report")(report)

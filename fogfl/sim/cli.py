@@ -1,0 +1,246 @@
+"""`fogfl sim` and `fogfl report`: parse the flags, run or read, show progress and a table.
+
+Only typer and the standard library are imported at module level, so that `fogfl --help`
+stays fast; torch, Flower and matplotlib load when a command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from fogfl.sim.results import Results
+    from fogfl.sim.runner import Progress
+
+
+def sim(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Experiment file (configs/experiments/*.yaml).")
+    ],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Output folder [default: runs/sim-<experiment>-<time>]."),
+    ] = None,
+    task: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Workload for every variant (drops the file's task options)."),
+    ] = None,
+    clients: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Total clients, spread over the regions, in every variant."),
+    ] = None,
+    regions: Annotated[Optional[int], typer.Option(help="Regions in every variant.")] = None,  # noqa: UP045
+    rounds: Annotated[Optional[int], typer.Option(help="Rounds of every variant.")] = None,  # noqa: UP045
+    local_epochs: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Local epochs per round in every variant."),
+    ] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of every variant.")] = None,  # noqa: UP045
+    data_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Data folder of the task (task.options.data_dir, e.g. for ecg5000)."),
+    ] = None,
+    set_values: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--set",
+            help="KEY=VALUE for every variant, a dotted config key and a YAML value "
+            "(--set task.options.duration_s=120). Repeatable.",
+        ),
+    ] = None,
+    only: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Run only this variant (repeatable)."),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes for the clients (0: all in this process).")
+    ] = 2,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no PNGs.")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
+) -> None:
+    """Simulate an experiment's variants in one process (the hierarchy without MQTT)."""
+    import time
+
+    from rich.console import Console
+
+    from fogfl.logs import setup_logging
+    from fogfl.sim.experiment import Reshape, load_experiment, select
+    from fogfl.sim.runner import default_out_dir, run_experiment
+
+    setup_logging(log_level.upper())
+    reshape = Reshape(
+        task=task,
+        clients=clients,
+        regions=regions,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        seed=seed,
+        data_dir=data_dir,
+        settings=_settings(set_values or []),
+    )
+    experiment = select(load_experiment(config, reshape), only or [])
+    out_dir = out or default_out_dir(experiment.name)
+    console = Console()
+    console.print(
+        f"fogfl sim: experiment [bold]{experiment.name}[/], {len(experiment.variants)} "
+        f"variants, {max(workers, 0)} workers, outputs in {out_dir}",
+        highlight=False,
+    )
+    started = time.monotonic()
+    with _progress(len(experiment.variants)) as progress:
+        output = run_experiment(experiment, out_dir, workers, progress, plots=not no_plots)
+    console.print(summary_table(output.results))
+    console.print(
+        f"done in {time.monotonic() - started:.1f} s; history.csv, clients.csv, summary.json"
+        f"{'' if no_plots else ' and plots'} in [bold]{out_dir}[/]",
+        highlight=False,
+    )
+
+
+def report(
+    directory: Annotated[
+        Path, typer.Argument(help="A `fogfl sim` output folder or a `fogfl up` run directory.")
+    ],
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Where to write the PNGs [default: the folder itself]."),
+    ] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table.")] = False,
+) -> None:
+    """Plot and tabulate the results in an output folder of `fogfl sim` or `fogfl up`."""
+    from rich.console import Console
+
+    from fogfl.sim.results import read_results
+
+    results = read_results(directory)
+    console = Console()
+    console.print(summary_table(results))
+    if not no_plots:
+        from fogfl.sim.plots import render
+
+        written = render(results, out or directory)
+        console.print(
+            "plots: " + ", ".join(str(p) for p in written),
+            highlight=False,
+        )
+
+
+def summary_table(results: Results) -> Table:
+    """One row per variant: final metric, totals, the target reached, savings."""
+    from rich import box
+    from rich.table import Table
+
+    from fogfl.sim.results import METRIC_LABELS, savings, summarize
+    from fogfl.views import human_bytes
+
+    metric = results.metric
+    label = METRIC_LABELS.get(metric, metric)
+    summaries = {v.name: summarize(v, results.target, metric) for v in results.variants}
+    baseline = summaries.get(results.baseline or "")
+    title = results.title
+    if results.target is not None:
+        title += f" · target {label} {'≥' if 'accuracy' in metric else '≤'} {results.target:g}"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["variant", "rounds", label]
+    if results.centralized:
+        columns.append(f"central {label}")
+    columns += ["client updates", "edge bytes", "cloud bytes"]
+    if results.target is not None:
+        columns += ["reached at", "updates to target", "cloud bytes to target"]
+    if baseline is not None:
+        columns.append(f"updates saved vs {results.baseline}")
+    for index, name in enumerate(columns):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for name, summary in summaries.items():
+        cells = [name, str(summary.rounds), _number(summary.final.get(metric))]
+        if results.centralized:
+            cells.append(_number(results.centralized.get(name, {}).get(metric)))
+        cells += [
+            f"{summary.client_updates:,}",
+            human_bytes(summary.bytes_edge),
+            human_bytes(summary.bytes_cloud),
+        ]
+        if results.target is not None:
+            reached = summary.reached
+            if reached is None:
+                cells += ["not reached", "", ""]
+            else:
+                cells += [
+                    f"round {reached.round}",
+                    f"{reached.client_updates:,}",
+                    human_bytes(reached.bytes_cloud),
+                ]
+        if baseline is not None:
+            saved = savings(summary, baseline)
+            share = saved.get("client_updates_to_target")
+            if share is None:
+                share = saved.get("client_updates")
+            cells.append("" if share is None else f"{share:.0%}")
+        table.add_row(*cells)
+    return table
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.2e}"
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from fogfl.errors import ConfigError
+
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. training.learning_rate=1e-3")
+        try:
+            found[key.strip()] = yaml.safe_load(text) if text else text
+        except yaml.YAMLError:
+            found[key.strip()] = text
+    return found
+
+
+@contextmanager
+def _progress(variants: int) -> Iterator[Progress]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=False) as bars:
+        overall = bars.add_task("variants", total=variants)
+        rounds = bars.add_task("rounds", total=1)
+
+        class Bars:
+            started = False
+
+            def variant(self, name: str, total: int) -> None:
+                if self.started:
+                    bars.advance(overall)
+                self.started = True
+                bars.reset(rounds, total=total, description=name[:28])
+
+            def round(self, server_round: int) -> None:
+                bars.update(rounds, completed=server_round)
+
+        yield Bars()
+        bars.update(overall, completed=variants)

@@ -1,0 +1,297 @@
+"""The experiment file of `fogfl sim`: a base configuration, the variants to run over it, and
+the flags that shrink or reshape every variant for a quick run.
+
+```yaml
+name: comico
+base: {federation: {rounds: 20}, training: {local_epochs: 2}}   # keys of configs/default.yaml
+variants:                                     # each a full run; overrides use dotted keys
+  - {name: fedavg, overrides: {training.proximal_mu: 0.0}}
+sweep: {training.local_epochs: [1, 2]}        # cartesian; crossed with every variant
+centralized: {epochs: 25, learning_rate: 0.001, batch_size: 128}
+metric: eval_mae
+target: 0.06                                  # summary: what it took to reach this
+baseline: fedavg                              # summary: savings against this variant
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fogfl.config import FogflConfig, load_config
+from fogfl.errors import ConfigError
+from fogfl.roles.launcher import region_names
+
+Metric = Literal["eval_loss", "eval_mae", "eval_rmse", "eval_accuracy"]
+METRICS: tuple[str, ...] = ("eval_loss", "eval_mae", "eval_rmse", "eval_accuracy")
+NAME_PATTERN = r"^[A-Za-z0-9_.,=+-]{1,80}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CentralizedSettings(_Strict):
+    """The centralized baseline: one model trained on the union of the clients' data."""
+
+    epochs: int = Field(25, ge=1, le=10_000)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+
+
+class VariantSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExperimentFile(_Strict):
+    """What an experiment YAML may hold; every key is checked, unknown ones are errors."""
+
+    name: str = Field("experiment", pattern=NAME_PATTERN)
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    variants: list[VariantSpec] = Field(default_factory=list)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    centralized: CentralizedSettings | None = None
+    metric: Metric | None = Field(None, description="default: eval_mae or eval_accuracy")
+    target: float | None = Field(None, description="the metric value runs are measured to reach")
+    baseline: str | None = Field(None, description="the variant others are compared with")
+
+    @field_validator("variants")
+    @classmethod
+    def _names_are_unique(cls, variants: list[VariantSpec]) -> list[VariantSpec]:
+        names = [v.name for v in variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"variant names repeat: {repeated}")
+        return variants
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_lists_values(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in sweep.items():
+            if not values:
+                raise ValueError(f"sweep key {key!r} lists no values")
+        return sweep
+
+
+@dataclass
+class Variant:
+    """One full federated run of an experiment."""
+
+    name: str
+    config: FogflConfig
+    description: str = ""
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    variants: list[Variant]
+    centralized: CentralizedSettings | None
+    metric: Metric | None
+    target: float | None
+    baseline: str | None
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reshape:
+    """The command line's changes to every variant (None leaves a setting as the file has it).
+
+    `clients` is the total over all regions, spread as evenly as the regions allow; `task`
+    replaces the task and drops the file's task options; `settings` are dotted keys.
+    """
+
+    task: str | None = None
+    clients: int | None = None
+    regions: int | None = None
+    rounds: int | None = None
+    local_epochs: int | None = None
+    seed: int | None = None
+    data_dir: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, data: dict[str, Any]) -> None:
+        federation = data.setdefault("federation", {})
+        task = data.setdefault("task", {})
+        if self.task is not None and self.task != task.get("name", "qoe"):
+            data["task"] = task = {"name": self.task, "options": {}}
+        if self.regions is not None:
+            federation["regions"] = region_names(self.regions)
+            federation["clients"] = None
+            federation["min_regions"] = None
+        if self.clients is not None:
+            regions = federation.get("regions") or FogflConfig().federation.regions
+            federation.update(_spread(self.clients, list(regions)))
+        for key, value in (
+            ("federation.rounds", self.rounds),
+            ("training.local_epochs", self.local_epochs),
+            ("federation.seed", self.seed),
+            ("task.options.data_dir", str(self.data_dir) if self.data_dir else None),
+        ):
+            if value is not None:
+                set_dotted(data, key, value)
+        for key, value in self.settings.items():
+            set_dotted(data, key, value)
+
+
+def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
+    """Read and validate an experiment file and resolve every variant's configuration.
+
+    Raises ConfigError naming the file, the variant and the offending key.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read experiment file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiment file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"experiment file {path} must hold a mapping of name, base, variants…")
+    return build_experiment(raw, reshape or Reshape(), source=str(path))
+
+
+def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "") -> Experiment:
+    """The experiment `raw` describes (the parsed YAML), with `reshape` applied to each run."""
+    where = f"experiment {source}" if source else "experiment"
+    try:
+        spec = ExperimentFile.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+            + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid {where}:\n{problems}") from None
+    variants = [
+        Variant(name, _resolve(spec.base, overrides, reshape, f"{where}, variant {name!r}"), text)
+        for name, text, overrides in _expand(spec)
+    ]
+    if spec.baseline is not None and spec.baseline not in {v.name for v in variants}:
+        raise ConfigError(
+            f"invalid {where}: baseline {spec.baseline!r} is not a variant; "
+            f"variants: {[v.name for v in variants]}"
+        )
+    return Experiment(
+        name=spec.name,
+        description=spec.description,
+        variants=variants,
+        centralized=spec.centralized,
+        metric=spec.metric,
+        target=spec.target,
+        baseline=spec.baseline,
+        source=dict(raw),
+    )
+
+
+def select(experiment: Experiment, names: Iterable[str]) -> Experiment:
+    """The experiment with only the named variants (all of them when none are named)."""
+    wanted = list(names)
+    if not wanted:
+        return experiment
+    known = [v.name for v in experiment.variants]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"--only: no variant named {unknown}; the variants are {known}")
+    chosen = [v for v in experiment.variants if v.name in wanted]
+    baseline = experiment.baseline if experiment.baseline in wanted else None
+    return Experiment(
+        experiment.name,
+        experiment.description,
+        chosen,
+        experiment.centralized,
+        experiment.metric,
+        experiment.target,
+        baseline,
+        experiment.source,
+    )
+
+
+def set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts; a mapping value is merged key by key, not swapped in."""
+    if isinstance(value, Mapping) and value:
+        for key, inner in value.items():
+            set_dotted(data, f"{dotted_key}.{key}", inner)
+        return
+    *parents, leaf = dotted_key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = copy.deepcopy(value)
+
+
+def _expand(spec: ExperimentFile) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, description, overrides) of every run: each variant crossed with the sweep."""
+    variants = spec.variants or [VariantSpec(name="base")]
+    keys = list(spec.sweep)
+    points = list(itertools.product(*(spec.sweep[k] for k in keys))) if keys else [()]
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    labels = [
+        leaf if leaves.count(leaf) == 1 else key for leaf, key in zip(leaves, keys, strict=True)
+    ]
+    runs = []
+    for variant in variants:
+        for point in points:
+            parts = [f"{label}={_label(value)}" for label, value in zip(labels, point, strict=True)]
+            if spec.variants or not parts:
+                parts.insert(0, variant.name)
+            overrides = {**variant.overrides, **dict(zip(keys, point, strict=True))}
+            runs.append((",".join(parts), variant.description, overrides))
+    return runs
+
+
+def _resolve(
+    base: Mapping[str, Any], overrides: Mapping[str, Any], reshape: Reshape, where: str
+) -> FogflConfig:
+    data: dict[str, Any] = {}
+    for key, value in base.items():
+        set_dotted(data, key, value)
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    reshape.apply(data)
+    # Sections go in whole so that a null in the file clears a value; the environment's
+    # FOGFL_* variables are for the runtime's processes and do not reach experiments.
+    try:
+        return load_config(None, overrides=data, environ={})
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _spread(total: int, regions: list[str]) -> dict[str, Any]:
+    """`total` clients over `regions`, named as the runtime names them."""
+    if total < len(regions):
+        raise ConfigError(
+            f"--clients {total}: every one of the {len(regions)} regions needs a client"
+        )
+    if total % len(regions) == 0:
+        return {"clients_per_region": total // len(regions), "clients": None}
+    sizes = [total // len(regions) + (i < total % len(regions)) for i in range(len(regions))]
+    clients, number = {}, 1
+    for region, size in zip(regions, sizes, strict=True):
+        clients[region] = [f"{region}-{number + k:02d}" for k in range(size)]
+        number += size
+    return {"clients_per_region": max(sizes), "clients": clients}
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value, separators=(",", ":")).replace('"', "")

@@ -1,0 +1,415 @@
+"""One federated run of the hierarchy in one process, with the runtime's semantics.
+
+Each round: the server picks the participants (`fogfl.schedules`) and encodes the global
+model; each participant evaluates it and trains (`workers.client_round`); each region's
+fog aggregate folds the updates into the fog broker's running mean (`RegionRound`); under
+κ edge rounds the region model goes back to the region's participants κ − 1 times; each
+region's partial goes to the cloud's Flower strategy, exactly as the bridges hand it over.
+After the last round every client evaluates the final model. Traffic is the length of the
+payloads the runtime would publish.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_proxy import ClientProxy
+
+from fogfl import flower
+from fogfl.aggregation import MetricsMean, WeightedModelMean, mean_metrics
+from fogfl.config import FederationSettings, FogflConfig
+from fogfl.roles.fog_broker import RegionRound
+from fogfl.roles.server import _strategy_options
+from fogfl.run_dir import RoundRecord, new_run_id
+from fogfl.schedules import participant_count, select_participants
+from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
+from fogfl.wire import Envelope, ModelSchema, Tensors, decode, encode
+
+RoundDone = Callable[[int], None]
+
+
+@dataclass
+class ClientOutcome:
+    """A client's evaluation of the final model."""
+
+    client_id: str
+    region: str
+    description: str
+    num_train: int
+    num_test: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class SimulatedRun:
+    """What a simulated run produced: the runtime's metrics.csv rows and more."""
+
+    config: FogflConfig
+    run_id: str
+    records: list[RoundRecord]
+    client_updates: list[int] = field(default_factory=list)
+    partials: list[int] = field(default_factory=list)
+    update_drift: list[float] = field(default_factory=list)
+    clients: list[ClientOutcome] = field(default_factory=list)
+    final_model: bytes = b""
+    seconds: float = 0.0
+
+    def final_tensors(self) -> Tensors:
+        return decode(
+            self.final_model, kinds={"global"}, max_bytes=self.config.wire.max_payload_bytes
+        ).tensors
+
+
+@dataclass
+class _RegionPartial:
+    region: str
+    payload: bytes
+    partial: Envelope
+    contributors: int
+
+
+def simulate(
+    config: FogflConfig,
+    pool: ClientPool,
+    on_round: RoundDone | None = None,
+    run_id: str | None = None,
+) -> SimulatedRun:
+    """Run every round of `config`'s federation; `on_round(r)` after each."""
+    return _Hierarchy(config, pool, run_id or config.federation.run_id or new_run_id()).run(
+        on_round or (lambda _: None)
+    )
+
+
+def round_participants(
+    federation: FederationSettings, server_round: int
+) -> dict[str, list[str]] | None:
+    """The clients the server picks for `server_round`, or None when all take part."""
+    plan = federation.participation
+    if plan.full:
+        return None
+    population = federation.client_ids()
+    total = sum(len(ids) for ids in population.values())
+    count = participant_count(
+        plan.schedule,
+        server_round,
+        federation.rounds,
+        total,
+        plan.start_fraction,
+        plan.end_fraction,
+        minimum=len(population),
+    )
+    return select_participants(population, count, federation.seed, server_round)
+
+
+class _Hierarchy:
+    def __init__(self, config: FogflConfig, pool: ClientPool, run_id: str) -> None:
+        from fogfl.tasks import load_task
+        from fogfl.tasks.base import model_tensors
+
+        self.config = config
+        self.pool = pool
+        self.run_id = run_id
+        self.key = TaskKey.of(config)
+        self.codec = config.wire.codec
+        self.max_bytes = config.wire.max_payload_bytes
+        task = load_task(config.task.name, config.task.options)
+        self.initial = model_tensors(task.build_model(config.federation.seed))
+        self.schema = ModelSchema.of(self.initial)
+        self.population = config.federation.client_ids()
+        self.owner = {
+            client: index
+            for index, client in enumerate(c for ids in self.population.values() for c in ids)
+        }
+        self.strategy = flower.make_strategy(
+            config.server.strategy,
+            self.schema.ordered(self.initial),
+            config.federation.required_regions,
+            _strategy_options(config),
+        )
+
+    def run(self, on_round: RoundDone) -> SimulatedRun:
+        started = time.monotonic()
+        federation = self.config.federation
+        result = SimulatedRun(self.config, self.run_id, [RoundRecord(round=0)])
+        model = self.initial
+        for server_round in range(1, federation.rounds + 1):
+            round_started = time.monotonic()
+            model, evaluation = self._round(server_round, model, result)
+            _set_evaluation(result.records[server_round - 1], evaluation)
+            result.records[-1].round_seconds = time.monotonic() - round_started
+            on_round(server_round)
+        result.final_model, evaluation = self._final(federation.rounds, model, result)
+        _set_evaluation(result.records[-1], evaluation)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _round(
+        self, server_round: int, model: Tensors, result: SimulatedRun
+    ) -> tuple[Tensors, dict[str, float]]:
+        federation = self.config.federation
+        chosen = round_participants(federation, server_round)
+        participants = chosen or self.population
+        config = self._round_config(chosen)
+        global_payload = self._encode(
+            Envelope(
+                kind="global",
+                run_id=self.run_id,
+                round=server_round,
+                sender="server",
+                tensors=model,
+                config=config,
+                sent_at=SENT_AT,
+            )
+        )
+        fog = {
+            region: RegionRound(
+                run_id=self.run_id,
+                round=server_round,
+                phase="fit",
+                schema=self.schema,
+                deadline=math.inf,
+                expected=len(ids),
+                participants=set(ids) if chosen is not None else None,
+                uniform=federation.weighting == "uniform",
+                edge_rounds=federation.edge_rounds,
+                config=config,
+                model=WeightedModelMean(self.schema),
+            )
+            for region, ids in participants.items()
+            if ids
+        }
+        starts = {region: global_payload for region in fog}
+        drifts: list[float] = []
+        updates = 0
+        for edge_round in range(1, federation.edge_rounds + 1):
+            if edge_round > 1:
+                starts = {region: self._region_model(region, fog[region]) for region in fog}
+            start_models = {r: self._decode(p, "global", "region") for r, p in starts.items()}
+            jobs = [
+                self._job(client_id, region, starts[region])
+                for region in fog
+                for client_id in participants[region]
+            ]
+            for job, reply in zip(jobs, self._replies(jobs), strict=True):
+                update = self._fold_update(fog[job.region], reply)
+                drifts.append(_distance(update.tensors, start_models[job.region].tensors))
+                updates += 1
+        partials = [self._partial(region, fog[region]) for region in fog]
+        model = self._cloud(server_round, partials, model)
+        reports: list[tuple[int, Mapping[str, Any]]] = [
+            (p.partial.num_examples, p.partial.metrics) for p in partials
+        ]
+        metrics = mean_metrics(reports)
+        global_bytes = len(global_payload)
+        clients = sum(p.contributors for p in partials)
+        updates_bytes = sum(int(p.partial.stats["updates_bytes"]) for p in partials)
+        region_bytes = sum(int(p.partial.stats["region_bytes"]) for p in partials)
+        partial_bytes = sum(len(p.payload) for p in partials)
+        result.records.append(
+            RoundRecord(
+                round=server_round,
+                clients=clients,
+                regions=len(partials),
+                failed_regions=0,
+                train_loss=metrics.get("train_loss"),
+                bytes_up=updates_bytes + partial_bytes,
+                bytes_down=global_bytes * clients + region_bytes,
+                bytes_edge=updates_bytes + region_bytes + global_bytes * clients,
+                bytes_cloud=partial_bytes + global_bytes * len(partials),
+            )
+        )
+        result.client_updates.append(updates)
+        result.partials.append(len(partials))
+        result.update_drift.append(float(np.mean(drifts)) if drifts else math.nan)
+        return model, metrics
+
+    def _final(
+        self, rounds: int, model: Tensors, result: SimulatedRun
+    ) -> tuple[bytes, dict[str, float]]:
+        """Every client evaluates the final model; the fogs average, the server averages."""
+        final = self._encode(
+            Envelope(
+                kind="global",
+                run_id=self.run_id,
+                round=rounds,
+                sender="server",
+                tensors=model,
+                config=self._round_config(None),
+                final=True,
+                sent_at=SENT_AT,
+            )
+        )
+        jobs = [
+            self._job(client_id, region, final, final=True)
+            for region, ids in self.population.items()
+            for client_id in ids
+        ]
+        by_region: dict[str, tuple[MetricsMean, list[int]]] = {}
+        for job, reply in zip(jobs, self._replies(jobs), strict=True):
+            evaluation = decode(
+                reply.payload, kinds={"evaluation"}, max_bytes=self.max_bytes, run_id=self.run_id
+            )
+            mean, examples = by_region.setdefault(job.region, (MetricsMean(), []))
+            mean.add(evaluation.metrics, evaluation.num_examples)
+            examples.append(evaluation.num_examples)
+            result.clients.append(
+                ClientOutcome(
+                    job.client_id,
+                    job.region,
+                    reply.description,
+                    reply.num_train,
+                    reply.num_test,
+                    evaluation.metrics,
+                )
+            )
+        reports: list[tuple[int, Mapping[str, Any]]] = [
+            (sum(n), mean.result()) for mean, n in by_region.values()
+        ]
+        metrics = mean_metrics(reports)
+        return final, metrics
+
+    def _replies(self, jobs: Sequence[ClientJob]) -> Iterator[ClientReply]:
+        return self.pool.run(client_round, jobs, [self.owner[job.client_id] for job in jobs])
+
+    def _job(self, client_id: str, region: str, start: bytes, final: bool = False) -> ClientJob:
+        return ClientJob(
+            task=self.key,
+            client_id=client_id,
+            region=region,
+            start=start,
+            settings=self.config.training,
+            codec=self.codec,
+            max_bytes=self.max_bytes,
+            final=final,
+        )
+
+    def _fold_update(self, fog: RegionRound, reply: ClientReply) -> Envelope:
+        """What the fog broker does with a valid update."""
+        update = decode(
+            reply.payload,
+            kinds={"update"},
+            max_bytes=self.max_bytes,
+            schema=self.schema,
+            run_id=self.run_id,
+        )
+        assert fog.model is not None
+        fog.model.add(update.tensors, fog.weight(update.num_examples))
+        fog.metrics.add(update.metrics, update.num_examples)
+        fog.contributors.append(update.sender)
+        fog.num_examples += update.num_examples
+        fog.updates_bytes += update.payload_bytes
+        return update
+
+    def _region_model(self, region: str, fog: RegionRound) -> bytes:
+        """End an edge round: the region's mean goes back down to its participants."""
+        assert fog.model is not None
+        payload = self._encode(
+            Envelope(
+                kind="region",
+                run_id=fog.run_id,
+                round=fog.round,
+                edge_round=fog.edge_round + 1,
+                sender=f"fog-{region}",
+                region=region,
+                num_examples=fog.num_examples,
+                tensors=fog.model.result(),
+                config=fog.config,
+                sent_at=SENT_AT,
+            )
+        )
+        fog.region_bytes += len(payload) * len(fog.contributors)
+        fog.next_edge_round(math.inf)
+        return payload
+
+    def _partial(self, region: str, fog: RegionRound) -> _RegionPartial:
+        """The region's partial as the fog broker publishes it and its bridge reads it."""
+        assert fog.model is not None
+        payload = self._encode(
+            Envelope(
+                kind="partial",
+                run_id=fog.run_id,
+                round=fog.round,
+                sender=f"fog-{region}",
+                region=region,
+                num_examples=fog.num_examples,
+                tensors=fog.model.result(),
+                metrics=fog.metrics.result(),
+                contributors=fog.contributors,
+                stats={
+                    "updates_bytes": fog.updates_bytes,
+                    "region_bytes": fog.region_bytes,
+                    "weight": fog.model.total_weight,
+                    "rejected": {},
+                },
+                sent_at=SENT_AT,
+            )
+        )
+        partial = decode(
+            payload,
+            kinds={"partial"},
+            max_bytes=self.max_bytes,
+            schema=self.schema,
+            run_id=self.run_id,
+        )
+        return _RegionPartial(region, payload, partial, len(fog.contributors))
+
+    def _cloud(self, server_round: int, partials: list[_RegionPartial], model: Tensors) -> Tensors:
+        """The cloud tier: the configured Flower strategy over the regions' partials."""
+        results = [
+            (
+                cast(ClientProxy, p.region),  # Flower's aggregation never looks at the proxy
+                FitRes(
+                    Status(Code.OK, "ok"),
+                    ndarrays_to_parameters(self.schema.ordered(p.partial.tensors)),
+                    int(p.partial.stats.get("weight", p.partial.num_examples)),
+                    {},
+                ),
+            )
+            for p in partials
+        ]
+        if not results:
+            return model
+        parameters, _ = self.strategy.aggregate_fit(server_round, results, [])
+        if parameters is None:
+            return model
+        return self.schema.named(parameters_to_ndarrays(parameters))
+
+    def _round_config(self, chosen: Mapping[str, list[str]] | None) -> dict[str, Any]:
+        federation = self.config.federation
+        config: dict[str, Any] = {
+            **self.config.training.model_dump(),
+            "weighting": federation.weighting,
+            "edge_rounds": federation.edge_rounds,
+        }
+        if chosen is not None:
+            config["participants"] = chosen
+        return config
+
+    def _encode(self, message: Envelope) -> bytes:
+        return encode(message, self.codec)
+
+    def _decode(self, payload: bytes, *kinds: str) -> Envelope:
+        return decode(payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema)
+
+
+def _set_evaluation(record: RoundRecord, metrics: Mapping[str, float]) -> None:
+    record.eval_loss = metrics.get("eval_loss")
+    record.eval_mae = metrics.get("eval_mae")
+    record.eval_accuracy = metrics.get("eval_accuracy")
+    mse = metrics.get("eval_mse")
+    record.eval_rmse = math.sqrt(mse) if mse is not None else None
+
+
+def _distance(update: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> float:
+    """L2 distance between two models over their float tensors."""
+    total = 0.0
+    for name, values in update.items():
+        if values.dtype.kind == "f":
+            total += float(np.square(values.astype(np.float64) - start[name]).sum())
+    return math.sqrt(total)

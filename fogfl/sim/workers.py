@@ -1,0 +1,239 @@
+"""The clients' side of the simulation, run in worker processes.
+
+A client job is what a runtime client does with one message: decode the global model (or
+its region's model), evaluate it on the test split when it is a new global model, train
+with the round's settings and seed, and encode its update. Each worker process owns a fixed
+share of the clients and keeps their data and one model per task, so a client's data is
+loaded once per experiment however many rounds and variants it takes part in. Results come
+back in the order the jobs were given, so the aggregates do not depend on the number of
+workers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from fogfl.config import FogflConfig, TrainingSettings
+from fogfl.wire import Codec, Envelope, ModelSchema, decode, encode
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fogfl.tasks.base import Partition, Task
+
+JobT = TypeVar("JobT")
+ResultT = TypeVar("ResultT")
+
+# Wall-clock fields of a message (its sent_at, the client's train_seconds) take fixed values
+# of the runtime's usual length, so that simulated byte counts are the same on every run.
+SENT_AT = 1_700_000_000.123456
+TRAIN_SECONDS = 0.123456789012345
+JOBS_AHEAD_PER_WORKER = 8
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    """Which task, with which options and data seed: what a worker's cache is keyed by."""
+
+    name: str
+    options: str
+    seed: int
+
+    @classmethod
+    def of(cls, config: FogflConfig) -> TaskKey:
+        options = json.dumps(config.task.options, sort_keys=True, default=str)
+        return cls(config.task.name, options, config.federation.seed)
+
+
+@dataclass
+class ClientJob:
+    """One client receiving one model: train on it (`final` False) or only evaluate it."""
+
+    task: TaskKey
+    client_id: str
+    region: str
+    start: bytes
+    settings: TrainingSettings
+    codec: Codec
+    max_bytes: int
+    final: bool = False
+
+
+@dataclass
+class ClientReply:
+    """A client's answer: the encoded update (or evaluation) and what the client is."""
+
+    payload: bytes
+    description: str
+    num_train: int
+    num_test: int
+
+
+@dataclass
+class _TaskState:
+    task: Task
+    model: nn.Module
+    schema: ModelSchema
+    partitions: dict[str, Partition] = field(default_factory=dict)
+
+
+_STATE: dict[TaskKey, _TaskState] = {}
+
+
+def client_round(job: ClientJob) -> ClientReply:
+    """Everything one client does with one model, as `fogfl client` does it."""
+    from fogfl.tasks.base import load_tensors, model_tensors, training_seed
+
+    state = _task_state(job.task)
+    data = _partition(state, job.task, job.client_id)
+    start = decode(
+        job.start, kinds={"global", "region"}, max_bytes=job.max_bytes, schema=state.schema
+    )
+    load_tensors(state.model, start.tensors)
+    evaluation = state.task.evaluate(state.model, data) if start.kind == "global" else {}
+    if job.final:
+        message = Envelope(
+            kind="evaluation",
+            run_id=start.run_id,
+            round=start.round,
+            sender=job.client_id,
+            region=job.region,
+            num_examples=data.num_test,
+            metrics=evaluation,
+            sent_at=SENT_AT,
+        )
+        return ClientReply(encode(message), data.description, data.num_train, data.num_test)
+    seed = training_seed(job.task.seed, start.round, job.client_id, start.edge_round)
+    training = state.task.train(state.model, data, job.settings, seed)
+    update = Envelope(
+        kind="update",
+        run_id=start.run_id,
+        round=start.round,
+        edge_round=start.edge_round,
+        sender=job.client_id,
+        region=job.region,
+        num_examples=data.num_train,
+        tensors=model_tensors(state.model),
+        metrics={**training, **evaluation, "train_seconds": TRAIN_SECONDS},
+        sent_at=SENT_AT,
+    )
+    return ClientReply(encode(update, job.codec), data.description, data.num_train, data.num_test)
+
+
+def load_partitions(key: TaskKey, client_ids: Sequence[str]) -> dict[str, Partition]:
+    """The clients' data in this process (for the centralized baseline)."""
+    state = _task_state(key)
+    return {client_id: _partition(state, key, client_id) for client_id in client_ids}
+
+
+def task_of(key: TaskKey) -> Task:
+    return _task_state(key).task
+
+
+class ClientPool:
+    """Worker processes for client jobs; with ``workers=0`` jobs run in this process.
+
+    Use as a context manager: the workers end when it exits.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(0, workers)
+        context = multiprocessing.get_context("spawn")
+        # One single-process executor per worker: a client always goes to the same worker,
+        # which keeps its data, and each worker takes its jobs in the order given.
+        self._executors = [
+            ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_worker)
+            for _ in range(self.workers)
+        ]
+
+    def __enter__(self) -> ClientPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._executors = []
+        _STATE.clear()
+
+    def run(
+        self,
+        work: Callable[[JobT], ResultT],
+        jobs: Sequence[JobT],
+        owners: Sequence[int],
+    ) -> Iterator[ResultT]:
+        """`work(job)` for every job, yielded in job order; `owners[i]` picks job i's worker
+        (the same number always picks the same worker). A few jobs per worker are in
+        flight at a time, so memory stays small however many jobs there are."""
+        if not self._executors:
+            with _one_thread():
+                for job in jobs:
+                    yield work(job)
+            return
+        queued = iter(zip(jobs, owners, strict=True))
+        in_flight: deque[Future[ResultT]] = deque()
+
+        def submit_next() -> None:
+            following = next(queued, None)
+            if following is not None:
+                job, owner = following
+                executor = self._executors[owner % len(self._executors)]
+                in_flight.append(executor.submit(work, job))
+
+        for _ in range(JOBS_AHEAD_PER_WORKER * len(self._executors)):
+            submit_next()
+        while in_flight:
+            result = in_flight.popleft().result()
+            submit_next()
+            yield result
+
+
+def _task_state(key: TaskKey) -> _TaskState:
+    state = _STATE.get(key)
+    if state is None:
+        from fogfl.tasks import load_task
+        from fogfl.tasks.base import model_tensors
+
+        task = load_task(key.name, json.loads(key.options))
+        model = task.build_model(key.seed)
+        task.warm_up(model)
+        state = _STATE[key] = _TaskState(task, model, ModelSchema.of(model_tensors(model)))
+    return state
+
+
+def _partition(state: _TaskState, key: TaskKey, client_id: str) -> Partition:
+    data = state.partitions.get(client_id)
+    if data is None:
+        data = state.partitions[client_id] = state.task.load_partition(client_id, key.seed)
+    return data
+
+
+def _start_worker() -> None:
+    import torch
+
+    # Ctrl-C is the coordinator's to handle; it shuts the workers down in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The workers share the cores; one thread each, like the runtime's clients.
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
