@@ -80,7 +80,7 @@ def parse_options(model: type[OptionsT], options: Mapping[str, Any], task: str) 
         return model.model_validate(dict(options))
     except ValidationError as exc:
         problems = "; ".join(
-            f"task.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            ".".join(["task.options", *map(str, e["loc"])]) + f": {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid options for task {task!r}: {problems}") from None
 
