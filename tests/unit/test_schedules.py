@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from fogfl.schedules import SCHEDULES, participant_count, progress_curve, select_participants
 
-POPULATION = {"north": [f"north-{i:02d}" for i in range(1, 31)], "south": [f"south-{i:02d}" for i in range(31, 41)]}
+POPULATION = {
+    "north": [f"north-{i:02d}" for i in range(1, 31)],
+    "south": [f"south-{i:02d}" for i in range(31, 41)],
+}
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -14,7 +19,7 @@ def test_every_schedule_runs_from_start_to_end_without_going_back(schedule: str)
     counts = [participant_count(schedule, r, 20, 40, 1.0, 0.25) for r in range(1, 21)]  # type: ignore[arg-type]
     assert counts[0] == 40
     assert counts[-1] == (40 if schedule == "constant" else 10)
-    assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(counts))
 
 
 def test_schedules_differ_in_between() -> None:
