@@ -4,13 +4,14 @@ throughput, buffer, latency, loss, quality ratio and rebuffering."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from fogfl.tasks.base import (
@@ -58,26 +59,60 @@ FEATURES = (
 FEATURE_SCALE = np.array([1 / 1000.0, 1 / 10.0, 1 / 100.0, 10.0, 1.0, 1.0], dtype=np.float64)
 
 
+class ScenarioOptions(TaskOptions):
+    """A network scenario in config: a link's statistics and the video's bitrate."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    throughput_kbps: float = Field(gt=0)
+    throughput_std: float = Field(ge=0)
+    bitrate_kbps: float = Field(gt=0)
+    latency_ms: float = Field(gt=0)
+    latency_std: float = Field(ge=0)
+    loss_rate: float = Field(ge=0, le=1)
+    loss_std: float = Field(ge=0, le=1)
+    initial_buffer_s: float = Field(gt=0)
+    rebuffer_threshold_s: float = Field(0.5, ge=0)
+
+
 class QoEOptions(TaskOptions):
     duration_s: int = Field(600, ge=10, le=1_000_000, description="seconds of trace per client")
     replays: int = Field(2, ge=0, le=100, description="noisy replays added to each trace")
     replay_noise: float = Field(0.07, ge=0, le=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    scenario: Literal["home_stable", "rural_unstable", "vehicular_variable"] | None = Field(
-        None, description="pin every client to one base scenario; default: by client number"
+    scenarios: list[ScenarioOptions] = Field(
+        default_factory=lambda: [ScenarioOptions(**vars(s)) for s in BASE_SCENARIOS],
+        min_length=1,
+        description="the base scenarios clients cycle through by client number",
     )
+    scenario: str | None = Field(
+        None, description="pin every client to the base scenario of this name"
+    )
+    variation: float = Field(
+        1.0, ge=0, le=10, description="scale of each client's random variation of its scenario"
+    )
+
+    @model_validator(mode="after")
+    def _pinned_scenario_exists(self) -> QoEOptions:
+        names = [s.name for s in self.scenarios]
+        if self.scenario is not None and self.scenario not in names:
+            raise ValueError(f"scenario {self.scenario!r} is not one of {names}")
+        return self
+
+    def base_scenarios(self) -> list[NetworkScenario]:
+        return [NetworkScenario(**s.model_dump()) for s in self.scenarios]
 
 
 def client_scenario(
-    ordinal: int, rng: np.random.Generator, pinned: str | None = None
+    ordinal: int,
+    rng: np.random.Generator,
+    bases: Sequence[NetworkScenario] = BASE_SCENARIOS,
+    pinned: str | None = None,
+    variation: float = 1.0,
 ) -> NetworkScenario:
     """The base scenario for a client (round robin by its number), varied at random."""
-    base = (
-        BASE_SCENARIOS[SCENARIO_NAMES.index(pinned)]
-        if pinned
-        else BASE_SCENARIOS[(ordinal - 1) % 3]
-    )
-    jitter = rng.normal(0.0, 1.0, size=9)
+    names = [s.name for s in bases]
+    base = bases[names.index(pinned)] if pinned else bases[(ordinal - 1) % len(bases)]
+    jitter = variation * rng.normal(0.0, 1.0, size=9)
     return replace(
         base,
         name=f"{base.name}_v{ordinal}",
@@ -198,7 +233,13 @@ class QoETask(SupervisedTask):
     def load_partition(self, client_id: str, seed: int) -> Partition:
         ordinal = client_ordinal(client_id)
         rng = np.random.default_rng([seed, ordinal])
-        scenario = client_scenario(ordinal, rng, self.options.scenario)
+        scenario = client_scenario(
+            ordinal,
+            rng,
+            self.options.base_scenarios(),
+            self.options.scenario,
+            self.options.variation,
+        )
         trace = simulate_trace(scenario, self.options.duration_s, rng)
         trace = with_replays(trace, scenario, self.options.replays, self.options.replay_noise, rng)
         features = (np.stack([trace[f] for f in FEATURES], axis=1) * FEATURE_SCALE).astype(

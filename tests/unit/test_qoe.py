@@ -101,3 +101,25 @@ def test_unknown_task_and_bad_options_are_config_errors() -> None:
         load_task("qoe", {"duration_s": -5})
     with pytest.raises(ConfigError, match=r"task\.options\.colour"):
         load_task("qoe", {"colour": "red"})
+
+
+def test_scenarios_are_configurable() -> None:
+    satellite = {
+        "name": "satellite",
+        "throughput_kbps": 20000.0,
+        "throughput_std": 100.0,
+        "bitrate_kbps": 3000.0,
+        "latency_ms": 600.0,
+        "latency_std": 5.0,
+        "loss_rate": 0.01,
+        "loss_std": 0.001,
+        "initial_buffer_s": 20.0,
+    }
+    task = load_task("qoe", {"scenarios": [satellite], "variation": 0.0, "duration_s": 60})
+    data = task.load_partition("c07", 42)
+    assert data.description == "satellite_v7"
+    assert data.x_train[:, 2].mean() == pytest.approx(6.0, rel=0.05)  # latency / 100
+    with pytest.raises(ConfigError, match="'moon' is not one of"):
+        load_task("qoe", {"scenario": "moon"})
+    with pytest.raises(ConfigError, match=r"task\.options\.scenarios\.0\.throughput_kbps"):
+        load_task("qoe", {"scenarios": [{**satellite, "throughput_kbps": -1}]})
