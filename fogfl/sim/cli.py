@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
     from fogfl.sim.results import Results
@@ -68,8 +69,6 @@ def sim(
     """Simulate an experiment's variants in one process (the hierarchy without MQTT)."""
     import time
 
-    from rich.console import Console
-
     from fogfl.logs import setup_logging
     from fogfl.sim.experiment import Reshape, load_experiment, select
     from fogfl.sim.runner import default_out_dir, run_experiment
@@ -87,7 +86,7 @@ def sim(
     )
     experiment = select(load_experiment(config, reshape), only or [])
     out_dir = out or default_out_dir(experiment.name)
-    console = Console()
+    console = _console()
     console.print(
         f"fogfl sim: experiment [bold]{experiment.name}[/], {len(experiment.variants)} "
         f"variants, {max(workers, 0)} workers, outputs in {out_dir}",
@@ -115,12 +114,10 @@ def report(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table.")] = False,
 ) -> None:
     """Plot and tabulate the results in an output folder of `fogfl sim` or `fogfl up`."""
-    from rich.console import Console
-
     from fogfl.sim.results import read_results
 
     results = read_results(directory)
-    console = Console()
+    console = _console()
     console.print(summary_table(results))
     if not no_plots:
         from fogfl.sim.plots import render
@@ -143,21 +140,26 @@ def summary_table(results: Results) -> Table:
     metric = results.metric
     label = METRIC_LABELS.get(metric, metric)
     summaries = {v.name: summarize(v, results.target, metric) for v in results.variants}
-    baseline = summaries.get(results.baseline or "")
+    compared = results.baselines
     title = results.title
     if results.target is not None:
         title += f" · target {label} {'≥' if 'accuracy' in metric else '≤'} {results.target:g}"
+    if compared:
+        title += f" · savings against {results.baseline} (to the target where both reach it)"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     columns = ["variant", "rounds", label]
     if results.centralized:
         columns.append(f"central {label}")
     columns += ["client updates", "edge bytes", "cloud bytes"]
     if results.target is not None:
-        columns += ["reached at", "updates to target", "cloud bytes to target"]
-    if baseline is not None:
-        columns.append(f"updates saved vs {results.baseline}")
+        columns += ["target at", "updates to it", "cloud bytes to it"]
+    if compared:
+        columns += ["updates saved", "cloud bytes saved"]
     for index, name in enumerate(columns):
-        table.add_column(name, justify="left" if index == 0 else "right")
+        if index == 0:
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
     for name, summary in summaries.items():
         cells = [name, str(summary.rounds), _number(summary.final.get(metric))]
         if results.centralized:
@@ -170,21 +172,33 @@ def summary_table(results: Results) -> Table:
         if results.target is not None:
             reached = summary.reached
             if reached is None:
-                cells += ["not reached", "", ""]
+                cells += ["—", "", ""]
             else:
                 cells += [
                     f"round {reached.round}",
                     f"{reached.client_updates:,}",
                     human_bytes(reached.bytes_cloud),
                 ]
-        if baseline is not None:
+        baseline = summaries.get(compared.get(name, ""))
+        if compared and baseline is None:
+            cells += ["", ""]
+        elif baseline is not None:
             saved = savings(summary, baseline)
-            share = saved.get("client_updates_to_target")
-            if share is None:
-                share = saved.get("client_updates")
-            cells.append("" if share is None else f"{share:.0%}")
+            for cost in ("client_updates", "bytes_cloud"):
+                share = saved.get(f"{cost}_to_target")
+                if share is None:
+                    share = saved.get(cost)
+                cells.append("" if share is None else f"{round(share, 2) + 0.0:.0%}")
         table.add_row(*cells)
     return table
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    console = Console()
+    # Piped into a file or a log, a table keeps its rows on one line each.
+    return console if console.is_terminal else Console(width=200)
 
 
 def _number(value: float | None) -> str:

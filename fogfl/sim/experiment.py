@@ -10,7 +10,10 @@ sweep: {training.local_epochs: [1, 2]}        # cartesian; crossed with every va
 centralized: {epochs: 25, learning_rate: 0.001, batch_size: 128}
 metric: eval_mae
 target: 0.06                                  # summary: what it took to reach this
-baseline: fedavg                              # summary: savings against this variant
+baseline: fedavg                              # summary: savings against this variant, or
+                                              # {training.proximal_mu: 0.0}: against each
+                                              # variant's own counterpart
+evaluation: all                               # every client evaluates every round's model
 ```
 """
 
@@ -20,7 +23,7 @@ import copy
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +68,16 @@ class ExperimentFile(_Strict):
     centralized: CentralizedSettings | None = None
     metric: Metric | None = Field(None, description="default: eval_mae or eval_accuracy")
     target: float | None = Field(None, description="the metric value runs are measured to reach")
-    baseline: str | None = Field(None, description="the variant others are compared with")
+    baseline: str | dict[str, Any] | None = Field(
+        None,
+        description="the variant others are compared with, by name, or as the settings that "
+        "turn each variant into its own baseline ({federation.participation.schedule: constant})",
+    )
+    evaluation: Literal["participants", "all"] = Field(
+        "participants",
+        description="who evaluates each round's model: the next round's participants, as in "
+        "the runtime, or every client",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -102,7 +114,8 @@ class Experiment:
     centralized: CentralizedSettings | None
     metric: Metric | None
     target: float | None
-    baseline: str | None
+    baseline: str | dict[str, Any] | None
+    evaluation: Literal["participants", "all"] = "participants"
     source: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,8 +123,9 @@ class Experiment:
 class Reshape:
     """The command line's changes to every variant (None leaves a setting as the file has it).
 
-    `clients` is the total over all regions, spread as evenly as the regions allow; `task`
-    replaces the task and drops the file's task options; `settings` are dotted keys.
+    `clients` is the total over all regions, spread as evenly as the regions allow (and the
+    task's ``num_clients`` option follows it where the file sets one); `task` replaces the
+    task and drops the file's task options; `settings` are dotted keys, applied last.
     """
 
     task: str | None = None
@@ -135,6 +149,10 @@ class Reshape:
         if self.clients is not None:
             regions = federation.get("regions") or FogflConfig().federation.regions
             federation.update(_spread(self.clients, list(regions)))
+            options = task.get("options")
+            if isinstance(options, dict) and "num_clients" in options:
+                # Tasks that split one dataset into shares (ecg5000) need one per client.
+                options["num_clients"] = self.clients
         for key, value in (
             ("federation.rounds", self.rounds),
             ("training.local_epochs", self.local_epochs),
@@ -179,7 +197,7 @@ def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "")
         Variant(name, _resolve(spec.base, overrides, reshape, f"{where}, variant {name!r}"), text)
         for name, text, overrides in _expand(spec)
     ]
-    if spec.baseline is not None and spec.baseline not in {v.name for v in variants}:
+    if isinstance(spec.baseline, str) and spec.baseline not in {v.name for v in variants}:
         raise ConfigError(
             f"invalid {where}: baseline {spec.baseline!r} is not a variant; "
             f"variants: {[v.name for v in variants]}"
@@ -192,6 +210,7 @@ def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "")
         metric=spec.metric,
         target=spec.target,
         baseline=spec.baseline,
+        evaluation=spec.evaluation,
         source=dict(raw),
     )
 
@@ -206,17 +225,41 @@ def select(experiment: Experiment, names: Iterable[str]) -> Experiment:
     if unknown:
         raise ConfigError(f"--only: no variant named {unknown}; the variants are {known}")
     chosen = [v for v in experiment.variants if v.name in wanted]
-    baseline = experiment.baseline if experiment.baseline in wanted else None
-    return Experiment(
-        experiment.name,
-        experiment.description,
-        chosen,
-        experiment.centralized,
-        experiment.metric,
-        experiment.target,
-        baseline,
-        experiment.source,
-    )
+    baseline = experiment.baseline
+    if isinstance(baseline, str) and baseline not in wanted:
+        baseline = None
+    return replace(experiment, variants=chosen, baseline=baseline)
+
+
+def baselines(experiment: Experiment) -> dict[str, str]:
+    """Each variant's baseline variant, where it has one.
+
+    A named baseline is everyone's; a mapping of settings names, for each variant, the
+    variant whose configuration is this one's with those settings changed.
+    """
+    names = [v.name for v in experiment.variants]
+    if experiment.baseline is None:
+        return {}
+    if isinstance(experiment.baseline, str):
+        return {name: experiment.baseline for name in names if experiment.baseline in names}
+    by_config = {
+        _fingerprint(v.config.model_dump(mode="json")): v.name for v in experiment.variants
+    }
+    found = {}
+    for variant in experiment.variants:
+        counterpart = variant.config.model_dump(mode="json")
+        for key, value in experiment.baseline.items():
+            set_dotted(counterpart, key, value)
+        match = by_config.get(_fingerprint(counterpart))
+        if match is not None:
+            found[variant.name] = match
+    return found
+
+
+def describe_baseline(baseline: str | Mapping[str, Any] | None) -> str:
+    if baseline is None or isinstance(baseline, str):
+        return baseline or ""
+    return ", ".join(f"{key}={_label(value)}" for key, value in baseline.items())
 
 
 def set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
@@ -234,6 +277,11 @@ def set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
             node[part] = child
         node = child
     node[leaf] = copy.deepcopy(value)
+
+
+def _fingerprint(config: dict[str, Any]) -> str:
+    config.get("federation", {}).pop("run_id", None)
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def _expand(spec: ExperimentFile) -> list[tuple[str, str, dict[str, Any]]]:

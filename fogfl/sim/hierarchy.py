@@ -23,7 +23,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fogfl import flower
 from fogfl.aggregation import MetricsMean, WeightedModelMean, mean_metrics
-from fogfl.config import FederationSettings, FogflConfig
+from fogfl.config import FederationSettings, FogflConfig, RoundPlan
 from fogfl.roles.fog_broker import RegionRound
 from fogfl.roles.server import _strategy_options
 from fogfl.run_dir import RoundRecord, new_run_id
@@ -79,11 +79,17 @@ def simulate(
     pool: ClientPool,
     on_round: RoundDone | None = None,
     run_id: str | None = None,
+    evaluate_all: bool = False,
 ) -> SimulatedRun:
-    """Run every round of `config`'s federation; `on_round(r)` after each."""
-    return _Hierarchy(config, pool, run_id or config.federation.run_id or new_run_id()).run(
-        on_round or (lambda _: None)
-    )
+    """Run every round of `config`'s federation; `on_round(r)` after each.
+
+    The model after round r is evaluated, as in the runtime, by round r + 1's participants
+    (and the final model by every client). With `evaluate_all` every client evaluates every
+    round's model, so that under partial participation each round is judged on the same data.
+    """
+    run_id = run_id or config.federation.run_id or new_run_id()
+    hierarchy = _Hierarchy(config, pool, run_id, evaluate_all)
+    return hierarchy.run(on_round or (lambda _: None))
 
 
 def round_participants(
@@ -108,13 +114,16 @@ def round_participants(
 
 
 class _Hierarchy:
-    def __init__(self, config: FogflConfig, pool: ClientPool, run_id: str) -> None:
+    def __init__(
+        self, config: FogflConfig, pool: ClientPool, run_id: str, evaluate_all: bool
+    ) -> None:
         from fogfl.tasks import load_task
         from fogfl.tasks.base import model_tensors
 
         self.config = config
         self.pool = pool
         self.run_id = run_id
+        self.evaluate_all = evaluate_all
         self.key = TaskKey.of(config)
         self.codec = config.wire.codec
         self.max_bytes = config.wire.max_payload_bytes
@@ -135,16 +144,24 @@ class _Hierarchy:
 
     def run(self, on_round: RoundDone) -> SimulatedRun:
         started = time.monotonic()
-        federation = self.config.federation
+        rounds = self.config.federation.rounds
         result = SimulatedRun(self.config, self.run_id, [RoundRecord(round=0)])
         model = self.initial
-        for server_round in range(1, federation.rounds + 1):
+        if self.evaluate_all:
+            _set_evaluation(result.records[0], self._evaluate_everyone(1, model, final=False)[1])
+        for server_round in range(1, rounds + 1):
             round_started = time.monotonic()
             model, evaluation = self._round(server_round, model, result)
-            _set_evaluation(result.records[server_round - 1], evaluation)
+            if not self.evaluate_all:
+                _set_evaluation(result.records[server_round - 1], evaluation)
+            elif server_round < rounds:
+                _, everyone = self._evaluate_everyone(server_round + 1, model, final=False)
+                _set_evaluation(result.records[server_round], everyone)
             result.records[-1].round_seconds = time.monotonic() - round_started
             on_round(server_round)
-        result.final_model, evaluation = self._final(federation.rounds, model, result)
+        result.final_model, evaluation = self._evaluate_everyone(
+            rounds, model, final=True, result=result
+        )
         _set_evaluation(result.records[-1], evaluation)
         result.seconds = time.monotonic() - started
         return result
@@ -229,24 +246,30 @@ class _Hierarchy:
         result.update_drift.append(float(np.mean(drifts)) if drifts else math.nan)
         return model, metrics
 
-    def _final(
-        self, rounds: int, model: Tensors, result: SimulatedRun
+    def _evaluate_everyone(
+        self,
+        server_round: int,
+        model: Tensors,
+        final: bool,
+        result: SimulatedRun | None = None,
     ) -> tuple[bytes, dict[str, float]]:
-        """Every client evaluates the final model; the fogs average, the server averages."""
-        final = self._encode(
+        """Every client evaluates `model`; the fogs average, the server averages. `final`: the
+        run's last model, as the server publishes it; otherwise the experimenter's look at a
+        round's model, which no client of the runtime would send."""
+        final_message = self._encode(
             Envelope(
                 kind="global",
                 run_id=self.run_id,
-                round=rounds,
+                round=server_round,
                 sender="server",
                 tensors=model,
-                config=self._round_config(None),
-                final=True,
+                config=self._round_config(self._final_population() if final else None),
+                final=final,
                 sent_at=SENT_AT,
             )
         )
         jobs = [
-            self._job(client_id, region, final, final=True)
+            self._job(client_id, region, final_message, final=True)
             for region, ids in self.population.items()
             for client_id in ids
         ]
@@ -258,6 +281,8 @@ class _Hierarchy:
             mean, examples = by_region.setdefault(job.region, (MetricsMean(), []))
             mean.add(evaluation.metrics, evaluation.num_examples)
             examples.append(evaluation.num_examples)
+            if result is None:
+                continue
             result.clients.append(
                 ClientOutcome(
                     job.client_id,
@@ -271,8 +296,13 @@ class _Hierarchy:
         reports: list[tuple[int, Mapping[str, Any]]] = [
             (sum(n), mean.result()) for mean, n in by_region.values()
         ]
-        metrics = mean_metrics(reports)
-        return final, metrics
+        return final_message, mean_metrics(reports)
+
+    def _final_population(self) -> dict[str, list[str]] | None:
+        # The server names every client in the final plan when the population is known.
+        federation = self.config.federation
+        known = federation.clients is not None or not federation.participation.full
+        return self.population if known else None
 
     def _replies(self, jobs: Sequence[ClientJob]) -> Iterator[ClientReply]:
         return self.pool.run(client_round, jobs, [self.owner[job.client_id] for job in jobs])
@@ -381,15 +411,15 @@ class _Hierarchy:
         return self.schema.named(parameters_to_ndarrays(parameters))
 
     def _round_config(self, chosen: Mapping[str, list[str]] | None) -> dict[str, Any]:
+        """The plan announced with the round, as the server announces it."""
         federation = self.config.federation
-        config: dict[str, Any] = {
+        plan = RoundPlan(
             **self.config.training.model_dump(),
-            "weighting": federation.weighting,
-            "edge_rounds": federation.edge_rounds,
-        }
-        if chosen is not None:
-            config["participants"] = chosen
-        return config
+            weighting=federation.weighting,
+            edge_rounds=federation.edge_rounds,
+            participants=None if chosen is None else dict(chosen),
+        )
+        return plan.model_dump(mode="json", exclude_none=True)
 
     def _encode(self, message: Envelope) -> bytes:
         return encode(message, self.codec)

@@ -95,8 +95,9 @@ class Results:
     title: str
     metric: str
     target: float | None
-    baseline: str | None
+    baseline: str
     variants: list[VariantHistory]
+    baselines: dict[str, str] = field(default_factory=dict)
     clients: list[dict[str, str]] = field(default_factory=list)
     centralized: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -203,8 +204,13 @@ def _read_simulation(directory: Path) -> Results:
         title=str(summary.get("experiment") or directory.name),
         metric=metric,
         target=summary.get("target"),
-        baseline=summary.get("baseline"),
+        baseline=str(summary.get("baseline") or ""),
         variants=variants,
+        baselines={
+            str(v["name"]): str(v["baseline_variant"])
+            for v in summary.get("variants", [])
+            if isinstance(v, dict) and v.get("baseline_variant")
+        },
         clients=read_metrics(directory / CLIENTS_FILE),
         centralized=centralized,
     )
@@ -229,7 +235,7 @@ def _read_run(directory: Path) -> Results:
         title=f"run {name}",
         metric=default_metric(_filled(rows)),
         target=None,
-        baseline=None,
+        baseline="",
         variants=[VariantHistory(name, parsed)],
     )
 

@@ -38,7 +38,7 @@ from fogfl.run_dir import (
     write_metrics,
 )
 from fogfl.sim.centralized import centralized_baseline
-from fogfl.sim.experiment import Experiment, Variant
+from fogfl.sim.experiment import Experiment, Variant, baselines, describe_baseline
 from fogfl.sim.hierarchy import ClientOutcome, SimulatedRun, simulate
 from fogfl.sim.results import (
     CLIENT_COLUMNS,
@@ -117,7 +117,12 @@ def run_experiment(
             config = variant.config
             progress.variant(variant.name, config.federation.rounds)
             log.info("variant %s: %d rounds", variant.name, config.federation.rounds)
-            run = simulate(config, pool, on_round=progress.round)
+            run = simulate(
+                config,
+                pool,
+                on_round=progress.round,
+                evaluate_all=experiment.evaluation == "all",
+            )
             runs[variant.name] = run
             if experiment.centralized is not None:
                 clients = [c for ids in config.federation.client_ids().values() for c in ids]
@@ -246,7 +251,7 @@ def _summary(
         )
         for name, run in runs.items()
     }
-    baseline = summaries.get(experiment.baseline or "")
+    compared = baselines(experiment)
     variants = []
     for variant in experiment.variants:
         if variant.name not in runs:
@@ -260,8 +265,10 @@ def _summary(
             "centralized": _central_summary(central.get(variant.name)),
             "seconds": round(runs[variant.name].seconds, 3),
         }
-        if baseline is not None:
-            entry["saved_vs_baseline"] = savings(summary, baseline)
+        baseline = compared.get(variant.name)
+        if baseline is not None and baseline in summaries:
+            entry["baseline_variant"] = baseline
+            entry["saved_vs_baseline"] = savings(summary, summaries[baseline])
         variants.append(entry)
     return {
         "experiment": experiment.name,
@@ -269,7 +276,8 @@ def _summary(
         "metric": metric,
         "higher_is_better": higher_is_better(metric),
         "target": experiment.target,
-        "baseline": experiment.baseline,
+        "baseline": describe_baseline(experiment.baseline),
+        "evaluation": experiment.evaluation,
         "centralized": experiment.centralized.model_dump() if experiment.centralized else None,
         "workers": workers,
         "seconds": round(seconds, 3),

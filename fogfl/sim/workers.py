@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from fogfl.config import FogflConfig, TrainingSettings
-from fogfl.wire import Codec, Envelope, ModelSchema, decode, encode
+from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
+from fogfl.wire import Codec, ModelSchema, decode, encode
 
 if TYPE_CHECKING:
     from torch import nn
@@ -90,42 +90,32 @@ _STATE: dict[TaskKey, _TaskState] = {}
 
 def client_round(job: ClientJob) -> ClientReply:
     """Everything one client does with one model, as `fogfl client` does it."""
-    from fogfl.tasks.base import load_tensors, model_tensors, training_seed
+    from fogfl.local_round import evaluate_final, train_from
 
     state = _task_state(job.task)
     data = _partition(state, job.task, job.client_id)
     start = decode(
         job.start, kinds={"global", "region"}, max_bytes=job.max_bytes, schema=state.schema
     )
-    load_tensors(state.model, start.tensors)
-    evaluation = state.task.evaluate(state.model, data) if start.kind == "global" else {}
     if job.final:
-        message = Envelope(
-            kind="evaluation",
-            run_id=start.run_id,
-            round=start.round,
-            sender=job.client_id,
-            region=job.region,
-            num_examples=data.num_test,
-            metrics=evaluation,
-            sent_at=SENT_AT,
+        message = evaluate_final(state.task, state.model, data, start, job.client_id, job.region)
+        codec: Codec = "float32"
+    else:
+        settings = read_round_plan(start.config, job.settings).training
+        message = train_from(
+            state.task,
+            state.model,
+            data,
+            start,
+            job.client_id,
+            job.region,
+            settings,
+            job.task.seed,
         )
-        return ClientReply(encode(message), data.description, data.num_train, data.num_test)
-    seed = training_seed(job.task.seed, start.round, job.client_id, start.edge_round)
-    training = state.task.train(state.model, data, job.settings, seed)
-    update = Envelope(
-        kind="update",
-        run_id=start.run_id,
-        round=start.round,
-        edge_round=start.edge_round,
-        sender=job.client_id,
-        region=job.region,
-        num_examples=data.num_train,
-        tensors=model_tensors(state.model),
-        metrics={**training, **evaluation, "train_seconds": TRAIN_SECONDS},
-        sent_at=SENT_AT,
-    )
-    return ClientReply(encode(update, job.codec), data.description, data.num_train, data.num_test)
+        message.metrics["train_seconds"] = TRAIN_SECONDS
+        codec = job.codec
+    message.sent_at = SENT_AT
+    return ClientReply(encode(message, codec), data.description, data.num_train, data.num_test)
 
 
 def load_partitions(key: TaskKey, client_ids: Sequence[str]) -> dict[str, Partition]:
