@@ -97,6 +97,10 @@ class ExperimentFile(_Strict):
         return sweep
 
 
+# Keys of the experiment itself rather than of its runs' configuration.
+EXPERIMENT_KEYS = frozenset(ExperimentFile.model_fields) - {"base", "variants", "sweep"}
+
+
 @dataclass
 class Variant:
     """One full federated run of an experiment."""
@@ -125,7 +129,8 @@ class Reshape:
 
     `clients` is the total over all regions, spread as evenly as the regions allow (and the
     task's ``num_clients`` option follows it where the file sets one); `task` replaces the
-    task and drops the file's task options; `settings` are dotted keys, applied last.
+    task and drops the file's task options; `settings` are dotted keys, applied last: the
+    experiment's own (``target``, ``centralized.epochs``, …) to it, the others to each run.
     """
 
     task: str | None = None
@@ -138,6 +143,7 @@ class Reshape:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, data: dict[str, Any]) -> None:
+        """Change one variant's configuration (nested dicts, before validation)."""
         federation = data.setdefault("federation", {})
         task = data.setdefault("task", {})
         if self.task is not None and self.task != task.get("name", "qoe"):
@@ -162,7 +168,8 @@ class Reshape:
             if value is not None:
                 set_dotted(data, key, value)
         for key, value in self.settings.items():
-            set_dotted(data, key, value)
+            if key.split(".")[0] not in EXPERIMENT_KEYS:
+                set_dotted(data, key, value)
 
 
 def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
@@ -184,8 +191,12 @@ def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
 def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "") -> Experiment:
     """The experiment `raw` describes (the parsed YAML), with `reshape` applied to each run."""
     where = f"experiment {source}" if source else "experiment"
+    given = copy.deepcopy(dict(raw))
+    for key, value in reshape.settings.items():
+        if key.split(".")[0] in EXPERIMENT_KEYS:
+            set_dotted(given, key, value)
     try:
-        spec = ExperimentFile.model_validate(dict(raw))
+        spec = ExperimentFile.model_validate(given)
     except ValidationError as exc:
         problems = "\n".join(
             f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
@@ -211,7 +222,7 @@ def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "")
         target=spec.target,
         baseline=spec.baseline,
         evaluation=spec.evaluation,
-        source=dict(raw),
+        source=given,
     )
 
 

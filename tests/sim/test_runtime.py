@@ -1,0 +1,97 @@
+"""The simulation and the runtime agree: one `fogfl up` round — real processes over a real
+broker — and one simulated round of the same configuration give the same global model, the
+same metrics, and about the same traffic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fogfl.broker import mosquitto_binary
+from fogfl.cli import app
+from fogfl.config import load_config
+from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
+from fogfl.sim.hierarchy import simulate
+from fogfl.sim.workers import ClientPool
+from fogfl.wire import decode
+from tests.sim.helpers import assert_same_model
+
+pytestmark = pytest.mark.integration
+
+CONFIG = {
+    "federation": {"rounds": 1, "regions": ["north", "south"], "clients_per_region": 2, "seed": 7},
+    "training": {"local_epochs": 2},
+    "task": {"name": "qoe", "options": {"duration_s": 120}},
+}
+UP_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def runtime_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A one-round `fogfl up` run: (its config file, its run directory)."""
+    folder = tmp_path_factory.mktemp("runtime")
+    config, run_dir = folder / "config.yaml", folder / "run"
+    config.write_text(yaml.safe_dump(CONFIG))
+    broker = "mosquitto" if mosquitto_binary() else "embedded"
+    arguments = ["--config", str(config), "--rounds", "1", "--broker", broker]
+    up = subprocess.Popen(
+        [sys.executable, "-m", "fogfl", "up", *arguments, "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = up.communicate(timeout=UP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # `fogfl up` stops everything it started on SIGTERM; SIGKILL only if it does not.
+        os.kill(up.pid, signal.SIGTERM)
+        try:
+            output, _ = up.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(up.pid, signal.SIGKILL)
+            output, _ = up.communicate()
+        pytest.fail(f"fogfl up did not finish in {UP_TIMEOUT_S} s:\n{output}")
+    assert up.returncode == 0, output
+    yield config, run_dir
+
+
+def test_one_round_gives_the_same_global_model_in_both(runtime_run: tuple[Path, Path]) -> None:
+    config_path, run_dir = runtime_run
+    config = load_config(config_path, environ={})
+    with ClientPool(0) as pool:
+        simulated = simulate(config, pool)
+    runtime_model = decode(
+        (run_dir / MODEL_FILE).read_bytes(), kinds={"global"}, max_bytes=10**8
+    ).tensors
+    assert_same_model(simulated.final_tensors(), runtime_model, tolerance=1e-6)
+
+    runtime = read_metrics(run_dir / METRICS_FILE)
+    assert [row["round"] for row in runtime] == ["0", "1"]
+    for row, record in zip(runtime, simulated.records, strict=True):
+        for column in ("eval_loss", "eval_mae", "eval_rmse"):
+            assert float(row[column]) == pytest.approx(getattr(record, column), rel=1e-5)
+    row, record = runtime[1], simulated.records[1]
+    assert float(row["train_loss"]) == pytest.approx(record.train_loss, rel=1e-5)
+    assert (int(row["clients"]), int(row["regions"])) == (record.clients, record.regions)
+    for column in ("bytes_up", "bytes_down", "bytes_edge", "bytes_cloud"):
+        # Only the senders' clocks differ (sent_at, train_seconds in the metadata).
+        assert int(row[column]) == pytest.approx(getattr(record, column), rel=0.002)
+
+
+def test_report_reads_a_runtime_run_directory(
+    runtime_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, run_dir = runtime_run
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "MAE" in result.output and "client updates" in result.output
+    assert {p.name for p in tmp_path.glob("*.png")} == {"metric_per_round.png", "communication.png"}
