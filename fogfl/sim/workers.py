@@ -143,6 +143,9 @@ class ClientPool:
             ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start_worker)
             for _ in range(self.workers)
         ]
+        # Start them now (each imports torch), in parallel, rather than inside the first round.
+        for started in [executor.submit(_ready) for executor in self._executors]:
+            started.result()
 
     def __enter__(self) -> ClientPool:
         return self
@@ -152,7 +155,9 @@ class ClientPool:
 
     def close(self) -> None:
         for executor in self._executors:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
         self._executors = []
         _STATE.clear()
 
@@ -206,6 +211,10 @@ def _partition(state: _TaskState, key: TaskKey, client_id: str) -> Partition:
     if data is None:
         data = state.partitions[client_id] = state.task.load_partition(client_id, key.seed)
     return data
+
+
+def _ready() -> bool:
+    return True
 
 
 def _start_worker() -> None:
