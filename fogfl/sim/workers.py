@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -154,10 +155,15 @@ class ClientPool:
         self.close()
 
     def close(self) -> None:
-        for executor in self._executors:
-            executor.shutdown(wait=False, cancel_futures=True)
-        for executor in self._executors:
-            executor.shutdown(wait=True)
+        """Stop the workers and wait until every one has exited (in parallel)."""
+        stopping = [
+            threading.Thread(target=executor.shutdown, kwargs={"cancel_futures": True})
+            for executor in self._executors
+        ]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
         self._executors = []
         _STATE.clear()
 
