@@ -408,7 +408,12 @@ class _Hierarchy:
         parameters, _ = self.strategy.aggregate_fit(server_round, results, [])
         if parameters is None:
             return model
-        return self.schema.named(parameters_to_ndarrays(parameters))
+        # FedAdam's arithmetic returns float64; the clients' schema is the model's dtypes.
+        arrays = parameters_to_ndarrays(parameters)
+        return {
+            spec.name: np.asarray(array, dtype=spec.dtype)
+            for spec, array in zip(self.schema.tensors, arrays, strict=True)
+        }
 
     def _round_config(self, chosen: Mapping[str, list[str]] | None) -> dict[str, Any]:
         """The plan announced with the round, as the server announces it."""

@@ -166,6 +166,8 @@ def default_metric(columns: Iterable[str], problem: str | None = None) -> str:
     present = set(columns)
     if problem == "classification" or "eval_accuracy" in present:
         return "eval_accuracy"
+    if problem == "regression":
+        return "eval_mae"
     for name in ("eval_mae", "eval_rmse", "eval_loss"):
         if name in present:
             return name

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +28,7 @@ import yaml
 
 from fogfl import __version__
 from fogfl.aggregation import mean_metrics
-from fogfl.config import FogflConfig, dump_config
+from fogfl.config import dump_config
 from fogfl.run_dir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -106,7 +106,9 @@ def run_experiment(
     write_atomic(
         out_dir / EXPERIMENT_FILE, yaml.safe_dump(experiment.source, sort_keys=False).encode()
     )
-    metric = experiment.metric or default_metric([], _problem(experiment.variants[0].config))
+    metric = _metric(experiment)
+    if metric != (experiment.metric or metric):
+        experiment = replace(experiment, metric=metric, target=None)
     history: list[dict[str, Any]] = []
     client_rows: list[dict[str, Any]] = []
     runs: dict[str, SimulatedRun] = {}
@@ -160,8 +162,18 @@ def default_out_dir(name: str, root: Path = Path("runs")) -> Path:
     return candidate
 
 
-def _problem(config: FogflConfig) -> str:
-    return task_of(TaskKey.of(config)).problem
+def _metric(experiment: Experiment) -> str:
+    """The experiment's metric, or the task's usual one when the task does not report it
+    (a classification experiment run with ``--task qoe``)."""
+    problem = task_of(TaskKey.of(experiment.variants[0].config)).problem
+    usual = default_metric([], problem)
+    wanted = experiment.metric
+    if wanted is None or wanted == "eval_loss":
+        return wanted or usual
+    if (wanted == "eval_accuracy") != (problem == "classification"):
+        log.warning("a %s task has no %s; reporting %s, no target", problem, wanted, usual)
+        return usual
+    return wanted
 
 
 def _write_variant(directory: Path, run: SimulatedRun) -> None:
