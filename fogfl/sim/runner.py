@@ -108,7 +108,7 @@ def run_experiment(
     )
     metric = _metric(experiment)
     if metric != (experiment.metric or metric):
-        experiment = replace(experiment, metric=metric, target=None)
+        experiment = replace(experiment, target=None)
     history: list[dict[str, Any]] = []
     client_rows: list[dict[str, Any]] = []
     runs: dict[str, SimulatedRun] = {}
