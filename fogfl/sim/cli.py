@@ -23,30 +23,54 @@ if TYPE_CHECKING:
 
 def sim(
     config: Annotated[
-        Path, typer.Option("--config", "-c", help="Experiment file (configs/experiments/*.yaml).")
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Experiment file (configs/experiments/*.yaml).",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Output folder [default: runs/sim-<experiment>-<time>]."),
+        typer.Option(
+            help="Output folder [default: runs/sim-<experiment>-<time>].", show_default=False
+        ),
     ] = None,
     task: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Workload for every variant (drops the file's task options)."),
+        typer.Option(
+            help="Workload for every variant (drops the file's task options).", show_default=False
+        ),
     ] = None,
     clients: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="Total clients, spread over the regions, in every variant."),
+        typer.Option(
+            help="Total clients, spread over the regions, in every variant.", show_default=False
+        ),
     ] = None,
-    regions: Annotated[Optional[int], typer.Option(help="Regions in every variant.")] = None,  # noqa: UP045
-    rounds: Annotated[Optional[int], typer.Option(help="Rounds of every variant.")] = None,  # noqa: UP045
+    regions: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Regions in every variant.", show_default=False),
+    ] = None,
+    rounds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Rounds of every variant.", show_default=False),
+    ] = None,
     local_epochs: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="Local epochs per round in every variant."),
+        typer.Option(help="Local epochs per round in every variant.", show_default=False),
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of every variant.")] = None,  # noqa: UP045
+    seed: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Seed of every variant.", show_default=False),
+    ] = None,
     data_dir: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Data folder of the task (task.options.data_dir, e.g. for ecg5000)."),
+        typer.Option(
+            help="Data folder of the task (task.options.data_dir, e.g. for ecg5000).",
+            show_default=False,
+        ),
     ] = None,
     set_values: Annotated[
         Optional[list[str]],  # noqa: UP045
@@ -54,11 +78,12 @@ def sim(
             "--set",
             help="KEY=VALUE for every variant, a dotted config key and a YAML value "
             "(--set task.options.duration_s=120). Repeatable.",
+            show_default=False,
         ),
     ] = None,
     only: Annotated[
         Optional[list[str]],  # noqa: UP045
-        typer.Option(help="Run only this variant (repeatable)."),
+        typer.Option(help="Run only this variant (repeatable).", show_default=False),
     ] = None,
     workers: Annotated[
         int, typer.Option(help="Worker processes for the clients (0: all in this process).")
@@ -109,7 +134,9 @@ def report(
     ],
     out: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Where to write the PNGs [default: the folder itself]."),
+        typer.Option(
+            help="Where to write the PNGs [default: the folder itself].", show_default=False
+        ),
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Only print the table.")] = False,
 ) -> None:
