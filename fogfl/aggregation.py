@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -88,3 +89,53 @@ def mean_metrics(weighted: list[tuple[int, Mapping[str, Any]]]) -> dict[str, flo
         }
         mean.add(numeric, num_examples)
     return mean.result()
+
+
+Phase = Literal["fit", "evaluate"]
+
+
+@dataclass
+class RegionRound:
+    """The updates of one round (or the final evaluation) collected so far.
+
+    With κ edge rounds per cloud round, the region model is averaged κ times: after each
+    edge round but the last, it goes back down to the clients to train on again.
+    """
+
+    run_id: str
+    round: int
+    phase: Phase
+    schema: ModelSchema
+    deadline: float
+    expected: int
+    participants: set[str] | None
+    uniform: bool
+    edge_rounds: int
+    config: dict[str, Any]
+    model: WeightedModelMean | None
+    edge_round: int = 1
+    metrics: MetricsMean = field(default_factory=MetricsMean)
+    contributors: list[str] = field(default_factory=list)
+    num_examples: int = 0
+    updates_bytes: int = 0
+    region_bytes: int = 0
+    deadline_logged: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.phase == "evaluate"
+
+    @property
+    def last_edge_round(self) -> bool:
+        return self.edge_round >= self.edge_rounds
+
+    def weight(self, num_examples: int) -> int:
+        return 1 if self.uniform else num_examples
+
+    def next_edge_round(self, deadline: float) -> None:
+        self.edge_round += 1
+        self.deadline = deadline
+        self.model = WeightedModelMean(self.schema)
+        self.contributors = []
+        self.num_examples = 0
+        self.deadline_logged = False

@@ -1,5 +1,7 @@
 """The one exception family of fogfl. Messages say what went wrong and what to do."""
 
+from __future__ import annotations
+
 
 class FogflError(Exception):
     """Base class of every error fogfl raises on purpose."""
@@ -18,6 +20,10 @@ class WireError(FogflError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type[WireError], tuple[str, str]]:
+        # Picklable, so an error inside a simulation worker process reaches the parent intact.
+        return (type(self), (self.reason, str(self)))
 
 
 class BrokerError(FogflError):

@@ -45,6 +45,7 @@ from flwr.server.strategy import (  # noqa: E402
     Strategy,
 )
 
+from fogfl.config import FogflConfig  # noqa: E402
 from fogfl.errors import FogflError  # noqa: E402
 from fogfl.processes import wait_for_port  # noqa: E402
 
@@ -243,6 +244,15 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
 }
+
+
+def strategy_options(config: FogflConfig) -> dict[str, float]:
+    """The configured strategy's own parameters, FedProx's μ taken from the training."""
+    options = dict(config.server.strategy_options)
+    if config.server.strategy == "fedprox":
+        # The clients' proximal term is training.proximal_mu; Flower's FedProx only relays it.
+        options.setdefault("proximal_mu", config.training.proximal_mu)
+    return options
 
 
 def make_strategy(

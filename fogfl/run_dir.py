@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -50,6 +51,14 @@ class RoundRecord:
     bytes_edge: int | None = None
     bytes_cloud: int | None = None
     round_seconds: float | None = None
+
+    def set_evaluation(self, metrics: Mapping[str, float]) -> None:
+        """Fill the eval_* cells from clients' example-weighted evaluation metrics."""
+        self.eval_loss = metrics.get("eval_loss")
+        self.eval_mae = metrics.get("eval_mae")
+        self.eval_accuracy = metrics.get("eval_accuracy")
+        mse = metrics.get("eval_mse")
+        self.eval_rmse = math.sqrt(mse) if mse is not None else None
 
 
 COLUMNS = tuple(f.name for f in fields(RoundRecord))

@@ -14,6 +14,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from fogfl.config import FederationSettings
+
 Schedule = Literal["constant", "exponential", "linear", "sigmoid", "reciprocal"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 _SIGMOID_STEEPNESS = 10.0
@@ -88,6 +90,34 @@ def select_participants(
         picked = rng.choice(len(members), size=quota[region], replace=False)
         chosen[region] = sorted(members[i] for i in picked)
     return chosen
+
+
+def round_participants(
+    federation: FederationSettings, server_round: int
+) -> dict[str, list[str]] | None:
+    """The clients the server picks for `server_round`, or None when all take part."""
+    plan = federation.participation
+    if plan.full:
+        return None
+    population = federation.client_ids()
+    total = sum(len(ids) for ids in population.values())
+    count = participant_count(
+        plan.schedule,
+        server_round,
+        federation.rounds,
+        total,
+        plan.start_fraction,
+        plan.end_fraction,
+        minimum=len(population),
+    )
+    return select_participants(population, count, federation.seed, server_round)
+
+
+def final_population(federation: FederationSettings) -> dict[str, list[str]] | None:
+    """Who evaluates the final model: every client. Named when the population is known (a
+    schedule or an explicit client list), so each fog broker expects its region's count."""
+    known = federation.clients is not None or not federation.participation.full
+    return federation.client_ids() if known else None
 
 
 def _logistic(x: float) -> float:

@@ -109,12 +109,17 @@ class ModelSchema:
         return [tensors[name] for name in self.names]
 
     def named(self, arrays: Iterable[npt.NDArray[Any]]) -> Tensors:
+        """Arrays in this schema's order, keyed by name and cast to its dtypes (strategies
+        such as FedAdam compute in float64)."""
         arrays = list(arrays)
         if len(arrays) != len(self.tensors):
             raise WireError(
                 "wrong-tensors", f"got {len(arrays)} arrays, the model has {len(self.tensors)}"
             )
-        return dict(zip(self.names, arrays, strict=True))
+        return {
+            spec.name: np.asarray(array, dtype=spec.dtype)
+            for spec, array in zip(self.tensors, arrays, strict=True)
+        }
 
 
 @dataclass

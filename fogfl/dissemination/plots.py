@@ -265,8 +265,13 @@ def plot_live(result: ExperimentResult, params: StudyParams, path: Path) -> None
         text = "n/a" if row["measured"] == "" else f"{value:,.0f}"
         for offset, label, height in ((-0.2, f"{predicted:,.0f}", predicted), (0.2, text, value)):
             ax.annotate(
-                label, (position + offset, height), ha="center", va="bottom",
-                xytext=(0, 3), textcoords="offset points", fontsize=8,
+                label,
+                (position + offset, height),
+                ha="center",
+                va="bottom",
+                xytext=(0, 3),
+                textcoords="offset points",
+                fontsize=8,
             )
     ax.set_xticks(x, [str(row["quantity"]) for row in counted], fontsize=8, rotation=12)
     ax.set(ylabel="messages per event")

@@ -9,7 +9,6 @@ clients' evaluation of it through the bridges, writes the run directory and exit
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from fogfl.run_dir import (
     write_atomic,
     write_metrics,
 )
-from fogfl.schedules import participant_count, select_participants
+from fogfl.schedules import final_population, round_participants
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, encode
@@ -75,7 +74,7 @@ class Server:
                 self.config.server.strategy,
                 self.schema.ordered(self.initial),
                 self.min_regions,
-                _strategy_options(self.config),
+                flower.strategy_options(self.config),
             ),
             hooks=self,
             num_rounds=self.rounds,
@@ -100,7 +99,12 @@ class Server:
 
     def start_round(self, server_round: int, arrays: flower.Arrays) -> flower.Config:
         self.round_started[server_round] = time.monotonic()
-        self.participants[server_round] = self._participants(server_round)
+        chosen = round_participants(self.config.federation, server_round)
+        if chosen is not None:
+            total = sum(len(ids) for ids in self.config.federation.client_ids().values())
+            picked = sum(len(ids) for ids in chosen.values())
+            self.log.info("round %d: %d of %d clients take part", server_round, picked, total)
+        self.participants[server_round] = chosen
         self.global_bytes[server_round] = self._publish_global(server_round, arrays, final=False)
         return self._fit_config(server_round)
 
@@ -138,7 +142,7 @@ class Server:
             server_round, time.monotonic()
         )
         # Clients evaluate the global model they receive before training on it.
-        self._set_evaluation(self._record(server_round - 1), metrics)
+        self._record(server_round - 1).set_evaluation(metrics)
         self._write_metrics()
         self.log.info(
             "round %d: %d regions, %d clients, train_loss %s, %.2f s",
@@ -155,7 +159,7 @@ class Server:
         for reason in failures:
             self.log.warning("final evaluation: a region failed: %s", reason)
         metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
-        self._set_evaluation(self._record(server_round), metrics)
+        self._record(server_round).set_evaluation(metrics)
         self._write_metrics()
         self.log.info("final model: eval_loss %s", _fmt(metrics.get("eval_loss")))
 
@@ -200,13 +204,7 @@ class Server:
     def _round_config(self, server_round: int, final: bool) -> dict[str, object]:
         """What every role needs to know about the round, announced with it."""
         federation = self.config.federation
-        if final:
-            # Every client evaluates the final model, picked or not; name them all when the
-            # population is known, so each fog broker expects its region's full count.
-            known = federation.clients is not None or not federation.participation.full
-            chosen = federation.client_ids() if known else None
-        else:
-            chosen = self.participants.get(server_round)
+        chosen = final_population(federation) if final else self.participants.get(server_round)
         plan = RoundPlan(
             **self.config.training.model_dump(),
             weighting=federation.weighting,
@@ -215,39 +213,11 @@ class Server:
         )
         return plan.model_dump(mode="json", exclude_none=True)
 
-    def _participants(self, server_round: int) -> dict[str, list[str]] | None:
-        """This round's clients per region, or None when every client takes part."""
-        federation = self.config.federation
-        plan = federation.participation
-        if plan.full:
-            return None
-        population = federation.client_ids()
-        total = sum(len(ids) for ids in population.values())
-        count = participant_count(
-            plan.schedule,
-            server_round,
-            self.rounds,
-            total,
-            plan.start_fraction,
-            plan.end_fraction,
-            minimum=len(population),
-        )
-        chosen = select_participants(population, count, federation.seed, server_round)
-        self.log.info("round %d: %d of %d clients take part", server_round, count, total)
-        return chosen
-
     def _fit_config(self, server_round: int) -> flower.Config:
         return {"run_id": self.run_id, "round": server_round, "schema": self.schema.to_json()}
 
     def _record(self, server_round: int) -> RoundRecord:
         return self.records.setdefault(server_round, RoundRecord(round=server_round))
-
-    def _set_evaluation(self, record: RoundRecord, metrics: dict[str, float]) -> None:
-        record.eval_loss = metrics.get("eval_loss")
-        record.eval_mae = metrics.get("eval_mae")
-        record.eval_accuracy = metrics.get("eval_accuracy")
-        mse = metrics.get("eval_mse")
-        record.eval_rmse = math.sqrt(mse) if mse is not None else None
 
     def _write_metrics(self) -> None:
         write_metrics(self.run_dir / METRICS_FILE, [self.records[r] for r in sorted(self.records)])
@@ -271,14 +241,6 @@ class Server:
         resolved.federation.run_id = self.run_id
         resolved.server.run_dir = self.run_dir
         return resolved
-
-
-def _strategy_options(config: FogflConfig) -> dict[str, float]:
-    options = dict(config.server.strategy_options)
-    if config.server.strategy == "fedprox":
-        # The clients' proximal term is training.proximal_mu; Flower's FedProx only relays it.
-        options.setdefault("proximal_mu", config.training.proximal_mu)
-    return options
 
 
 def _fmt(value: float | None) -> str:

@@ -22,12 +22,10 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server.client_proxy import ClientProxy
 
 from fogfl import flower
-from fogfl.aggregation import MetricsMean, WeightedModelMean, mean_metrics
-from fogfl.config import FederationSettings, FogflConfig, RoundPlan
-from fogfl.roles.fog_broker import RegionRound
-from fogfl.roles.server import _strategy_options
+from fogfl.aggregation import MetricsMean, RegionRound, WeightedModelMean, mean_metrics
+from fogfl.config import FogflConfig, RoundPlan
 from fogfl.run_dir import RoundRecord, new_run_id
-from fogfl.schedules import participant_count, select_participants
+from fogfl.schedules import final_population, round_participants
 from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
 from fogfl.wire import Envelope, ModelSchema, Tensors, decode, encode
 
@@ -92,27 +90,6 @@ def simulate(
     return hierarchy.run(on_round or (lambda _: None))
 
 
-def round_participants(
-    federation: FederationSettings, server_round: int
-) -> dict[str, list[str]] | None:
-    """The clients the server picks for `server_round`, or None when all take part."""
-    plan = federation.participation
-    if plan.full:
-        return None
-    population = federation.client_ids()
-    total = sum(len(ids) for ids in population.values())
-    count = participant_count(
-        plan.schedule,
-        server_round,
-        federation.rounds,
-        total,
-        plan.start_fraction,
-        plan.end_fraction,
-        minimum=len(population),
-    )
-    return select_participants(population, count, federation.seed, server_round)
-
-
 class _Hierarchy:
     def __init__(
         self, config: FogflConfig, pool: ClientPool, run_id: str, evaluate_all: bool
@@ -139,7 +116,7 @@ class _Hierarchy:
             config.server.strategy,
             self.schema.ordered(self.initial),
             config.federation.required_regions,
-            _strategy_options(config),
+            flower.strategy_options(config),
         )
 
     def run(self, on_round: RoundDone) -> SimulatedRun:
@@ -148,21 +125,21 @@ class _Hierarchy:
         result = SimulatedRun(self.config, self.run_id, [RoundRecord(round=0)])
         model = self.initial
         if self.evaluate_all:
-            _set_evaluation(result.records[0], self._evaluate_everyone(1, model, final=False)[1])
+            result.records[0].set_evaluation(self._evaluate_everyone(1, model, final=False)[1])
         for server_round in range(1, rounds + 1):
             round_started = time.monotonic()
             model, evaluation = self._round(server_round, model, result)
             if not self.evaluate_all:
-                _set_evaluation(result.records[server_round - 1], evaluation)
+                result.records[server_round - 1].set_evaluation(evaluation)
             elif server_round < rounds:
                 _, everyone = self._evaluate_everyone(server_round + 1, model, final=False)
-                _set_evaluation(result.records[server_round], everyone)
+                result.records[server_round].set_evaluation(everyone)
             result.records[-1].round_seconds = time.monotonic() - round_started
             on_round(server_round)
         result.final_model, evaluation = self._evaluate_everyone(
             rounds, model, final=True, result=result
         )
-        _set_evaluation(result.records[-1], evaluation)
+        result.records[-1].set_evaluation(evaluation)
         result.seconds = time.monotonic() - started
         return result
 
@@ -263,7 +240,9 @@ class _Hierarchy:
                 round=server_round,
                 sender="server",
                 tensors=model,
-                config=self._round_config(self._final_population() if final else None),
+                config=self._round_config(
+                    final_population(self.config.federation) if final else None
+                ),
                 final=final,
                 sent_at=SENT_AT,
             )
@@ -297,12 +276,6 @@ class _Hierarchy:
             (sum(n), mean.result()) for mean, n in by_region.values()
         ]
         return final_message, mean_metrics(reports)
-
-    def _final_population(self) -> dict[str, list[str]] | None:
-        # The server names every client in the final plan when the population is known.
-        federation = self.config.federation
-        known = federation.clients is not None or not federation.participation.full
-        return self.population if known else None
 
     def _replies(self, jobs: Sequence[ClientJob]) -> Iterator[ClientReply]:
         return self.pool.run(client_round, jobs, [self.owner[job.client_id] for job in jobs])
@@ -431,14 +404,6 @@ class _Hierarchy:
 
     def _decode(self, payload: bytes, *kinds: str) -> Envelope:
         return decode(payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema)
-
-
-def _set_evaluation(record: RoundRecord, metrics: Mapping[str, float]) -> None:
-    record.eval_loss = metrics.get("eval_loss")
-    record.eval_mae = metrics.get("eval_mae")
-    record.eval_accuracy = metrics.get("eval_accuracy")
-    mse = metrics.get("eval_mse")
-    record.eval_rmse = math.sqrt(mse) if mse is not None else None
 
 
 def _distance(update: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> float:

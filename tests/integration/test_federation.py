@@ -321,3 +321,18 @@ def test_a_client_that_joins_late_starts_from_the_current_round(
     assert joined == list(range(joined[0], 7))
     rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
     assert rows[1]["clients"] == "2" and rows[6]["clients"] == "3"
+
+
+def test_fedadam_at_the_cloud_runs_every_round(fresh_broker: LocalBroker, tmp_path: Path) -> None:
+    """FedAdam computes in float64; the global model still goes out in the model's dtypes."""
+    clients = {"north": [("north-01", 150)], "south": [("south-02", 150)]}
+    extra: dict[str, dict[str, object]] = {
+        "federation": {"clients_per_region": 1},
+        "server": {"strategy": "fedadam", "strategy_options": {"eta": 0.01}},
+    }
+    with roles(tmp_path / "logs") as started:
+        run_dir = start_federation(started, tmp_path, fresh_broker, clients, rounds=3, extra=extra)
+        assert started.wait("server", 180) == 0, started.log("server")
+        assert "rejected" not in started.log("north-01")
+    rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
+    assert [rows[r]["clients"] for r in (1, 2, 3)] == ["2", "2", "2"]

@@ -166,3 +166,17 @@ def test_corrupted_valid_payloads_raise_only_wire_errors(position: int, junk: by
     payload[position : position + len(junk)] = junk
     with contextlib.suppress(WireError):
         decode(bytes(payload), kinds={"update"}, max_bytes=LIMIT)
+
+
+def test_float64_arrays_from_a_strategy_are_cast_back_to_the_model_dtypes() -> None:
+    arrays = [a.astype(np.float64) for a in SCHEMA.ordered(model())]
+    named = SCHEMA.named(arrays)
+    assert all(named[s.name].dtype == np.float32 for s in SCHEMA.tensors)
+    decode(encode(update(tensors=named)), kinds={"update"}, max_bytes=LIMIT, schema=SCHEMA)
+
+
+def test_wire_errors_survive_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(WireError("late", "round 3 is closed")))
+    assert error.reason == "late" and str(error) == "round 3 is closed"
