@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from rich import box
 from rich.console import Group, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -25,6 +26,17 @@ ROUND_COLUMNS = (
     ("bytes_down", "down"),
     ("round_seconds", "s"),
 )
+
+
+def progress_bars(label_width: int) -> Progress:
+    """Labelled progress bars with counts and elapsed time, for long commands."""
+    return Progress(
+        TextColumn(f"{{task.description:<{label_width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    )
 
 
 def rounds_table(rows: Sequence[dict[str, str]], title: str = "") -> Table:

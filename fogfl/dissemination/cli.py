@@ -145,21 +145,9 @@ def _numbers(text: str | None, kind: Callable[[str], Number], flag: str) -> tupl
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from fogfl.views import progress_bars
 
-    columns = (
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
+    with progress_bars(10) as progress:
 
         def start(name: str, steps: int) -> Callable[[int], None]:
             task = progress.add_task(name, total=steps)

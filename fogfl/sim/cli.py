@@ -253,21 +253,9 @@ def _settings(pairs: list[str]) -> dict[str, Any]:
 
 @contextmanager
 def _progress(variants: int) -> Iterator[Progress]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from fogfl.views import progress_bars
 
-    columns = (
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, transient=False) as bars:
+    with progress_bars(28) as bars:
         overall = bars.add_task("variants", total=variants)
         rounds = bars.add_task("rounds", total=1)
 

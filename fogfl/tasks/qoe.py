@@ -146,16 +146,27 @@ def simulate_trace(
             rebuffer[t] = 1.0
             level = scenario.initial_buffer_s * 0.6
         buffer_level[t] = level
-    trace = {
+    return _samples(scenario, throughput, buffer_level, latency, loss, rebuffer)
+
+
+def _samples(
+    scenario: NetworkScenario,
+    throughput: FloatArray,
+    buffer_level: FloatArray,
+    latency: FloatArray,
+    loss: FloatArray,
+    rebuffer: FloatArray,
+) -> dict[str, FloatArray]:
+    """The features of a stretch of playback, with its quality ratio and QoE score."""
+    return {
         "throughput_kbps": throughput,
         "buffer_level_s": buffer_level,
         "latency_ms": latency,
         "loss_rate": loss,
         "quality_ratio": np.clip(throughput / scenario.bitrate_kbps, 0.1, 3.0),
         "rebuffer_event": rebuffer,
+        "qoe_score": qoe_score(scenario.bitrate_kbps, throughput, latency, loss, rebuffer),
     }
-    trace["qoe_score"] = qoe_score(scenario.bitrate_kbps, throughput, latency, loss, rebuffer)
-    return trace
 
 
 def qoe_score(
@@ -193,16 +204,7 @@ def with_replays(
             trace["buffer_level_s"] * (1 + rng.normal(0, noise / 2, n)), 0.0, None
         )
         rebuffer = (buffer_level <= scenario.rebuffer_threshold_s).astype(np.float64)
-        replay = {
-            "throughput_kbps": throughput,
-            "buffer_level_s": buffer_level,
-            "latency_ms": latency,
-            "loss_rate": loss,
-            "quality_ratio": np.clip(throughput / scenario.bitrate_kbps, 0.1, 3.0),
-            "rebuffer_event": rebuffer,
-        }
-        replay["qoe_score"] = qoe_score(scenario.bitrate_kbps, throughput, latency, loss, rebuffer)
-        copies.append(replay)
+        copies.append(_samples(scenario, throughput, buffer_level, latency, loss, rebuffer))
     return {key: np.concatenate([c[key] for c in copies]) for key in trace}
 
 
