@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from fogfl.wire import ModelSchema, Tensors
+from fogfl.wire import Envelope, ModelSchema, Tensors
 
 EVAL_PREFIX = "eval_"
 EVAL_COUNT = "eval_examples"
@@ -131,6 +131,53 @@ class RegionRound:
 
     def weight(self, num_examples: int) -> int:
         return 1 if self.uniform else num_examples
+
+    def add(self, update: Envelope) -> None:
+        """Fold in a valid update (or evaluation) of this round."""
+        if self.model is not None:
+            self.model.add(update.tensors, self.weight(update.num_examples))
+        self.metrics.add(update.metrics, update.num_examples)
+        self.contributors.append(update.sender)
+        self.num_examples += update.num_examples
+        self.updates_bytes += update.payload_bytes
+
+    def region_model(self, region: str) -> Envelope:
+        """The region's mean after this edge round, sent back down to train on again."""
+        assert self.model is not None
+        return Envelope(
+            kind="region",
+            run_id=self.run_id,
+            round=self.round,
+            edge_round=self.edge_round + 1,
+            sender=f"fog-{region}",
+            region=region,
+            num_examples=self.num_examples,
+            tensors=self.model.result(),
+            config=self.config,
+        )
+
+    def partial(self, region: str, rejected: Mapping[str, int]) -> Envelope:
+        """The region's partial aggregate (or aggregated final evaluation) for the cloud.
+        Its `weight` is what the cloud weighs it by: its examples, or its clients."""
+        weight = self.model.total_weight if self.model is not None else self.num_examples
+        return Envelope(
+            kind="partial",
+            run_id=self.run_id,
+            round=self.round,
+            sender=f"fog-{region}",
+            region=region,
+            num_examples=self.num_examples,
+            tensors=self.model.result() if self.model is not None else {},
+            metrics=self.metrics.result(),
+            contributors=self.contributors,
+            stats={
+                "updates_bytes": self.updates_bytes,
+                "region_bytes": self.region_bytes,
+                "weight": weight,
+                "rejected": dict(rejected),
+            },
+            final=self.final,
+        )
 
     def next_edge_round(self, deadline: float) -> None:
         self.edge_round += 1

@@ -19,7 +19,7 @@ from fogfl.config import FogflConfig, read_round_plan
 from fogfl.errors import WireError
 from fogfl.logs import Rejections, RoleLogger, role_logger
 from fogfl.mqtt import MqttSession, Received
-from fogfl.wire import Envelope, decode, encode
+from fogfl.wire import decode, encode
 
 ROLE = "fog-broker"
 
@@ -169,12 +169,7 @@ class FogBroker:
             raise WireError("duplicate", f"{who} for round {update.round} arrived twice")
         if update.num_examples <= 0:
             raise WireError("no-examples", f"{who} reports num_examples={update.num_examples}")
-        if current.model is not None:
-            current.model.add(update.tensors, current.weight(update.num_examples))
-        current.metrics.add(update.metrics, update.num_examples)
-        current.contributors.append(update.sender)
-        current.num_examples += update.num_examples
-        current.updates_bytes += update.payload_bytes
+        current.add(update)
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
         if len(current.contributors) >= current.expected:
             self._close("all expected updates are in")
@@ -212,26 +207,7 @@ class FogBroker:
         if current.model is not None and not current.last_edge_round:
             self._publish_region_model(current, why)
             return
-        partial = Envelope(
-            kind="partial",
-            run_id=current.run_id,
-            round=current.round,
-            sender=f"fog-{self.region}",
-            region=self.region,
-            num_examples=current.num_examples,
-            tensors=current.model.result() if current.model is not None else {},
-            metrics=current.metrics.result(),
-            contributors=current.contributors,
-            stats={
-                "updates_bytes": current.updates_bytes,
-                "region_bytes": current.region_bytes,
-                "weight": current.model.total_weight
-                if current.model is not None
-                else current.num_examples,
-                "rejected": dict(self.rejections.counts),
-            },
-            final=current.final,
-        )
+        partial = current.partial(self.region, self.rejections.counts)
         payload = encode(partial, self.config.wire.codec)
         self.session.publish(self.topics.partial(self.region), payload, retain=True)
         self.log.info(
@@ -251,17 +227,7 @@ class FogBroker:
     def _publish_region_model(self, current: RegionRound, why: str) -> None:
         """End an edge round: the region's mean goes back down to its clients."""
         assert current.model is not None
-        region_model = Envelope(
-            kind="region",
-            run_id=current.run_id,
-            round=current.round,
-            edge_round=current.edge_round + 1,
-            sender=f"fog-{self.region}",
-            region=self.region,
-            num_examples=current.num_examples,
-            tensors=current.model.result(),
-            config=current.config,
-        )
+        region_model = current.region_model(self.region)
         payload = encode(region_model, self.config.wire.codec)
         self.session.publish(self.topics.region_model(self.region), payload, retain=True)
         current.region_bytes += len(payload) * len(current.contributors)

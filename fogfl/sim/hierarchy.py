@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -301,31 +301,13 @@ class _Hierarchy:
             schema=self.schema,
             run_id=self.run_id,
         )
-        assert fog.model is not None
-        fog.model.add(update.tensors, fog.weight(update.num_examples))
-        fog.metrics.add(update.metrics, update.num_examples)
-        fog.contributors.append(update.sender)
-        fog.num_examples += update.num_examples
-        fog.updates_bytes += update.payload_bytes
+        fog.add(update)
         return update
 
     def _region_model(self, region: str, fog: RegionRound) -> bytes:
         """End an edge round: the region's mean goes back down to its participants."""
         assert fog.model is not None
-        payload = self._encode(
-            Envelope(
-                kind="region",
-                run_id=fog.run_id,
-                round=fog.round,
-                edge_round=fog.edge_round + 1,
-                sender=f"fog-{region}",
-                region=region,
-                num_examples=fog.num_examples,
-                tensors=fog.model.result(),
-                config=fog.config,
-                sent_at=SENT_AT,
-            )
-        )
+        payload = self._encode(replace(fog.region_model(region), sent_at=SENT_AT))
         fog.region_bytes += len(payload) * len(fog.contributors)
         fog.next_edge_round(math.inf)
         return payload
@@ -333,26 +315,7 @@ class _Hierarchy:
     def _partial(self, region: str, fog: RegionRound) -> _RegionPartial:
         """The region's partial as the fog broker publishes it and its bridge reads it."""
         assert fog.model is not None
-        payload = self._encode(
-            Envelope(
-                kind="partial",
-                run_id=fog.run_id,
-                round=fog.round,
-                sender=f"fog-{region}",
-                region=region,
-                num_examples=fog.num_examples,
-                tensors=fog.model.result(),
-                metrics=fog.metrics.result(),
-                contributors=fog.contributors,
-                stats={
-                    "updates_bytes": fog.updates_bytes,
-                    "region_bytes": fog.region_bytes,
-                    "weight": fog.model.total_weight,
-                    "rejected": {},
-                },
-                sent_at=SENT_AT,
-            )
-        )
+        payload = self._encode(replace(fog.partial(region, {}), sent_at=SENT_AT))
         partial = decode(
             payload,
             kinds={"partial"},
