@@ -290,7 +290,8 @@ def up(
 
     from rich.live import Live
 
-    from fogfl.roles.launcher import Federation, region_names
+    from fogfl.config import region_names
+    from fogfl.roles.launcher import Federation
     from fogfl.run_dir import new_run_id
     from fogfl.views import rounds_table, up_view
 

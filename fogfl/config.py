@@ -214,6 +214,12 @@ class FogflConfig(_Section):
         return self
 
 
+def region_names(count: int) -> list[str]:
+    """Names for `count` regions: compass points, then region1, region2, …"""
+    named = ["north", "south", "east", "west"]
+    return named[:count] if count <= len(named) else [f"region{i + 1}" for i in range(count)]
+
+
 def load_config(
     path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,

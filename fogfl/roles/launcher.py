@@ -156,11 +156,6 @@ class Federation:
         )
 
 
-def region_names(count: int) -> list[str]:
-    named = ["north", "south", "east", "west"]
-    return named[:count] if count <= len(named) else [f"region{i + 1}" for i in range(count)]
-
-
 def _child_environment() -> dict[str, str]:
     # The children read the fully resolved config.yaml; FOGFL_* overrides were applied to it
     # already, and applying them again could undo what the launcher chose (the broker port).

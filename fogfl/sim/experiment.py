@@ -30,9 +30,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fogfl.config import FogflConfig, load_config
+from fogfl.config import FogflConfig, load_config, region_names
 from fogfl.errors import ConfigError
-from fogfl.roles.launcher import region_names
 
 Metric = Literal["eval_loss", "eval_mae", "eval_rmse", "eval_accuracy"]
 METRICS: tuple[str, ...] = ("eval_loss", "eval_mae", "eval_rmse", "eval_accuracy")
