@@ -10,7 +10,14 @@ import pytest
 from fogfl.broker import LocalBroker
 from fogfl.mqtt import Topics
 from fogfl.wire import Envelope, ModelSchema, decode, encode
-from tests.integration.harness import Recorder, publisher, rejected_reasons, roles, write_config
+from tests.integration.harness import (
+    Recorder,
+    Roles,
+    publisher,
+    rejected_reasons,
+    roles,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("fl")
@@ -58,6 +65,12 @@ def update(
     return encode(Envelope(**fields))  # type: ignore[arg-type]
 
 
+def start_fog_broker(started: Roles, config: Path, *flags: str) -> None:
+    """The north fog broker as a process, ready (subscribed) when this returns."""
+    started.start("fog", "fog-broker", "--region", "north", *flags, "--config", str(config))
+    started.wait_for_log("fog", "ready")
+
+
 def partial_of(recorder: Recorder, round_: int, timeout: float = 20) -> Envelope:
     received, _ = recorder.wait_for(timeout, kind="partial", round=str(round_))
     return decode(received.payload, kinds={"partial"}, max_bytes=10**8, schema=SCHEMA)
@@ -70,19 +83,7 @@ def test_partial_is_the_example_weighted_mean_despite_bad_messages(
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start(
-            "fog",
-            "fog-broker",
-            "--region",
-            "north",
-            "--expected",
-            "3",
-            "--deadline",
-            "60",
-            "--config",
-            str(config),
-        )
-        started.wait_for_log("fog", "ready")
+        start_fog_broker(started, config, "--expected", "3", "--deadline", "60")
         announce(session, 1)
         models, weights = [model(i) for i in (1, 2, 3)], [1440, 300, 2000]
         topic = TOPICS.updates("north")
@@ -159,21 +160,9 @@ def test_round_closes_at_the_deadline_with_the_updates_it_has(
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start(
-            "fog",
-            "fog-broker",
-            "--region",
-            "north",
-            "--expected",
-            "3",
-            "--deadline",
-            "2",
-            "--min-updates",
-            "2",
-            "--config",
-            str(config),
+        start_fog_broker(
+            started, config, "--expected", "3", "--deadline", "2", "--min-updates", "2"
         )
-        started.wait_for_log("fog", "ready")
         announce(session, 1)
         session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
         session.publish(TOPICS.updates("north"), update("c2", 1, 300, model(2)))
@@ -189,10 +178,7 @@ def test_a_new_run_replaces_the_old_one(fresh_broker: LocalBroker, tmp_path: Pat
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start(
-            "fog", "fog-broker", "--region", "north", "--expected", "1", "--config", str(config)
-        )
-        started.wait_for_log("fog", "ready")
+        start_fog_broker(started, config, "--expected", "1")
         announce(session, 3, run="old-run")
         announce(session, 1)
         session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
@@ -209,10 +195,7 @@ def test_only_announced_participants_count_and_uniform_weighting_weighs_clients_
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start(
-            "fog", "fog-broker", "--region", "north", "--expected", "5", "--config", str(config)
-        )
-        started.wait_for_log("fog", "ready")
+        start_fog_broker(started, config, "--expected", "5")
         announce(
             session, 1, participants={"north": ["c1", "c3"], "south": ["c9"]}, weighting="uniform"
         )
@@ -240,10 +223,7 @@ def test_edge_rounds_send_the_region_model_down_and_one_partial_up(
     recorder = Recorder(fresh_broker, [TOPICS.partial("north"), TOPICS.region_model("north")])
     session = publisher(fresh_broker)
     with roles(tmp_path / "logs") as started:
-        started.start(
-            "fog", "fog-broker", "--region", "north", "--expected", "2", "--config", str(config)
-        )
-        started.wait_for_log("fog", "ready")
+        start_fog_broker(started, config, "--expected", "2")
         announce(session, 1, edge_rounds=3)
         topic = TOPICS.updates("north")
         for edge in (1, 2, 3):
