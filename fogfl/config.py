@@ -74,6 +74,7 @@ class RoundPlan(TrainingSettings):
     weighting: Literal["examples", "uniform"] = "examples"
     edge_rounds: int = Field(1, ge=1, le=1000)
     participants: dict[str, list[str]] | None = None
+    ended: bool = Field(False, description="the run is over: nothing more will be announced")
 
     @property
     def training(self) -> TrainingSettings:

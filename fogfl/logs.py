@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
-from fogfl.errors import WireError
+from fogfl.errors import FogflError, WireError
 
 FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 
@@ -49,6 +50,22 @@ class Rejections:
 
     def record_error(self, error: WireError, topic: str = "") -> None:
         self.record(error.reason, str(error), topic)
+
+    @contextmanager
+    def guard(self, topic: str) -> Iterator[None]:
+        """Handle one message: a WireError is a rejection with its reason; any other
+        unexpected exception is logged with its traceback and counted as ``internal``, so
+        one message never kills the role. FogflErrors that are not about the message
+        (the broker is gone, the configuration is wrong) still end the role."""
+        try:
+            yield
+        except WireError as error:
+            self.record_error(error, topic)
+        except FogflError:
+            raise
+        except Exception:
+            self.counts["internal"] += 1
+            self.log.exception("internal error while handling a message on %s; carrying on", topic)
 
     @property
     def total(self) -> int:
