@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from typing import cast
+
 import numpy as np
 import pytest
+from flwr.common import Code, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_proxy import ClientProxy
 
-from fogfl.aggregation import MetricsMean, WeightedModelMean, mean_metrics
-from fogfl.wire import ModelSchema
+from fogfl.aggregation import MetricsMean, RegionRound, WeightedModelMean, mean_metrics
+from fogfl.config import load_config
+from fogfl.flower import RegionClient, make_strategy
+from fogfl.mqtt import Received
+from fogfl.roles.fog_bridge import FogBridge
+from fogfl.wire import Envelope, ModelSchema, encode
+
+UNEVEN_REGIONS = {"north": [0, 1, 2], "south": [3, 4]}
 
 
 def random_models(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -27,6 +38,68 @@ def flat_fedavg(models: list[dict[str, np.ndarray]], weights: list[int]) -> dict
     }
 
 
+def through_the_hierarchy(
+    models: list[dict[str, np.ndarray]],
+    weights: list[int],
+    regions: dict[str, list[int]],
+    uniform: bool = False,
+) -> dict[str, np.ndarray]:
+    """One round through fogfl's own tiers: each region's fog (`RegionRound`) folds its
+    clients' updates into a partial; the partial goes over the wire to the region's bridge,
+    which hands it to Flower (`RegionClient.fit`); Flower's FedAvg, as fogfl makes it,
+    aggregates the regions."""
+    schema = ModelSchema.of(models[0])
+    config = load_config(None, {"bridge.partial_timeout_s": 0.01}, environ={})
+    fit = FitIns(
+        ndarrays_to_parameters(schema.ordered(models[0])),
+        {"run_id": "agg", "round": 1, "schema": schema.to_json()},
+    )
+    results = []
+    for region, members in regions.items():
+        fog = RegionRound(
+            run_id="agg",
+            round=1,
+            phase="fit",
+            schema=schema,
+            deadline=math.inf,
+            expected=len(members),
+            participants=None,
+            uniform=uniform,
+            edge_rounds=1,
+            config={},
+            model=WeightedModelMean(schema),
+        )
+        for i in members:
+            fog.add(
+                Envelope(
+                    kind="update",
+                    run_id="agg",
+                    round=1,
+                    sender=f"{region}-{i}",
+                    region=region,
+                    num_examples=weights[i],
+                    tensors=models[i],
+                )
+            )
+        bridge = FogBridge(config, region)
+        partial = encode(fog.partial(region, {}))
+        bridge._file(Received(bridge.topic, partial, retained=True))
+        answer = RegionClient(bridge).fit(fit)
+        assert answer.status.code == Code.OK, answer.status.message
+        results.append((cast(ClientProxy, region), answer))
+    cloud = make_strategy("fedavg", schema.ordered(models[0]), min_regions=len(regions))
+    parameters, _ = cloud.aggregate_fit(1, results, [])
+    assert parameters is not None
+    return schema.named(parameters_to_ndarrays(parameters))
+
+
+def relative_error(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    return max(
+        float(np.linalg.norm(actual[name] - expected[name]) / np.linalg.norm(expected[name]))
+        for name in expected
+    )
+
+
 def test_streaming_mean_equals_weighted_average() -> None:
     models, weights = random_models(5), [10, 200, 35, 1, 999]
     mean = WeightedModelMean(ModelSchema.of(models[0]))
@@ -41,29 +114,26 @@ def test_streaming_mean_equals_weighted_average() -> None:
 
 def test_two_tier_weighting_equals_flat_fedavg_with_uneven_regions() -> None:
     models, weights = random_models(5, seed=3), [1440, 960, 2000, 480, 1200]
-    regions = {"north": [0, 1, 2], "south": [3, 4]}
-    partials = []
-    for members in regions.values():
-        fog = WeightedModelMean(ModelSchema.of(models[0]))
-        for i in members:
-            fog.add(models[i], weights[i])
-        partials.append((fog.result(), fog.total_weight))
-    cloud = WeightedModelMean(ModelSchema.of(models[0]))
-    for partial, total in partials:
-        cloud.add(partial, total)
-    flat = flat_fedavg(models, weights)
-    for name, value in cloud.result().items():
-        relative = np.linalg.norm(value - flat[name]) / np.linalg.norm(flat[name])
-        assert relative <= 1e-6
+    error = relative_error(
+        through_the_hierarchy(models, weights, UNEVEN_REGIONS), flat_fedavg(models, weights)
+    )
+    assert error <= 1e-6, f"two tiers are {error:.2g} off flat FedAvg"
 
 
 def test_a_uniform_fog_mean_would_not_equal_flat_fedavg() -> None:
-    # The seed's defect, kept as a guard: averaging regions uniformly is measurably wrong.
+    # The seed's defect, kept as a guard: the fog averaging its clients as equals is
+    # measurably not FedAvg; under `weighting: uniform`, which asks for exactly that, every
+    # client counts once across the whole federation.
     models, weights = random_models(5, seed=3), [1440, 960, 2000, 480, 1200]
-    north = np.mean([models[i]["w"] for i in (0, 1, 2)], axis=0)
-    south = np.mean([models[i]["w"] for i in (3, 4)], axis=0)
-    uniform = (north + south) / 2
-    assert np.linalg.norm(uniform - flat_fedavg(models, weights)["w"]) > 1e-2
+    fedavg, each_client_once = flat_fedavg(models, weights), flat_fedavg(models, [1] * 5)
+    by_examples = through_the_hierarchy(models, weights, UNEVEN_REGIONS)
+    uniform = through_the_hierarchy(models, weights, UNEVEN_REGIONS, uniform=True)
+    error = relative_error(by_examples, fedavg)
+    assert error <= 1e-6, f"weighting by examples is {error:.2g} off flat FedAvg"
+    error = relative_error(uniform, fedavg)
+    assert error > 1e-2, f"the uniform mean is within {error:.2g} of flat FedAvg"
+    error = relative_error(uniform, each_client_once)
+    assert error <= 1e-6, f"the uniform mean is {error:.2g} off counting each client once"
 
 
 def test_integer_tensors_are_rounded_back() -> None:
