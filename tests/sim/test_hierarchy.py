@@ -109,18 +109,27 @@ def test_uniform_weighting_counts_each_client_once(pool: ClientPool) -> None:
 
 
 def test_the_cloud_runs_the_configured_flower_strategy(pool: ClientPool) -> None:
+    # Three regions of three clients, each client with its own number of examples: each
+    # region's partial is its example-weighted mean, and the cloud's FedMedian takes the
+    # coordinate-wise median of the three partials, which no weighted mean gives.
     config = synthetic_config(
         **{
             "federation.regions": ["north", "south", "east"],
-            "federation.clients_per_region": 1,
+            "federation.clients_per_region": 3,
             "server.strategy": "fedmedian",
         }
     )
     start = initial_model(config)
-    clients = [c for ids in config.federation.client_ids().values() for c in ids]
-    updates = [train_client(config, c, start, server_round=1)[0] for c in clients]
-    median = {name: np.median([u[name] for u in updates], axis=0) for name in start}
-    assert_same_model(simulate(config, pool).final_tensors(), median)
+    regions = config.federation.client_ids().values()
+    updates = [[train_client(config, c, start, server_round=1) for c in ids] for ids in regions]
+    assert all(len({n for _, n in region}) > 1 for region in updates), "sizes should differ"
+    partials = [(weighted_mean(region), sum(n for _, n in region)) for region in updates]
+    median = {name: np.median([p[name] for p, _ in partials], axis=0) for name in start}
+    fedavg = weighted_mean(partials)
+    global_model = simulate(config, pool).final_tensors()
+    assert_same_model(global_model, median)
+    for name in start:
+        assert np.abs(global_model[name] - fedavg[name]).max() > 1e-4, f"{name} is FedAvg's"
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
