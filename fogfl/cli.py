@@ -58,6 +58,14 @@ Task = Annotated[Optional[str], typer.Option(help="Workload to federate (e.g. qo
 Region = Annotated[
     str, typer.Option(help="The region (fog site) this process serves.", envvar="FOGFL_REGION")
 ]
+Serve = Annotated[
+    bool,
+    typer.Option(
+        "--serve",
+        help="Stay up across runs: after a run ends, wait for the next one and join it.",
+        envvar="FOGFL_SERVE",
+    ),
+]
 OptionalInt = Optional[int]  # noqa: UP045
 OptionalFloat = Optional[float]  # noqa: UP045
 OptionalStr = Optional[str]  # noqa: UP045
@@ -131,6 +139,7 @@ def client(
     region: Region,
     task: Task = None,
     torch_threads: Annotated[int, typer.Option(help="CPU threads for training.")] = 1,
+    serve: Serve = False,
     *,
     settings: Settings,
 ) -> None:
@@ -138,7 +147,7 @@ def client(
     config = settings.load({"task.name": task})
     from fogfl.roles import client as role
 
-    _exit(role.run(config, id, region, torch_threads))
+    _exit(role.run(config, id, region, torch_threads, serve))
 
 
 @app.command("fog-broker")
@@ -152,6 +161,11 @@ def fog_broker(
     min_updates: Annotated[
         OptionalInt, typer.Option(help="Updates needed to close at the deadline.")
     ] = None,
+    state_dir: Annotated[
+        OptionalPath,
+        typer.Option(help="Where the open round is kept across restarts [default: .fogfl/state]."),
+    ] = None,
+    serve: Serve = False,
     *,
     settings: Settings,
 ) -> None:
@@ -161,6 +175,7 @@ def fog_broker(
             "fog.expected_updates": expected,
             "fog.deadline_s": deadline,
             "fog.min_updates": min_updates,
+            "fog.state_dir": state_dir,
         }
     )
     from fogfl.roles import fog_broker as role
@@ -172,6 +187,7 @@ def fog_broker(
             config.fog.expected_updates,
             config.fog.deadline_s,
             config.fog.min_updates,
+            serve,
         )
     )
 
@@ -319,15 +335,25 @@ def up(
         f"task {config.task.name}, outputs in {directory}"
     )
     started = time.monotonic()
-    with Federation(config, broker, directory, timeout) as federation:  # type: ignore[arg-type]
-        out.print(f"broker: {federation.broker.kind if federation.broker else '?'}")
-        with Live(
-            up_view([], 0, plan.rounds, 0.0), console=out, refresh_per_second=4, transient=True
-        ) as live:
-            while not (status := federation.poll()).finished:
-                elapsed = time.monotonic() - started
-                live.update(up_view(status.rows, status.rounds_done, plan.rounds, elapsed))
-                time.sleep(0.25)
+    try:
+        with Federation(config, broker, directory, timeout) as federation:  # type: ignore[arg-type]
+            out.print(f"broker: {federation.broker.kind if federation.broker else '?'}")
+            with Live(
+                up_view([], 0, plan.rounds, 0.0), console=out, refresh_per_second=4, transient=True
+            ) as live:
+                while not (status := federation.poll()).finished:
+                    elapsed = time.monotonic() - started
+                    live.update(up_view(status.rows, status.rounds_done, plan.rounds, elapsed))
+                    time.sleep(0.25)
+    except KeyboardInterrupt:
+        # Everything is stopped; a further Ctrl-C must not turn the exit into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        console.print(
+            f"interrupted; every process stopped; partial results in {directory}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     out.print(rounds_table(status.rows, title=f"run {plan.run_id}"))
     if status.failure:
         console.print(f"[bold red]fogfl up failed:[/] {status.failure}", highlight=False)

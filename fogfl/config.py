@@ -44,7 +44,18 @@ class MqttSettings(_Section):
     topic_prefix: str = Field("fl", min_length=1, pattern=r"^[^#+]+$")
     keepalive_s: int = Field(30, ge=5, le=3600)
     connect_timeout_s: float = Field(60.0, gt=0, description="keep retrying this long at start")
-    publish_timeout_s: float = Field(120.0, gt=0)
+    publish_timeout_s: float = Field(
+        120.0, gt=0, description="how long a publish waits for the broker, outages included"
+    )
+    session_expiry_s: int = Field(
+        3600,
+        ge=0,
+        le=4_294_967_295,
+        description="MQTT 5: how long the broker keeps a persistent session of a role that is away",
+    )
+    reconnect_max_delay_s: int = Field(
+        5, ge=1, le=600, description="longest wait between reconnection attempts (doubles from 1 s)"
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -163,6 +174,10 @@ class FogSettings(_Section):
     )
     deadline_s: float = Field(60.0, gt=0, description="seconds after a round opens")
     min_updates: int = Field(1, ge=1, description="updates needed to close at the deadline")
+    state_dir: Path = Field(
+        Path(".fogfl/state"),
+        description="where a fog broker keeps its open round, to survive a restart",
+    )
 
 
 class BridgeSettings(_Section):

@@ -7,8 +7,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +19,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """Hold a free port for a child that binds it later: the socket is bound with
+    SO_REUSEPORT and never listens, so the child (gRPC sets SO_REUSEPORT) can bind it
+    while no other program can take it meanwhile. Close the socket once the child listens."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, 0))
+    return holder
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
@@ -32,11 +43,16 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+_started: list[ChildProcess] = []
+_started_lock = threading.Lock()
+
+
 class ChildProcess:
     """A process fogfl started, with its output in a log file, stopped by its own PID.
 
     Each child leads its own session, so Ctrl-C at the terminal reaches only the parent,
-    which then stops every child in order.
+    which then stops every child in order. Every child is also registered at once, so
+    `stop_started` can end it even if its starter was interrupted before keeping it.
     """
 
     def __init__(
@@ -52,15 +68,18 @@ class ChildProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = log_path.open("ab")
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        with signals_deferred():
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+            with _started_lock:
+                _started.append(self)
 
     @property
     def pid(self) -> int:
@@ -83,6 +102,8 @@ class ChildProcess:
                 _signal(self.pid, signal.SIGKILL)
                 self.popen.wait()
         self._log.close()
+        with _started_lock, contextlib.suppress(ValueError):
+            _started.remove(self)
         return int(self.popen.returncode)
 
     def tail(self, lines: int = 20) -> str:
@@ -101,6 +122,40 @@ def stop_all(children: Sequence[ChildProcess], grace: float = 5.0) -> None:
     deadline = time.monotonic() + grace
     for child in children:
         child.stop(max(0.1, deadline - time.monotonic()))
+
+
+def stop_started(grace: float = 5.0) -> None:
+    """Stop every child this process started and has not stopped yet."""
+    with _started_lock:
+        running = list(_started)
+    stop_all(running, grace)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration and act on them after it, so that
+    starting a child (between fork and keeping its PID) or stopping children cannot be cut
+    short. Main thread only (elsewhere it changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        arrived.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in arrived[:1]:
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def _signal(pid: int, signum: signal.Signals) -> None:

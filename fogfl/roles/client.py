@@ -3,12 +3,15 @@
 Reads ``fl/global_model`` (retained, so a late joiner starts from the current round);
 writes ``fl/updates/<region>``. Each round it evaluates the received global model on its
 test split, trains `local_epochs` on its train split and publishes its weights with its true
-`num_examples` and metrics. On the final model it publishes its evaluation and exits.
+`num_examples` and metrics. On the final model it publishes its evaluation and exits (or,
+with `serve`, waits for the next run).
+
+A client follows one run at a time, only forward: the run of the newest global model. A
+region model (edge rounds) counts only if it belongs to that run, so a retained region model
+of an earlier run never starts work.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -25,7 +28,9 @@ ROLE = "client"
 
 
 class FederatedClient:
-    def __init__(self, config: FogflConfig, client_id: str, region: str) -> None:
+    def __init__(
+        self, config: FogflConfig, client_id: str, region: str, serve: bool = False
+    ) -> None:
         self.config = config
         self.client_id = client_id
         self.region = region
@@ -36,13 +41,18 @@ class FederatedClient:
         self.model = self.task.build_model(config.federation.seed)
         self.schema = ModelSchema.of(model_tensors(self.model))
         self.task.warm_up(self.model)
-        self.session = MqttSession(config.mqtt, f"fogfl-client-{client_id}-{os.getpid()}", self.log)
+        self.serve = serve
+        self.session = MqttSession(config.mqtt, f"fogfl-client-{client_id}", self.log)
         self.topics = self.session.topics
+        self.current_run = ""
         self.runs_joined: set[str] = set()
+        self.left_runs: set[str] = set()
         self.position: dict[str, tuple[int, int]] = {}
+        self.pending_region_model: Envelope | None = None
 
     def run(self) -> int:
-        """Take part in rounds until the server publishes the final model; returns 0."""
+        """Take part in rounds until the server publishes the final model (with `serve`,
+        run after run); returns 0."""
         self.log.info(
             "%s: %d train / %d test examples (%s)",
             self.task.name,
@@ -58,13 +68,17 @@ class FederatedClient:
                 if model is None:
                     continue
                 if model.final:
-                    if model.run_id in self.runs_joined:
-                        self._evaluate_final(model)
+                    self.left_runs.add(model.run_id)
+                    if model.run_id not in self.runs_joined:
+                        self.log.info(
+                            "ignoring the final model of run %s, which this client did not join",
+                            model.run_id,
+                        )
+                        continue
+                    self._evaluate_final(model)
+                    if not self.serve:
                         return 0
-                    self.log.info(
-                        "ignoring the final model of run %s, which this client did not join",
-                        model.run_id,
-                    )
+                    self.log.info("waiting for the next run")
                     continue
                 self.runs_joined.add(model.run_id)
                 position = (model.round, model.edge_round)
@@ -84,29 +98,46 @@ class FederatedClient:
             self.session.close()
 
     def _newest(self, first: Received | None) -> Envelope | None:
-        """The furthest-along model among those queued: a client that was busy training skips
-        the rounds that went by meanwhile. Bad messages are rejected and counted."""
-        newest: Envelope | None = None
+        """The furthest-along model of the current run among those queued: a client that was
+        busy training skips the rounds that went by meanwhile. Bad messages are rejected and
+        counted."""
+        models: list[Envelope] = []
         message = first
         while message is not None:
-            try:
-                model = decode(
-                    message.payload,
-                    kinds={"global", "region"},
-                    max_bytes=self.config.wire.max_payload_bytes,
-                    schema=self.schema,
-                )
-            except WireError as error:
-                self.rejections.record_error(error, message.topic)
-            else:
-                if model.kind == "region" and model.region != self.region:
-                    self.rejections.record(
-                        "wrong-region", f"region model of {model.region}", message.topic
-                    )
-                elif newest is None or _progress(model) >= _progress(newest):
-                    newest = model
+            with self.rejections.guard(message.topic):
+                models.append(self._decode(message))
             message = self.session.receive(timeout=0)
+        for model in models:
+            if model.kind == "global" and model.run_id not in self.left_runs:
+                if self.current_run and model.run_id != self.current_run:
+                    self.log.info("run %s began; leaving run %s", model.run_id, self.current_run)
+                    self.left_runs.add(self.current_run)
+                self.current_run = model.run_id
+        if self.pending_region_model is not None:
+            models.insert(0, self.pending_region_model)
+            self.pending_region_model = None
+        newest: Envelope | None = None
+        for model in models:
+            if model.run_id in self.left_runs:
+                continue
+            if model.kind == "region" and model.run_id != self.current_run:
+                # Its run may be the current one once the global model is here.
+                self.pending_region_model = model
+                continue
+            if newest is None or _progress(model) >= _progress(newest):
+                newest = model
         return newest
+
+    def _decode(self, message: Received) -> Envelope:
+        model = decode(
+            message.payload,
+            kinds={"global", "region"},
+            max_bytes=self.config.wire.max_payload_bytes,
+            schema=self.schema,
+        )
+        if model.kind == "region" and model.region != self.region:
+            raise WireError("wrong-region", f"region model of {model.region} on {self.region}'s")
+        return model
 
     def _train_round(self, start: Envelope, settings: TrainingSettings) -> None:
         """Train from a global model (edge round 1) or the region's model (later edge rounds)."""
@@ -155,7 +186,9 @@ def _progress(model: Envelope) -> tuple[bool, int, int]:
     return (model.final, model.round, model.edge_round)
 
 
-def run(config: FogflConfig, client_id: str, region: str, torch_threads: int = 1) -> int:
+def run(
+    config: FogflConfig, client_id: str, region: str, torch_threads: int = 1, serve: bool = False
+) -> int:
     # Many clients share a few cores; one thread each avoids oversubscription.
     torch.set_num_threads(torch_threads)
-    return FederatedClient(config, client_id, region).run()
+    return FederatedClient(config, client_id, region, serve).run()

@@ -6,22 +6,27 @@ Reads ``fl/round`` (the server's round announcements) and ``fl/updates/<region>`
 A round opens when the server announces it and closes when the expected number of updates
 is in, or at the deadline with at least `min_updates`. Updates are folded into a running
 example-weighted mean as they arrive. After the last round the broker aggregates the
-clients' evaluations of the final model the same way, publishes them, and exits.
+clients' evaluations of the final model the same way, publishes them, and exits (or, with
+`serve`, waits for the next run).
+
+Every accepted update is kept in the round journal before it is acknowledged to MQTT, so a
+broker killed mid-round and restarted closes the round with every update it had.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from fogfl.aggregation import Phase, RegionRound, WeightedModelMean
 from fogfl.config import FogflConfig, read_round_plan
-from fogfl.errors import WireError
+from fogfl.errors import FogflError, WireError
+from fogfl.fog_state import RoundJournal, RoundKey
 from fogfl.logs import Rejections, RoleLogger, role_logger
 from fogfl.mqtt import MqttSession, Received
 from fogfl.wire import decode, encode
 
 ROLE = "fog-broker"
+_PHASE_ORDER = {"fit": 0, "evaluate": 1}
 
 
 class FogBroker:
@@ -32,6 +37,7 @@ class FogBroker:
         expected_updates: int | None = None,
         deadline_s: float | None = None,
         min_updates: int | None = None,
+        serve: bool = False,
     ) -> None:
         self.config = config
         self.region = region
@@ -40,14 +46,20 @@ class FogBroker:
         self.min_updates = min(min_updates or config.fog.min_updates, self.expected_updates)
         self.log: RoleLogger = role_logger(ROLE, region)
         self.rejections = Rejections(self.log)
-        self.session = MqttSession(config.mqtt, f"fogfl-fog-{region}-{os.getpid()}", self.log)
+        self.serve = serve
+        # One stable id per region: the broker keeps its session (and the QoS 1 updates
+        # queued in it) across a restart of this process.
+        self.session = MqttSession(config.mqtt, f"fogfl-fog-{region}", self.log, manual_ack=True)
         self.topics = self.session.topics
+        self.journal = RoundJournal(config.fog.state_dir / f"fog-{region}")
         self.current: RegionRound | None = None
-        self.last_closed: tuple[str, int, Phase] | None = None
+        self.last_closed: RoundKey | None = self.journal.last_closed()
+        self.left_runs: set[str] = set()
         self.finished = False
 
     def run(self) -> int:
-        """Serve rounds until the server's final evaluation is aggregated; returns 0."""
+        """Serve rounds until the server's final evaluation is aggregated (with `serve`,
+        run after run); returns 0."""
         self.session.connect([self.topics.round_announcement, self.topics.updates(self.region)])
         self.log.info(
             "ready: closing rounds at %d updates, or after %.0f s with at least %d",
@@ -56,10 +68,15 @@ class FogBroker:
             self.min_updates,
         )
         try:
-            while not self.finished:
-                message = self.session.receive(timeout=self._seconds_to_deadline())
+            while not self.finished or self.serve:
+                if self.finished:
+                    self.finished = False
+                    self.log.info("waiting for the next run")
+                message = self.session.receive(timeout=self._seconds_to_wait())
                 if message is not None:
                     self.handle(message)
+                    # Only now, with the update in the journal, may the broker forget it.
+                    self.session.ack(message)
                 self._check_deadline()
         finally:
             self.session.close()
@@ -70,13 +87,12 @@ class FogBroker:
         return 0
 
     def handle(self, message: Received) -> None:
-        try:
+        """Act on one message; a bad one is rejected with its reason, never fatal."""
+        with self.rejections.guard(message.topic):
             if message.topic == self.topics.round_announcement:
                 self._on_announcement(message)
             else:
                 self._on_update(message)
-        except WireError as error:
-            self.rejections.record_error(error, message.topic)
 
     def _on_announcement(self, message: Received) -> None:
         announcement = decode(
@@ -84,13 +100,18 @@ class FogBroker:
         )
         if announcement.schema is None:
             raise WireError("bad-field", "round announcement carries no model schema")
-        phase: Phase = "evaluate" if announcement.final else "fit"
-        key = (announcement.run_id, announcement.round, phase)
+        plan = read_round_plan(announcement.config)
+        run_id = announcement.run_id
+        if run_id in self.left_runs:
+            return  # only forward: a run this broker has left never comes back
         current = self.current
-        if current is not None and (current.run_id, current.round, current.phase) == key:
+        if plan.ended:
+            self._on_run_ended(run_id)
             return
-        if key == self.last_closed:
-            return
+        phase: Phase = "evaluate" if announcement.final else "fit"
+        key: RoundKey = (run_id, announcement.round, phase)
+        if not self._is_ahead(key):
+            return  # this round, or one before it: nothing new
         if current is not None:
             self.log.warning(
                 "round %d abandoned with %d of %d updates: the server moved on to round %d",
@@ -99,7 +120,11 @@ class FogBroker:
                 current.expected,
                 announcement.round,
             )
-        plan = read_round_plan(announcement.config)
+            self.journal.abandon()
+            if current.run_id != run_id:
+                self.left_runs.add(current.run_id)
+        if self.last_closed is not None and self.last_closed[0] != run_id:
+            self.left_runs.add(self.last_closed[0])
         participants = None
         expected = self.expected_updates
         if plan.participants is not None:
@@ -128,8 +153,62 @@ class FogBroker:
         )
         if expected == 0 and phase == "fit":
             self.log.warning("round %d: no client of this region takes part", announcement.round)
+        self._restore(key)
 
-    def _on_update(self, message: Received) -> None:
+    def _restore(self, key: RoundKey) -> None:
+        """Fold in what this broker had accepted of the round before it was restarted."""
+        current = self.current
+        assert current is not None
+        try:
+            restored = self.journal.open(key)
+        except OSError as exc:
+            raise FogflError(
+                f"cannot use the fog state in {self.journal.directory}: {exc}"
+            ) from None
+        if restored.edge_round > 1:
+            current.edge_round = restored.edge_round
+            current.region_bytes = restored.region_bytes
+        for payload in restored.payloads:
+            with self.rejections.guard(self.topics.updates(self.region)):
+                self._on_update(Received(self.topics.updates(self.region), payload, False), True)
+        if restored.payloads or restored.edge_round > 1:
+            self.log.info(
+                "round %d: restored edge round %d with %d updates from before a restart",
+                current.round,
+                current.edge_round,
+                len(current.contributors),
+            )
+
+    def _on_run_ended(self, run_id: str) -> None:
+        self.left_runs.add(run_id)
+        current = self.current
+        if current is not None and current.run_id == run_id:
+            self.log.warning(
+                "run %s ended with %s %d open (%d of %d updates)",
+                run_id,
+                "the final evaluation" if current.final else "round",
+                current.round,
+                len(current.contributors),
+                current.expected,
+            )
+            self.journal.abandon()
+            self.current = None
+            self.finished = True
+        elif self.last_closed is not None and self.last_closed[0] == run_id:
+            self.finished = True
+        else:
+            self.log.info("run %s is over; waiting for the next run", run_id)
+
+    def _is_ahead(self, key: RoundKey) -> bool:
+        """Whether `key` is further on than the open and the last closed round of its run."""
+        current = self.current
+        open_key = None if current is None else (current.run_id, current.round, current.phase)
+        for seen in (open_key, self.last_closed):
+            if seen is not None and seen[0] == key[0] and _position(key) <= _position(seen):
+                return False
+        return True
+
+    def _on_update(self, message: Received, restoring: bool = False) -> None:
         current = self.current
         if current is None:
             if self.last_closed is not None:
@@ -169,15 +248,29 @@ class FogBroker:
             raise WireError("duplicate", f"{who} for round {update.round} arrived twice")
         if update.num_examples <= 0:
             raise WireError("no-examples", f"{who} reports num_examples={update.num_examples}")
+        if not restoring:
+            self._keep(message)
         current.add(update)
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
         if len(current.contributors) >= current.expected:
             self._close("all expected updates are in")
 
-    def _seconds_to_deadline(self) -> float:
+    def _keep(self, message: Received) -> None:
+        try:
+            self.journal.accept(message.payload)
+        except OSError as exc:
+            raise FogflError(
+                f"cannot keep an update in {self.journal.directory}: {exc}; is the disk full?"
+            ) from None
+
+    def _seconds_to_wait(self) -> float:
+        """How long to wait for the next message: until the deadline, at most a second;
+        a second when the deadline has passed without enough updates (nothing to do then
+        but wait for updates)."""
         if self.current is None:
             return 1.0
-        return max(0.0, min(1.0, self.current.deadline - time.monotonic()))
+        remaining = self.current.deadline - time.monotonic()
+        return min(1.0, remaining) if remaining > 0 else 1.0
 
     def _check_deadline(self) -> None:
         current = self.current
@@ -197,12 +290,12 @@ class FogBroker:
     def _close(self, why: str) -> None:
         current = self.current
         assert current is not None
+        key: RoundKey = (current.run_id, current.round, current.phase)
         if current.model is not None and not current.contributors:
             self.log.warning(
                 "round %d closed with no updates (%s); nothing to publish", current.round, why
             )
-            self.last_closed = (current.run_id, current.round, current.phase)
-            self.current = None
+            self._closed(key)
             return
         if current.model is not None and not current.last_edge_round:
             self._publish_region_model(current, why)
@@ -219,10 +312,15 @@ class FogBroker:
             current.num_examples,
             len(payload),
         )
-        self.last_closed = (current.run_id, current.round, current.phase)
-        self.current = None
+        self._closed(key)
         if current.final:
             self.finished = True
+            self.left_runs.add(current.run_id)
+
+    def _closed(self, key: RoundKey) -> None:
+        self.journal.close(key)
+        self.last_closed = key
+        self.current = None
 
     def _publish_region_model(self, current: RegionRound, why: str) -> None:
         """End an edge round: the region's mean goes back down to its clients."""
@@ -231,6 +329,7 @@ class FogBroker:
         payload = encode(region_model, self.config.wire.codec)
         self.session.publish(self.topics.region_model(self.region), payload, retain=True)
         current.region_bytes += len(payload) * len(current.contributors)
+        self.journal.next_edge_round(current.edge_round + 1, current.region_bytes)
         self.log.info(
             "round %d: edge round %d of %d closed (%s) with %d updates",
             current.round,
@@ -242,11 +341,16 @@ class FogBroker:
         current.next_edge_round(time.monotonic() + self.deadline_s)
 
 
+def _position(key: RoundKey) -> tuple[int, int]:
+    return key[1], _PHASE_ORDER[key[2]]
+
+
 def run(
     config: FogflConfig,
     region: str,
     expected: int | None,
     deadline_s: float | None,
     min_updates: int | None,
+    serve: bool = False,
 ) -> int:
-    return FogBroker(config, region, expected, deadline_s, min_updates).run()
+    return FogBroker(config, region, expected, deadline_s, min_updates, serve).run()

@@ -10,6 +10,7 @@ It starts roles through the `fogfl` command line and never imports them.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from fogfl.broker import BrokerMode, LocalBroker, start_broker
 from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
 from fogfl.errors import FogflError
 from fogfl.logs import role_logger
-from fogfl.processes import ChildProcess, free_port, stop_all
+from fogfl.processes import ChildProcess, reserve_port, signals_deferred, stop_all, stop_started
 from fogfl.run_dir import CONFIG_FILE, LOG_DIR, METRICS_FILE, read_metrics, write_atomic
 
 ROLE = "launcher"
@@ -54,6 +55,7 @@ class Federation:
         self.broker: LocalBroker | None = None
         self.server: ChildProcess | None = None
         self.roles: list[ChildProcess] = []
+        self.flower_port: socket.socket | None = None
         self.started_at = 0.0
         self.server_done_at: float | None = None
 
@@ -82,13 +84,16 @@ class Federation:
             host=self.config.mqtt.host if self.broker_mode == "external" else "127.0.0.1",
             port=self.config.mqtt.port if self.broker_mode == "external" else None,
         )
-        flower_port = free_port()
+        # Held until the run ends, so nothing else takes the port before the server binds it.
+        self.flower_port = reserve_port()
+        flower_port = self.flower_port.getsockname()[1]
         self.config.mqtt.host = self.broker.host
         self.config.mqtt.port = self.broker.port
         if self.broker.kind == "embedded":
             self.config.mqtt.protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
         self.config.server.address = f"127.0.0.1:{flower_port}"
         self.config.server.run_dir = self.run_dir
+        self.config.fog.state_dir = self.run_dir / "state"
         self.config.bridge.server_address = f"127.0.0.1:{flower_port}"
         write_atomic(self.config_path, dump_config(self.config).encode())
 
@@ -137,11 +142,19 @@ class Federation:
         return status
 
     def stop(self) -> None:
-        """Stop every process this federation started (idempotent)."""
-        children = [*self.roles, *([self.server] if self.server else [])]
-        stop_all(children, grace=5.0)
-        if self.broker is not None:
-            self.broker.stop()
+        """Stop every process this federation started (idempotent); a second Ctrl-C
+        cannot cut it short."""
+        with signals_deferred():
+            children = [*self.roles, *([self.server] if self.server else [])]
+            stop_all(children, grace=5.0)
+            if self.broker is not None:
+                self.broker.stop()
+            # Anything whose start was interrupted before it was kept here (a broker
+            # still starting up when Ctrl-C came).
+            stop_started(grace=3.0)
+            if self.flower_port is not None:
+                self.flower_port.close()
+                self.flower_port = None
 
     def _spawn(self, name: str, arguments: list[str]) -> ChildProcess:
         argv = [sys.executable, "-m", "fogfl", *arguments, "--config", str(self.config_path)]

@@ -1,0 +1,125 @@
+"""A fog broker's durable round state: what it accepted in the open round, on disk.
+
+A fog broker that crashes mid-round and comes back must close that round with every update
+it had accepted. Each accepted update is written here (its payload as it arrived, so a
+restart re-validates it like any message) before the broker acknowledges it to MQTT; an
+update not yet written is not yet acknowledged, so the broker redelivers it. After the
+round's partial is published the round is marked closed and its updates are deleted.
+
+Layout under the state directory::
+
+    closed.json                      the last (run, round, phase) whose partial went out
+    run-<run>/<round>-<phase>/round.json the open round's edge round and bytes so far
+    run-<run>/<round>-<phase>/<n>.msg accepted updates of the open edge round, in order
+
+Files are replaced atomically: a crash leaves the old state or the new, never half of one.
+It survives the process, not the machine: nothing is fsynced.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fogfl.run_dir import write_atomic
+
+RoundKey = tuple[str, int, str]
+_CLOSED = "closed.json"
+_ROUND = "round.json"
+
+
+@dataclass
+class Restored:
+    """An open round as a crashed broker left it."""
+
+    edge_round: int = 1
+    region_bytes: int = 0
+    payloads: list[bytes] = field(default_factory=list)
+
+
+class RoundJournal:
+    """The durable state of one fog broker (one region)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._open: RoundKey | None = None
+        self._count = 0
+
+    def last_closed(self) -> RoundKey | None:
+        """The last round whose partial was published, if any."""
+        try:
+            run_id, round_, phase = json.loads((self.directory / _CLOSED).read_text())
+            return str(run_id), int(round_), str(phase)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def open(self, key: RoundKey) -> Restored:
+        """Start (or resume) the round `key`; returns what was accepted before a crash."""
+        self._drop_other_rounds(key)
+        self._open = key
+        restored = Restored()
+        folder = self._folder(key)
+        try:
+            state = json.loads((folder / _ROUND).read_text())
+            restored.edge_round = int(state["edge_round"])
+            restored.region_bytes = int(state["region_bytes"])
+        except (OSError, ValueError, TypeError, KeyError):
+            self._write_round(key, 1, 0)
+        messages = sorted(folder.glob("*.msg"), key=lambda p: int(p.stem))
+        restored.payloads = [path.read_bytes() for path in messages]
+        self._count = int(messages[-1].stem) + 1 if messages else 0
+        return restored
+
+    def accept(self, payload: bytes | bytearray) -> None:
+        """Keep an update the open round has just accepted."""
+        assert self._open is not None, "no round is open"
+        write_atomic(self._folder(self._open) / f"{self._count}.msg", bytes(payload))
+        self._count += 1
+
+    def next_edge_round(self, edge_round: int, region_bytes: int) -> None:
+        """The open round moved on to `edge_round`: its earlier updates are folded in."""
+        assert self._open is not None, "no round is open"
+        folder = self._folder(self._open)
+        self._write_round(self._open, edge_round, region_bytes)
+        for path in folder.glob("*.msg"):
+            path.unlink(missing_ok=True)
+        self._count = 0
+
+    def close(self, key: RoundKey) -> None:
+        """The round's partial is out: remember that, forget its updates."""
+        write_atomic(self.directory / _CLOSED, json.dumps(list(key)).encode())
+        shutil.rmtree(self._folder(key), ignore_errors=True)
+        self._open = None
+        self._count = 0
+
+    def abandon(self) -> None:
+        """The open round will never close (the server moved on); forget it."""
+        if self._open is not None:
+            shutil.rmtree(self._folder(self._open), ignore_errors=True)
+        self._open = None
+        self._count = 0
+
+    def _folder(self, key: RoundKey) -> Path:
+        run_id, round_, phase = key
+        # The prefix keeps a run id such as ".." a plain name.
+        return self.directory / f"run-{run_id}" / f"{round_}-{phase}"
+
+    def _write_round(self, key: RoundKey, edge_round: int, region_bytes: int) -> None:
+        state = {"edge_round": edge_round, "region_bytes": region_bytes}
+        write_atomic(self._folder(key) / _ROUND, json.dumps(state).encode())
+
+    def _drop_other_rounds(self, key: RoundKey) -> None:
+        """Only one round is ever open: anything else on disk belongs to the past."""
+        if not self.directory.is_dir():
+            return
+        keep = self._folder(key)
+        for run_folder in self.directory.iterdir():
+            if not run_folder.is_dir():
+                continue
+            for round_folder in run_folder.iterdir():
+                if round_folder != keep:
+                    shutil.rmtree(round_folder, ignore_errors=True)
+            if run_folder != keep.parent and not any(run_folder.iterdir()):
+                run_folder.rmdir()
