@@ -324,15 +324,62 @@ def test_a_client_that_joins_late_starts_from_the_current_round(
 
 
 def test_fedadam_at_the_cloud_runs_every_round(fresh_broker: LocalBroker, tmp_path: Path) -> None:
-    """FedAdam computes in float64; the global model still goes out in the model's dtypes."""
-    clients = {"north": [("north-01", 150)], "south": [("south-02", 150)]}
+    """Each round the cloud moves the global model by FedAdam's step towards the regions'
+    example-weighted mean, not onto it as FedAvg would. FedAdam computes in float64; the
+    global model still goes out in the model's dtypes."""
+    clients = {"north": [("north-01", 150)], "south": [("south-02", 250)]}
+    # τ well above float32 noise keeps Adam's step a smooth function of the regions' mean,
+    # so replaying it in float64 below matches Flower's float32 FedAvg inside FedAdam.
+    eta, tau, beta_1, beta_2 = 0.01, 1e-3, 0.9, 0.99
     extra: dict[str, dict[str, object]] = {
         "federation": {"clients_per_region": 1},
-        "server": {"strategy": "fedadam", "strategy_options": {"eta": 0.01}},
+        "server": {"strategy": "fedadam", "strategy_options": {"eta": eta, "tau": tau}},
     }
+    recorder = Recorder(fresh_broker, [TOPICS.all_partials, TOPICS.global_model])
     with roles(tmp_path / "logs") as started:
         run_dir = start_federation(started, tmp_path, fresh_broker, clients, rounds=3, extra=extra)
         assert started.wait("server", 180) == 0, started.log("server")
         assert "rejected" not in started.log("north-01")
+    recorder.close()
     rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
     assert [rows[r]["clients"] for r in (1, 2, 3)] == ["2", "2", "2"]
+
+    partials = {
+        (int(m["round"]), m["region"]): tensors_of(r)
+        for r, m in recorder.messages
+        if m.get("kind") == "partial" and m["final"] == "false"
+    }
+    globals_ = {
+        (int(m["round"]), m["final"]): tensors_of(r)
+        for r, m in recorder.messages
+        if m.get("kind") == "global"
+    }
+    initial = globals_[(1, "false")].tensors
+    model = {name: value.astype(np.float64) for name, value in initial.items()}
+    moment = {name: np.zeros_like(value) for name, value in model.items()}
+    second_moment = {name: np.zeros_like(value) for name, value in model.items()}
+    for round_ in (1, 2, 3):
+        regions = [partials[(round_, region)] for region in clients]
+        weights = [int(p.stats["weight"]) for p in regions]
+        assert len(set(weights)) == 2, "the regions should hold different numbers of examples"
+        published = globals_[(round_ + 1, "false")] if round_ < 3 else globals_[(3, "true")]
+        # Adam on the pseudo-gradient (mean − model), with Flower's bias-corrected step size.
+        step = eta * np.sqrt(1 - beta_2 ** (round_ + 1)) / (1 - beta_1 ** (round_ + 1))
+        off_fedavg = 0.0
+        for name, value in published.tensors.items():
+            mean = np.average(
+                np.stack([p.tensors[name] for p in regions]).astype(np.float64),
+                axis=0,
+                weights=weights,
+            )
+            delta = mean - model[name]
+            moment[name] = beta_1 * moment[name] + (1 - beta_1) * delta
+            second_moment[name] = beta_2 * second_moment[name] + (1 - beta_2) * delta**2
+            model[name] = model[name] + step * moment[name] / (np.sqrt(second_moment[name]) + tau)
+            assert value.dtype == initial[name].dtype
+            np.testing.assert_allclose(
+                value, model[name], rtol=1e-6, atol=1e-6, err_msg=f"round {round_} {name}"
+            )
+            off_fedavg = max(off_fedavg, float(np.abs(value - mean).max()))
+        # FedAvg would have published the mean itself.
+        assert off_fedavg > 1e-3, f"round {round_}: within {off_fedavg:.2g} of FedAvg's model"
