@@ -9,6 +9,7 @@ round's partial is published the round is marked closed and its updates are dele
 Layout under the state directory::
 
     closed.json                      the last (run, round, phase) whose partial went out
+    run-<run>/<round>-<phase>/announcement  the server's announcement that opened it
     run-<run>/<round>-<phase>/round.json the open round's edge round and bytes so far
     run-<run>/<round>-<phase>/<n>.msg accepted updates of the open edge round, in order
 
@@ -28,6 +29,7 @@ from fogfl.run_dir import write_atomic
 RoundKey = tuple[str, int, str]
 _CLOSED = "closed.json"
 _ROUND = "round.json"
+_ANNOUNCEMENT = "announcement"
 
 
 @dataclass
@@ -55,12 +57,25 @@ class RoundJournal:
         except (OSError, ValueError, TypeError):
             return None
 
-    def open(self, key: RoundKey) -> Restored:
-        """Start (or resume) the round `key`; returns what was accepted before a crash."""
+    def open_announcement(self) -> bytes | None:
+        """The announcement of the round that was open when the broker stopped, if any: a
+        restarted broker reopens that round before its queued updates arrive."""
+        for path in sorted(self.directory.glob(f"run-*/*/{_ANNOUNCEMENT}")):
+            try:
+                return path.read_bytes()
+            except OSError:
+                return None
+        return None
+
+    def open(self, key: RoundKey, announcement: bytes | bytearray) -> Restored:
+        """Start (or resume) the round `key` that `announcement` opened; returns what was
+        accepted before a crash."""
         self._drop_other_rounds(key)
         self._open = key
         restored = Restored()
         folder = self._folder(key)
+        if not (folder / _ANNOUNCEMENT).exists():
+            write_atomic(folder / _ANNOUNCEMENT, bytes(announcement))
         try:
             state = json.loads((folder / _ROUND).read_text())
             restored.edge_round = int(state["edge_round"])

@@ -10,6 +10,7 @@ interrupt it at a chosen moment (e.g. while the broker is starting).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -111,14 +112,10 @@ def _supervise(plan: dict[str, object]) -> dict[str, object]:
     time.sleep(0.5)  # let anything the command left behind be re-parented to us
     leftovers = [_describe(pid) for pid in _children(os.getpid())]
     for pid in _children(os.getpid()):
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
     give_up = time.monotonic() + 10
     while time.monotonic() < give_up:
         try:

@@ -60,6 +60,10 @@ class FogBroker:
     def run(self) -> int:
         """Serve rounds until the server's final evaluation is aggregated (with `serve`,
         run after run); returns 0."""
+        reopened = self.journal.open_announcement()
+        if reopened is not None:
+            # Before the session delivers what was queued for this broker while it was away.
+            self.handle(Received(self.topics.round_announcement, reopened, True))
         self.session.connect([self.topics.round_announcement, self.topics.updates(self.region)])
         self.log.info(
             "ready: closing rounds at %d updates, or after %.0f s with at least %d",
@@ -153,14 +157,14 @@ class FogBroker:
         )
         if expected == 0 and phase == "fit":
             self.log.warning("round %d: no client of this region takes part", announcement.round)
-        self._restore(key)
+        self._restore(key, message.payload)
 
-    def _restore(self, key: RoundKey) -> None:
+    def _restore(self, key: RoundKey, announcement: bytes | bytearray) -> None:
         """Fold in what this broker had accepted of the round before it was restarted."""
         current = self.current
         assert current is not None
         try:
-            restored = self.journal.open(key)
+            restored = self.journal.open(key, announcement)
         except OSError as exc:
             raise FogflError(
                 f"cannot use the fog state in {self.journal.directory}: {exc}"

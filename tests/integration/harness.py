@@ -25,7 +25,9 @@ from fogfl.wire import read_metadata
 def write_config(path: Path, broker: LocalBroker, **sections: dict[str, Any]) -> Path:
     """A config file pointing at `broker`, with the given sections merged in."""
     data: dict[str, Any] = {
-        "mqtt": {"host": broker.host, "port": broker.port, "connect_timeout_s": 20}
+        "mqtt": {"host": broker.host, "port": broker.port, "connect_timeout_s": 20},
+        # Each test's fog brokers keep their round journal beside its config.
+        "fog": {"state_dir": str(path.parent / "fog-state")},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -1,0 +1,133 @@
+"""A fog broker killed mid-round comes back and closes the round with every update: those
+it had accepted before the crash (its round journal), those published while it was down
+(its persistent MQTT session), and those that come after."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fogfl.broker import LocalBroker
+from tests.integration.harness import Recorder, publisher, rejected_reasons, roles, write_config
+from tests.integration.test_fog_broker import (
+    SCHEMA,
+    TOPICS,
+    announce,
+    model,
+    partial_of,
+    start_fog_broker,
+    update,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for_files(folder: Path, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(folder.glob("*.msg"))) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{folder} never held {count} accepted updates")
+
+
+def test_a_fog_broker_killed_mid_round_closes_it_with_every_update(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", fresh_broker)
+    journal = tmp_path / "fog-state" / "fog-north" / "run-run-fog" / "1-fit"
+    recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
+    session = publisher(fresh_broker)
+    weights = [100, 250, 400, 50]
+    topic = TOPICS.updates("north")
+    with roles(tmp_path / "logs") as started:
+        start_fog_broker(started, config, "--expected", "4", "--deadline", "120")
+        announce(session, 1)
+        session.publish(topic, update("c1", 1, weights[0], model(1)))
+        session.publish(topic, update("c2", 1, weights[1], model(2)))
+        wait_for_files(journal, 2)
+        fog = started.children["fog"]
+        fog.popen.send_signal(signal.SIGKILL)
+        fog.popen.wait()
+        # While it is down: queued for it in its persistent session.
+        session.publish(topic, update("c3", 1, weights[2], model(3)))
+        started.start(
+            "fog-again",
+            "fog-broker",
+            "--region",
+            "north",
+            "--expected",
+            "4",
+            "--deadline",
+            "120",
+            "--config",
+            str(config),
+        )
+        started.wait_for_log("fog-again", "restored")
+        session.publish(topic, update("c4", 1, weights[3], model(4)))
+        partial = partial_of(recorder, 1, timeout=30)
+        log = started.log("fog-again")
+    session.close()
+    recorder.close()
+
+    assert sorted(partial.contributors) == ["c1", "c2", "c3", "c4"]
+    assert partial.num_examples == sum(weights)
+    for name in SCHEMA.names:
+        expected = np.average(
+            np.stack([model(i)[name] for i in (1, 2, 3, 4)]), axis=0, weights=weights
+        )
+        np.testing.assert_allclose(partial.tensors[name], expected, rtol=1e-6, atol=1e-7)
+    assert "restored edge round 1 with 2 updates" in log
+    assert "duplicate" not in rejected_reasons(log)
+
+
+def test_a_fog_broker_killed_in_an_edge_round_resumes_that_edge_round(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", fresh_broker)
+    journal = tmp_path / "fog-state" / "fog-north" / "run-run-fog" / "1-fit"
+    recorder = Recorder(fresh_broker, [TOPICS.partial("north"), TOPICS.region_model("north")])
+    session = publisher(fresh_broker)
+    topic = TOPICS.updates("north")
+    with roles(tmp_path / "logs") as started:
+        start_fog_broker(started, config, "--expected", "2")
+        announce(session, 1, edge_rounds=2)
+        session.publish(topic, update("c1", 1, 100, model(11), edge_round=1))
+        session.publish(topic, update("c2", 1, 300, model(12), edge_round=1))
+        recorder.wait_for(20, kind="region", edge_round="2")
+        session.publish(topic, update("c1", 1, 100, model(21), edge_round=2))
+        wait_for_files(journal, 1)
+        fog = started.children["fog"]
+        fog.popen.send_signal(signal.SIGKILL)
+        fog.popen.wait()
+        started.start(
+            "fog-again",
+            "fog-broker",
+            "--region",
+            "north",
+            "--expected",
+            "2",
+            "--config",
+            str(config),
+        )
+        started.wait_for_log("fog-again", "restored edge round 2 with 1 updates")
+        session.publish(topic, update("c2", 1, 300, model(22), edge_round=2))
+        partial = partial_of(recorder, 1, timeout=30)
+    session.close()
+    recorder.close()
+
+    assert len(recorder.where(kind="region")) == 1  # edge round 1 was not redone
+    assert partial.contributors == ["c1", "c2"]
+    np.testing.assert_allclose(
+        partial.tensors["layer.bias"],
+        np.average(
+            np.stack([model(21)["layer.bias"], model(22)["layer.bias"]]), axis=0, weights=[100, 300]
+        ),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    assert partial.stats["region_bytes"] > 0
