@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +261,29 @@ def test_edge_rounds_send_the_region_model_down_and_one_partial_up(
     )
     assert partial.stats["region_bytes"] > 0
     assert rejected_reasons(log).count("late") == 2
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_fog_broker_waiting_past_its_deadline_does_not_spin(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", fresh_broker)
+    session = publisher(fresh_broker)
+    with roles(tmp_path / "logs") as started:
+        start_fog_broker(
+            started, config, "--expected", "3", "--deadline", "1", "--min-updates", "2"
+        )
+        announce(session, 1)
+        session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
+        started.wait_for_log("fog", "deadline passed with 1 updates, 2 needed; still waiting")
+        pid = started.children["fog"].pid
+        before = cpu_seconds(pid)
+        time.sleep(3)
+        used = cpu_seconds(pid) - before
+    session.close()
+    # Waiting costs next to nothing; a loop polling with no timeout burns a whole core.
+    assert used < 0.5, f"the waiting fog broker used {used:.2f} s of CPU in 3 s"
