@@ -228,25 +228,48 @@ def test_a_silent_region_is_a_failure_not_a_stale_model(
             fog_regions=["north"],
         )
         assert started.wait("server", 180) == 0, started.log("server")
-        bridge_log = started.log("bridge-south")
+        server_log, south_log = started.log("server"), started.log("bridge-south")
+        north_log = started.log("bridge-north")
     recorder.close()
-    assert "reporting a failure to Flower" in bridge_log
+    # South fails every round and the final evaluation, and says why; north never fails.
+    south_failures = [line for line in south_log.splitlines() if "reporting a failure" in line]
+    assert len(south_failures) == 3, south_log
+    for line, what in zip(south_failures, ("round 1", "round 2", "final evaluation"), strict=True):
+        assert f"no {what} partial" in line, south_log
+    assert "failure" not in north_log, north_log
+    server_failures = [line for line in server_log.splitlines() if "a region failed" in line]
+    assert len(server_failures) == 3, server_log
+    for line, when in zip(server_failures, ("round 1:", "round 2:", "final"), strict=True):
+        assert when in line and "region south" in line and "north" not in line, server_log
     rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
-    assert any(rows[r]["failed_regions"] == "1" for r in (1, 2))
+    for round_ in (1, 2):
+        row = rows[round_]
+        assert (row["regions"], row["failed_regions"], row["clients"]) == ("1", "1", "2"), row
+
     partials = {
-        int(m["round"]): tensors_of(r)
+        (int(m["round"]), m["final"]): tensors_of(r)
         for r, m in recorder.messages
-        if m.get("kind") == "partial" and m["final"] == "false"
+        if m.get("kind") == "partial"
     }
+    assert {p.region for p in partials.values()} == {"north"}, "south had no fog broker"
+    assert sorted(partials) == [(1, "false"), (2, "false"), (2, "true")]
     globals_ = {
         (int(m["round"]), m["final"]): tensors_of(r)
         for r, m in recorder.messages
         if m.get("kind") == "global"
     }
-    # With one region reporting, the next global model is exactly that region's partial.
+    assert sorted(globals_) == [(1, "false"), (2, "false"), (2, "true")]
+    # With one region reporting, the next global model is exactly that region's partial:
+    # nothing of the silent region, no stale model, and every round moves the model on.
+    before = globals_[(1, "false")]
     for round_, after in ((1, globals_[(2, "false")]), (2, globals_[(2, "true")])):
-        for name, value in partials[round_].tensors.items():
+        partial = partials[(round_, "false")]
+        assert sorted(partial.contributors) == ["north-1", "north-2"]
+        for name, value in partial.tensors.items():
             np.testing.assert_allclose(after.tensors[name], value, rtol=1e-6, atol=1e-7)
+            moved = float(np.abs(after.tensors[name] - before.tensors[name]).max())
+            assert moved > 1e-4, f"round {round_}: {name} is the previous global model's"
+        before = after
 
 
 def test_edge_rounds_schedules_and_fedprox_in_a_real_run(
