@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from fogfl.broker import mosquitto_binary
 from fogfl.processes import free_port
 from fogfl.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
 from fogfl.wire import decode
+from tests.reaper import Reaped, run_reaped
 
 pytestmark = pytest.mark.integration
 
@@ -23,28 +23,20 @@ def broker_mode() -> str:
     return "mosquitto" if mosquitto_binary() else "embedded"
 
 
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and str(os.getpid()) != entry.name:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
-def fogfl_up(*arguments: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def fogfl_up(
+    *arguments: str,
+    env: dict[str, str] | None = None,
+    trigger: Path | None = None,
+    signals: list[tuple[float, int]] | None = None,
+) -> Reaped:
+    """Run `fogfl up` to its end under a subreaper: `leftovers` lists, by PID, every process
+    it left behind (brokers included)."""
+    return run_reaped(
         [sys.executable, "-m", "fogfl", "up", *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
         env=env,
-        start_new_session=True,
+        trigger=trigger,
+        signals=signals or [],
+        timeout=240,
     )
 
 
@@ -60,7 +52,7 @@ def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> No
         "--broker",
         broker_mode(),
     )
-    output, _ = up.communicate(timeout=240)
+    output = up.output
     assert up.returncode == 0, output
     rows = read_metrics(run_dir / METRICS_FILE)
     assert [row["round"] for row in rows] == ["0", "1", "2", "3"]
@@ -80,7 +72,7 @@ def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> No
         "client-south-04.log",
     } <= logs
     assert "eval loss" in output and "done in" in output
-    assert processes_mentioning(str(run_dir)) == []
+    assert up.leftovers == []
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
@@ -94,19 +86,13 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         str(run_dir),
         "--broker",
         broker_mode(),
+        # metrics.csv appears once the first round is done: every role is running.
+        trigger=run_dir / METRICS_FILE,
+        signals=[(0.0, signal.SIGINT)],
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-        r.get("clients") for r in read_metrics(run_dir / METRICS_FILE)
-    ):
-        time.sleep(0.2)
-    assert (
-        len(processes_mentioning(str(run_dir))) >= 6
-    )  # broker, server, 2 fog brokers, 2 bridges, clients
-    os.kill(up.pid, signal.SIGINT)
-    up.communicate(timeout=60)
-    assert up.returncode != 0
-    assert processes_mentioning(str(run_dir)) == []
+    assert up.returncode == 130, up.output
+    assert f"interrupted; every process stopped; partial results in {run_dir}" in up.output
+    assert up.leftovers == []
 
 
 def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
@@ -116,11 +102,11 @@ def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
     up = fogfl_up(
         "--broker", "external", "--mqtt-port", closed_port, "--run-dir", str(run_dir), env=env
     )
-    output, _ = up.communicate(timeout=120)
+    output = up.output
     assert up.returncode == 1
     assert "fogfl up failed:" in output and "exited with code 2" in output
     assert "cannot reach the MQTT broker" in output
-    assert processes_mentioning(str(run_dir)) == []
+    assert up.leftovers == []
 
 
 def test_bad_flag_value_is_one_readable_line(tmp_path: Path) -> None:
@@ -147,9 +133,9 @@ def test_up_runs_on_the_embedded_broker(tmp_path: Path) -> None:
         "--broker",
         "embedded",
     )
-    output, _ = up.communicate(timeout=240)
+    output = up.output
     assert up.returncode == 0, output
     assert "broker: embedded" in output
     rows = read_metrics(run_dir / METRICS_FILE)
     assert [row["clients"] for row in rows[1:]] == ["2", "2"]
-    assert processes_mentioning(str(run_dir)) == []
+    assert up.leftovers == []
