@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from fogfl.broker import LocalBroker
+from fogfl.config import load_config
 from fogfl.mqtt import Received, Topics
 from fogfl.processes import free_port
 from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
+from fogfl.sim.hierarchy import simulate
+from fogfl.sim.workers import ClientPool
 from fogfl.wire import Envelope, decode, encode
 from tests.integration.harness import (
     Recorder,
@@ -22,6 +25,7 @@ from tests.integration.harness import (
     roles,
     write_config,
 )
+from tests.sim.helpers import assert_same_model
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("fl")
@@ -306,6 +310,22 @@ def test_edge_rounds_schedules_and_fedprox_in_a_real_run(
         edges = {m["edge_round"] for _, m in recorder.where(kind="update", round=str(round_))}
         assert edges == {"1", "2"}
         assert int(rows[round_]["bytes_edge"]) > int(rows[round_]["bytes_cloud"]) > 0
+
+    # The values: the in-process simulation of the same configuration and seed (checked
+    # against HierFAVG and FedProx by hand in tests/sim) computes the same run.
+    config = load_config(
+        tmp_path / "common.yaml", {"task.options": {"duration_s": 200}}, environ={}
+    )
+    with ClientPool(0) as pool:
+        simulated = simulate(config, pool)
+    final = decode((run_dir / MODEL_FILE).read_bytes(), kinds={"global"}, max_bytes=LIMIT)
+    assert_same_model(final.tensors, simulated.final_tensors())
+    for record in simulated.records:
+        row = rows[record.round]
+        assert float(row["eval_loss"]) == pytest.approx(record.eval_loss, rel=1e-5), row
+        if record.round:
+            assert int(row["clients"]) == record.clients, row
+            assert float(row["train_loss"]) == pytest.approx(record.train_loss, rel=1e-5), row
 
 
 def test_a_client_that_joins_late_starts_from_the_current_round(
