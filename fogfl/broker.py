@@ -1,13 +1,21 @@
 """Starting a local MQTT broker: Mosquitto when its binary is installed, else the embedded one.
 
 Used by `fogfl up` and by the test suite; both stop the broker by its PID when done.
+Mosquitto runs with persistence in its work directory, so retained messages, persistent
+sessions and the QoS 1 messages queued for them survive a restart (`LocalBroker.restart`):
+all of it after SIGTERM, which saves on the way out; after SIGKILL what the last autosave
+wrote. The embedded broker keeps everything in memory: a restart loses it all.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+import signal
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -16,18 +24,60 @@ from fogfl.processes import ChildProcess, free_port, wait_for_port
 
 BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
 STARTUP_TIMEOUT_S = 15.0
+STOP_GRACE_S = 10.0  # Mosquitto saves its database on SIGTERM; large retained models take a while
+AUTOSAVE_INTERVAL_S = 2  # what a SIGKILL can lose at most
+PERSISTENCE_DIR = "mosquitto-data"
 
 
 @dataclass
 class LocalBroker:
+    """A broker a federation talks to; the ones fogfl started can be stopped and restarted
+    on the same port, by their own PID."""
+
     kind: Literal["mosquitto", "embedded", "external"]
     host: str
     port: int
     process: ChildProcess | None = None
+    argv: list[str] = field(default_factory=list)
+    log_path: Path | None = None
 
     def stop(self) -> None:
+        """SIGTERM (Mosquitto saves its database), SIGKILL if it does not exit in time."""
         if self.process is not None:
-            self.process.stop(grace=3.0)
+            self.process.stop(grace=STOP_GRACE_S)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: Mosquitto keeps only what its last autosave wrote."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                os.kill(self.process.pid, signal.SIGKILL)
+            self.process.stop(grace=0.0)
+
+    def start(self) -> None:
+        """Start a stopped broker again on the same port, with the same persistence."""
+        if self.process is None or self.log_path is None:
+            raise BrokerError(f"the {self.kind} broker at {self.host}:{self.port} is not fogfl's")
+        if self.process.poll() is None:
+            return
+        process = ChildProcess(self.process.name, self.argv, self.log_path)
+        # The port may linger for a moment after the old process; only a taken port fails.
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not _wait_ready(process, self.host, self.port):
+            process.stop(grace=1.0)
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"the {self.kind} broker did not start again on port {self.port}; "
+                    f"see {self.log_path}"
+                )
+            time.sleep(0.2)
+            process = ChildProcess(self.process.name, self.argv, self.log_path)
+        self.process = process
+
+    def restart(self, downtime_s: float = 0.0) -> None:
+        """Stop by PID, stay down `downtime_s`, start again on the same port."""
+        self.stop()
+        time.sleep(downtime_s)
+        self.start()
 
 
 def mosquitto_binary() -> str | None:
@@ -40,21 +90,39 @@ def mosquitto_binary() -> str | None:
     return None
 
 
-def mosquitto_conf(port: int, host: str = "127.0.0.1") -> str:
-    """A Mosquitto configuration for one local, anonymous, in-memory listener."""
-    return "\n".join(
-        [
-            f"listener {port} {host}",
-            "allow_anonymous true",
-            "persistence false",
-            "max_queued_messages 10000",
-            "log_dest stdout",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "",
+def mosquitto_conf(
+    port: int,
+    host: str = "127.0.0.1",
+    persistence_dir: Path | None = None,
+    *,
+    autosave_interval_s: int = AUTOSAVE_INTERVAL_S,
+    session_expiry_s: int = 3600,
+) -> str:
+    """A Mosquitto configuration for one local, anonymous listener; with `persistence_dir`,
+    what it holds survives a restart, and MQTT 3.1.1 persistent sessions of clients that
+    went away expire after `session_expiry_s` (rounded up to hours, as Mosquitto counts)."""
+    lines = [f"listener {port} {host}", "allow_anonymous true"]
+    if persistence_dir is None:
+        lines.append("persistence false")
+    else:
+        lines += [
+            "persistence true",
+            f"persistence_location {persistence_dir}/",
+            f"autosave_interval {autosave_interval_s}",
+            f"persistent_client_expiration {max(1, math.ceil(session_expiry_s / 3600))}h",
         ]
-    )
+        if os.geteuid() == 0:
+            # As root, Mosquitto would switch to its own user, who cannot write there.
+            lines.append("user root")
+    lines += [
+        "max_queued_messages 10000",
+        "log_dest stdout",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def start_broker(
@@ -63,6 +131,7 @@ def start_broker(
     *,
     host: str = "127.0.0.1",
     port: int | None = None,
+    session_expiry_s: int = 3600,
 ) -> LocalBroker:
     """Start (or, for `external`, just describe) the broker a local federation talks to."""
     if mode == "external":
@@ -76,35 +145,40 @@ def start_broker(
             "(apt-get install mosquitto) or use --broker embedded"
         )
     if mode in ("auto", "mosquitto") and binary is not None:
-        return _start_mosquitto(binary, workdir, host, port)
+        return _start_mosquitto(binary, workdir, host, port, session_expiry_s)
     return _start_embedded(workdir, host, port)
 
 
-def _start_mosquitto(binary: str, workdir: Path, host: str, port: int | None) -> LocalBroker:
+def _start_mosquitto(
+    binary: str, workdir: Path, host: str, port: int | None, session_expiry_s: int
+) -> LocalBroker:
     workdir.mkdir(parents=True, exist_ok=True)
+    data = (workdir / PERSISTENCE_DIR).resolve()
+    data.mkdir(exist_ok=True)
+    log_path = workdir / "mosquitto.log"
     for _attempt in range(3):
         chosen = port or free_port(host)
         conf = workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(chosen, host))
-        process = ChildProcess("mosquitto", [binary, "-c", str(conf)], workdir / "mosquitto.log")
+        conf.write_text(mosquitto_conf(chosen, host, data, session_expiry_s=session_expiry_s))
+        argv = [binary, "-c", str(conf)]
+        process = ChildProcess("mosquitto", argv, log_path)
         if _wait_ready(process, host, chosen):
-            return LocalBroker("mosquitto", host, chosen, process)
+            return LocalBroker("mosquitto", host, chosen, process, argv, log_path)
         process.stop(grace=1.0)
         if port is not None:
             break
-    raise BrokerError(f"mosquitto did not start; see {workdir / 'mosquitto.log'}")
+    raise BrokerError(f"mosquitto did not start; see {log_path}")
 
 
 def _start_embedded(workdir: Path, host: str, port: int | None) -> LocalBroker:
     chosen = port or free_port(host)
     argv = [sys.executable, "-m", "fogfl.embedded_broker", "--host", host, "--port", str(chosen)]
-    process = ChildProcess("embedded-broker", argv, workdir / "embedded-broker.log")
+    log_path = workdir / "embedded-broker.log"
+    process = ChildProcess("embedded-broker", argv, log_path)
     if not _wait_ready(process, host, chosen):
         process.stop(grace=1.0)
-        raise BrokerError(
-            f"the embedded broker did not start; see {workdir / 'embedded-broker.log'}"
-        )
-    return LocalBroker("embedded", host, chosen, process)
+        raise BrokerError(f"the embedded broker did not start; see {log_path}")
+    return LocalBroker("embedded", host, chosen, process, argv, log_path)
 
 
 def _wait_ready(process: ChildProcess, host: str, port: int) -> bool:

@@ -1,8 +1,14 @@
-"""The MQTT session every role shares: topics, connect with retry, QoS 1, a message inbox.
+"""The MQTT session every role shares: topics, QoS 1, a message inbox, and riding out broker
+outages.
 
 Messages arrive on paho's network thread and are queued; each role consumes them from its
 own main loop with `receive()`, so role state is touched by one thread only and long work
 (training) never stalls the keep-alive.
+
+A broker restart is routine, not an error: paho's network thread reconnects with backoff,
+every connect subscribes again, `publish()` waits until the broker has acknowledged the
+message, and a persistent session lets the broker queue a role's QoS 1 messages while it
+is away.
 """
 
 from __future__ import annotations
@@ -12,17 +18,29 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fogfl.config import MqttSettings
 from fogfl.errors import BrokerError
 
 QOS = 1
+MAX_PAYLOAD_BYTES = 268_435_455  # the MQTT limit on one message
+# CONNACK reasons that retrying cannot change: bad protocol, client id, login, ban, auth method.
+_FINAL_REFUSALS = frozenset({132, 133, 134, 135, 138, 140})
+_SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT: another connection took this client id
+_FIRST_PROGRESS_S = 1.0
+_PROGRESS_EVERY_S = 5.0
+
+Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
 
 @dataclass(frozen=True)
@@ -67,11 +85,33 @@ class Topics:
         return parts[1] if len(parts) == 2 and parts[0] in per_region else ""
 
 
+def role_client_id(settings: MqttSettings, role: str, name: str = "") -> str:
+    """The stable client id of one role instance, e.g. ``fogfl-fl-fog-north``.
+
+    The same on every start of that instance, so the broker hands back the session it left;
+    distinct from every other live process (the topic prefix keeps federations apart).
+    """
+    parts = ["fogfl", settings.topic_prefix.replace("/", "-"), role]
+    return "-".join([*parts, name] if name else parts)
+
+
 @dataclass(frozen=True)
 class Received:
+    """One message as it arrived.
+
+    `mid` and `qos` identify it for `MqttSession.ack`; `duplicate` is the broker's DUP flag
+    (a redelivery, e.g. after a reconnect). `session` counts the broker sessions this
+    process has had, so that an acknowledgement never reaches a session that did not
+    deliver the message.
+    """
+
     topic: str
     payload: bytes | bytearray
     retained: bool
+    mid: int = 0
+    qos: int = 0
+    duplicate: bool = False
+    session: int = field(default=0, compare=False, repr=False)
 
 
 class _ZeroCopyClient(paho.Client):
@@ -89,28 +129,81 @@ class _ZeroCopyClient(paho.Client):
 
 
 class MqttSession:
-    """One role's connection to the broker."""
+    """One role's connection to the broker, made to ride out broker restarts.
+
+    - `connect()` keeps trying for `mqtt.connect_timeout_s` and says at INFO what it waits
+      for; a refused login fails at once.
+    - When the broker goes away, paho's network thread reconnects (after 1 s, doubling up
+      to `mqtt.reconnect_max_delay_s`); the outage is logged when it starts and when it
+      ends, with how long it lasted, and every connect subscribes again.
+    - `publish()` returns once the broker has acknowledged the message, waiting through
+      outages for up to `mqtt.publish_timeout_s`.
+    - `persistent` (the default, for roles): the broker keeps the session while the role is
+      away — its subscriptions and the QoS 1 messages published meanwhile — and hands it
+      back when the same client id connects again (MQTT 3.1.1: clean_session=False, kept as
+      long as the broker's `persistent_client_expiration` allows; MQTT 5: clean_start=False
+      and a session expiry of `mqtt.session_expiry_s`). This needs a stable client id:
+      `role_client_id(settings, role, name)` — "fog"/"bridge" with the region, "client"
+      with the client id, "server" alone — the same on every start of that instance and
+      never used by two live processes at once (they would take the session from each
+      other in turn). The monitor, health checks and test recorders pass
+      `persistent=False` with an id of their own, so nothing queues up for them.
+    - `manual_ack`: incoming QoS 1 messages are acknowledged only by `ack(received)`, once
+      the role has handled them durably; until then the broker keeps them and delivers
+      them again after a reconnect, so a crash between receipt and durable handling loses
+      nothing. Needs `persistent`.
+    """
 
     def __init__(
         self,
         settings: MqttSettings,
         client_id: str,
-        logger: logging.Logger | logging.LoggerAdapter[Any],
+        logger: Logger,
+        *,
+        persistent: bool = True,
+        manual_ack: bool = False,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
+        self.client_id = client_id
+        self.persistent = persistent
+        self.manual_ack = manual_ack
         self.log = logger
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._where = f"{settings.host}:{settings.port}"
         self._inbox: queue.Queue[Received] = queue.Queue()
         self._subscriptions: list[str] = []
         self._subscribed = threading.Event()
-        self._pending_subacks: set[int] = set()
         self._lock = threading.Lock()
-        protocol = paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311
-        self._client = _ZeroCopyClient(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol
-        )
+        self._acks = threading.Condition(self._lock)
+        # Guarded by _lock:
+        self._pending_subacks: set[int] = set()
+        self._acked: dict[int, ReasonCode | None] = {}
+        self._abandoned: set[int] = set()
+        self._connected = False
+        self._ever_connected = False
+        self._lost_at: float | None = None
+        self._session_number = 0
+        self._refusal: str | None = None
+        self._refused_for_good = False
+        self._closed = False
+
+        if settings.protocol == "5":
+            self._client = _ZeroCopyClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=paho.MQTTv5,
+                manual_ack=manual_ack,
+            )
+        else:
+            self._client = _ZeroCopyClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=not persistent,
+                protocol=paho.MQTTv311,
+                manual_ack=manual_ack,
+            )
         if settings.username is not None:
             self._client.username_pw_set(settings.username, settings.password)
         if settings.tls.enabled:
@@ -121,35 +214,69 @@ class MqttSession:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
             self._client.tls_insecure_set(settings.tls.insecure)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
+        self._client.reconnect_delay_set(min_delay=1, max_delay=settings.reconnect_max_delay_s)
+        # An exception escaping a callback would end paho's network thread, and with it
+        # every reconnection: each callback logs its own failures and carries on.
+        self._client.on_connect = self._guarded("connect", self._on_connect)
+        self._client.on_disconnect = self._guarded("disconnect", self._on_disconnect)
+        self._client.on_subscribe = self._guarded("subscribe", self._on_subscribe)
+        self._client.on_publish = self._guarded("publish", self._on_publish)
         self._client.on_message = self._on_message
 
+    @property
+    def connected(self) -> bool:
+        """True while the broker has accepted this session and the connection stands."""
+        with self._lock:
+            return self._connected
+
     def connect(self, subscriptions: Sequence[str] = ()) -> MqttSession:
-        """Connect (retrying until `connect_timeout_s`) and wait until subscribed."""
+        """Connect and subscribe, trying for `mqtt.connect_timeout_s`; raises BrokerError
+        with the reason (unreachable, refused login, no answer) when that is over."""
         self._subscriptions = list(subscriptions)
-        where = f"{self.settings.host}:{self.settings.port}"
-        deadline = time.monotonic() + self.settings.connect_timeout_s
+        timeout = self.settings.connect_timeout_s
+        started = time.monotonic()
+        deadline = started + timeout
+        progress = _Progress(self.log, f"waiting for the MQTT broker at {self._where}", started)
         while True:
             try:
                 self._client.connect(
-                    self.settings.host, self.settings.port, self.settings.keepalive_s
+                    self.settings.host,
+                    self.settings.port,
+                    self.settings.keepalive_s,
+                    **self._connect_options(),
                 )
                 break
-            except (OSError, ssl.SSLError) as exc:
+            except OSError as exc:  # ssl.SSLError included
                 if time.monotonic() >= deadline:
                     raise BrokerError(
-                        f"cannot reach the MQTT broker at {where}: {exc}; is it running, and "
-                        "are --mqtt-host/--mqtt-port right?"
+                        f"cannot reach the MQTT broker at {self._where}: {exc}; is it running, "
+                        "and are --mqtt-host/--mqtt-port right?"
                     ) from None
-                time.sleep(0.5)
+                progress.report(str(exc))
+                time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
         self._client.loop_start()
-        if not self._subscribed.wait(max(1.0, deadline - time.monotonic())):
-            self.close()
-            raise BrokerError(f"the MQTT broker at {where} accepted no session (refused login?)")
-        self.log.debug("connected to %s, subscribed to %s", where, self._subscriptions)
+        while not self._subscribed.wait(max(0.0, min(0.5, deadline - time.monotonic()))):
+            with self._lock:
+                refusal, final = self._refusal, self._refused_for_good
+            if final or time.monotonic() >= deadline:
+                self.close()
+                if refusal is not None:
+                    raise BrokerError(
+                        f"the MQTT broker at {self._where} refused the session: {refusal}"
+                    )
+                raise BrokerError(
+                    f"the MQTT broker at {self._where} accepted no session within "
+                    f"{timeout:g} s; is something else listening on that port?"
+                )
+            progress.report(refusal or "connected, no session yet")
+        progress.finish(f"connected to the MQTT broker at {self._where}")
+        self.log.debug(
+            "connected to %s as %s (%s session), subscribed to %s",
+            self._where,
+            self.client_id,
+            "persistent" if self.persistent else "clean",
+            self._subscriptions,
+        )
         return self
 
     def receive(self, timeout: float | None = None) -> Received | None:
@@ -160,24 +287,65 @@ class MqttSession:
             return None
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1 and wait until the broker has acknowledged it."""
-        info = self._client.publish(topic, payload, qos=QOS, retain=retain)
+        """Publish at QoS 1 and return once the broker has acknowledged it.
+
+        While the broker is away the message waits, and goes out again after every
+        reconnect until acknowledged, so a receiver may get it twice (and drop the copy).
+        Raises BrokerError after `mqtt.publish_timeout_s`, or at once when the broker
+        refuses it (an MQTT 5 reason code) or it cannot be an MQTT message.
+        """
+        size = len(payload)
+        if size > MAX_PAYLOAD_BYTES:
+            raise BrokerError(
+                f"cannot publish {size:,} bytes on {topic}: an MQTT message carries at most "
+                f"{MAX_PAYLOAD_BYTES:,} bytes"
+            )
+        if self._closed:
+            raise BrokerError(f"cannot publish on {topic}: the MQTT session is closed")
+        timeout = self.settings.publish_timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            info = self._client.publish(topic, payload, qos=QOS, retain=retain)
+        except ValueError as exc:
+            raise BrokerError(f"cannot publish {size:,} bytes on {topic}: {exc}") from None
+        # paho keeps a QoS 1 message until its PUBACK, also one published while
+        # disconnected (rc NO_CONN), and sends every unacknowledged one again (DUP) after
+        # each reconnect, clean session or not. So waiting is all the retrying there is
+        # to do: a copy of our own would only add a duplicate. (paho's wait_for_publish
+        # cannot be used: it raises at once when rc was NO_CONN, even once delivered.)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise BrokerError(
-                f"publishing {len(payload)} bytes on {topic} failed: {paho.error_string(info.rc)}"
+                f"publishing {size:,} bytes on {topic} failed: {paho.error_string(info.rc)}"
             )
-        try:
-            info.wait_for_publish(self.settings.publish_timeout_s)
-        except (RuntimeError, ValueError) as exc:
-            raise BrokerError(f"publishing on {topic} failed: {exc}") from None
-        if not info.is_published():
+        acknowledged, reason = self._wait_for_puback(info.mid, deadline)
+        if not acknowledged:
             raise BrokerError(
-                f"the broker did not acknowledge {len(payload)} bytes on {topic} within "
-                f"{self.settings.publish_timeout_s:.0f} s"
+                f"the MQTT broker at {self._where} did not acknowledge {size:,} bytes on "
+                f"{topic} within {timeout:g} s (mqtt.publish_timeout_s){self._outage_note()}"
             )
-        self.bytes_sent += len(payload)
+        if reason is not None and reason.is_failure:
+            raise BrokerError(f"the MQTT broker at {self._where} refused {topic}: {reason}")
+        self.bytes_sent += size
+
+    def ack(self, received: Received) -> None:
+        """Acknowledge a message of a `manual_ack` session once the role is done with it —
+        handled durably, dropped or rejected alike (an unacknowledged message comes back
+        after every reconnect). Ack promptly: Mosquitto sends a 3.1.1 session at most
+        `max_inflight_messages` (20) unacknowledged messages and queues the rest."""
+        if not self.manual_ack or received.qos == 0:
+            return
+        with self._lock:
+            delivered_here = received.session == self._session_number and not self._closed
+        # After a reconnect without the old session the broker no longer knows the message
+        # (and may give its mid to another): nothing to acknowledge.
+        if delivered_here:
+            self._client.ack(received.mid, received.qos)
 
     def close(self) -> None:
+        """Disconnect. A persistent session stays with the broker for the next connect."""
+        with self._acks:
+            self._closed = True
+            self._acks.notify_all()
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -187,23 +355,133 @@ class MqttSession:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _connect_options(self) -> dict[str, Any]:
+        if self.settings.protocol != "5":
+            return {}  # 3.1.1 takes clean_session in the constructor
+        if not self.persistent:
+            return {"clean_start": True}
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        return {"clean_start": False, "properties": properties}
+
+    def _wait_for_puback(self, mid: int, deadline: float) -> tuple[bool, ReasonCode | None]:
+        with self._acks:
+            while mid not in self._acked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    # paho still holds it (and may deliver it later); its PUBACK is no news.
+                    self._abandoned.add(mid)
+                    return False, None
+                self._acks.wait(remaining)
+            return True, self._acked.pop(mid)
+
+    def _outage_note(self) -> str:
+        with self._lock:
+            lost_at, connected = self._lost_at, self._connected
+        if connected:
+            return "; the connection stands, so the broker may be overloaded"
+        if lost_at is None:
+            return "; not connected"
+        return f"; the broker has been unreachable for {time.monotonic() - lost_at:.0f} s"
+
+    def _guarded(self, what: str, callback: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception:
+                self.log.exception("the MQTT %s callback failed; the session carries on", what)
+
+        return call
+
     def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Any,
     ) -> None:
         if reason.is_failure:
-            self.log.error("broker refused the connection: %s", reason)
+            self._on_refused(reason)
             return
+        with self._lock:
+            first = not self._ever_connected
+            self._ever_connected = True
+            self._connected = True
+            self._refusal = None
+            if first or not flags.session_present:
+                self._session_number += 1
+            lost_at, self._lost_at = self._lost_at, None
+        if lost_at is not None:
+            if flags.session_present:
+                session = "the broker kept our session"
+            elif self.persistent:
+                session = (
+                    "the broker lost our session (restarted without persistence?): what was "
+                    "published for us meanwhile is gone"
+                )
+            else:
+                session = "subscribing again"
+            self.log.warning(
+                "back on the MQTT broker at %s after %.1f s; %s",
+                self._where,
+                time.monotonic() - lost_at,
+                session,
+            )
+        elif first and flags.session_present:
+            self.log.info("resuming the session the broker kept for %s", self.client_id)
+        self._subscribe(client, first)
+
+    def _subscribe(self, client: paho.Client, first: bool) -> None:
+        """Subscribe on every connect: a broker that lost the session lost our subscriptions."""
         if not self._subscriptions:
             self._subscribed.set()
             return
-        _, mid = client.subscribe([(topic, QOS) for topic in self._subscriptions])
-        if mid is not None:
-            with self._lock:
-                self._pending_subacks.add(mid)
+        requests: list[tuple[str, Any]]
+        if self.settings.protocol == "5":
+            # After a reconnect, only a subscription the broker had lost brings the
+            # retained messages again (MQTT 3.1.1 has no such option: they come again).
+            handling = (
+                SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                if first
+                else SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
+            requests = [
+                (topic, SubscribeOptions(qos=QOS, retainHandling=handling))
+                for topic in self._subscriptions
+            ]
+        else:
+            requests = [(topic, QOS) for topic in self._subscriptions]
+        _, mid = client.subscribe(requests)
+        with self._lock:
+            # A SUBACK lost with an earlier connection will never come.
+            self._pending_subacks = set() if mid is None else {mid}
+
+    def _on_refused(self, reason: ReasonCode) -> None:
+        text = str(reason)
+        with self._lock:
+            repeated = self._refusal == text
+            self._refusal = text
+            if not self._ever_connected and reason.value in _FINAL_REFUSALS:
+                self._refused_for_good = True
+        if not repeated:
+            self.log.error("the MQTT broker at %s refused the connection: %s", self._where, text)
 
     def _on_subscribe(
-        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Any,
     ) -> None:
+        refused = [
+            f"{topic} ({reason})"
+            for topic, reason in zip(self._subscriptions, reasons, strict=False)
+            if reason.is_failure
+        ]
+        if refused:
+            self.log.error("the MQTT broker refused the subscription to %s", ", ".join(refused))
         with self._lock:
             self._pending_subacks.discard(mid)
             done = not self._pending_subacks
@@ -211,14 +489,86 @@ class MqttSession:
             self._subscribed.set()
 
     def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Any,
     ) -> None:
-        if reason.is_failure:
-            self.log.warning("lost the broker (%s); reconnecting", reason)
+        with self._lock:
+            was_connected, self._connected = self._connected, False
+            if self._closed or not was_connected:
+                return
+            self._lost_at = time.monotonic()
+        if reason.value == _SESSION_TAKEN_OVER:
+            self.log.error(
+                "the MQTT broker at %s gave our session to another connection with client id "
+                "%s; do two processes use one id?",
+                self._where,
+                self.client_id,
+            )
+        else:
+            # Unless the broker said why, paho reports a closed socket as "Unspecified error".
+            said = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+            why = str(reason) if said or reason.value != 128 else "connection closed"
+            self.log.warning("lost the MQTT broker at %s (%s); reconnecting", self._where, why)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
+    ) -> None:
+        with self._acks:
+            if mid in self._abandoned:
+                self._abandoned.discard(mid)
+                return
+            self._acked[mid] = reason
+            self._acks.notify_all()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        try:
+            with self._lock:
+                session = self._session_number
+            received = Received(
+                message.topic,
+                message.payload,
+                bool(message.retain),
+                message.mid,
+                message.qos,
+                bool(message.dup),
+                session,
+            )
+        except Exception as exc:  # e.g. a topic that is not UTF-8
+            self.log.warning("dropped an MQTT message nobody can read: %s", exc)
+            if self.manual_ack and message.qos > 0:
+                client.ack(message.mid, message.qos)  # or it would come back forever
+            return
         self.bytes_received += len(message.payload)
-        self._inbox.put(Received(message.topic, message.payload, bool(message.retain)))
+        self._inbox.put(received)
+
+
+class _Progress:
+    """Says at INFO what a wait is for: after a second, then every few seconds."""
+
+    def __init__(self, log: Logger, waiting_for: str, started: float) -> None:
+        self.log = log
+        self.waiting_for = waiting_for
+        self.started = started
+        self.last_said: float | None = None
+
+    def report(self, reason: str) -> None:
+        now = time.monotonic()
+        due = (
+            self.started + _FIRST_PROGRESS_S
+            if self.last_said is None
+            else self.last_said + _PROGRESS_EVERY_S
+        )
+        if now >= due:
+            self.log.info("%s (%.0f s): %s", self.waiting_for, now - self.started, reason)
+            self.last_said = now
+
+    def finish(self, done: str) -> None:
+        if self.last_said is not None:
+            self.log.info("%s after %.0f s", done, time.monotonic() - self.started)
 
 
 def _path(value: object) -> str | None:

@@ -2,7 +2,9 @@
 
 Mosquitto when its binary is installed; otherwise the embedded amqtt broker, except in CI
 (CI=true or FOGFL_REQUIRE_MOSQUITTO=1), where a missing Mosquitto is an error so that
-what CI tested is always the real broker.
+what CI tested is always the real broker. A test that stops and restarts its broker asks
+for `restartable_broker`: Mosquitto only (the embedded broker forgets everything on a
+restart), skipped without it outside CI.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fogfl.broker import LocalBroker, mosquitto_binary, start_broker
+from fogfl.broker import BrokerMode, LocalBroker, mosquitto_binary, start_broker
 
 
 def _require_mosquitto() -> bool:
@@ -22,24 +24,32 @@ def _require_mosquitto() -> bool:
     )
 
 
-@pytest.fixture(scope="session")
-def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    if mosquitto_binary() is None and _require_mosquitto():
-        pytest.fail("CI must test against Mosquitto, but no mosquitto binary is installed")
-    broker = start_broker("auto", tmp_path_factory.mktemp("broker"))
+def _broker_of_its_own(workdir: Path, mode: BrokerMode = "auto") -> Iterator[LocalBroker]:
+    if mosquitto_binary() is None:
+        if _require_mosquitto():
+            pytest.fail("CI must test against Mosquitto, but no mosquitto binary is installed")
+        if mode == "mosquitto":
+            pytest.skip("needs a mosquitto binary: the embedded broker does not survive a restart")
+    broker = start_broker(mode, workdir)
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    yield from _broker_of_its_own(tmp_path_factory.mktemp("broker"))
 
 
 @pytest.fixture
 def fresh_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """A broker of its own for one test (no retained messages from other tests)."""
-    if mosquitto_binary() is None and _require_mosquitto():
-        pytest.fail("CI must test against Mosquitto, but no mosquitto binary is installed")
-    broker = start_broker("auto", tmp_path / "broker")
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _broker_of_its_own(tmp_path / "broker")
+
+
+@pytest.fixture
+def restartable_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """Mosquitto of its own with persistence, which the test may `stop()`, `kill()`,
+    `start()` or `restart()` on the same port; whatever runs at the end is stopped."""
+    yield from _broker_of_its_own(tmp_path / "broker", "mosquitto")

@@ -1,27 +1,95 @@
-"""The MQTT session against a real broker: large payloads, retained messages, bad hosts."""
+"""The MQTT session against a real broker: large payloads, retained messages, bad hosts, and
+riding out broker restarts (publish through an outage, resubscription, persistent sessions,
+manual acknowledgement)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fogfl.broker import LocalBroker
+from fogfl.broker import LocalBroker, start_broker
 from fogfl.config import MqttSettings
 from fogfl.errors import BrokerError
-from fogfl.mqtt import MqttSession
-from fogfl.processes import free_port
+from fogfl.mqtt import MqttSession, Received
+from fogfl.processes import ChildProcess, free_port
 from fogfl.wire import Envelope, decode, encode
 
 pytestmark = pytest.mark.integration
 LOG = logging.getLogger("test")
+PROTOCOLS = ["3.1.1", "5"]
+NEVER_S = 2.0  # how long to wait for a message that must not come
 
 
-def session(broker: LocalBroker, name: str, topics: list[str] | None = None) -> MqttSession:
-    return MqttSession(MqttSettings(host=broker.host, port=broker.port), name, LOG).connect(
-        topics or []
-    )
+def settings_for(broker: LocalBroker, **values: object) -> MqttSettings:
+    return MqttSettings(host=broker.host, port=broker.port, **values)
+
+
+def session(
+    broker: LocalBroker,
+    name: str,
+    topics: list[str] | None = None,
+    *,
+    persistent: bool = False,
+    manual_ack: bool = False,
+    **values: object,
+) -> MqttSession:
+    return MqttSession(
+        settings_for(broker, **values), name, LOG, persistent=persistent, manual_ack=manual_ack
+    ).connect(topics or [])
+
+
+def payloads(received: list[Received]) -> list[bytes]:
+    return [bytes(r.payload) for r in received]
+
+
+def drain(receiver: MqttSession, timeout: float = NEVER_S) -> list[Received]:
+    """Everything that arrives until `timeout` seconds pass without a message."""
+    seen = []
+    while (message := receiver.receive(timeout)) is not None:
+        seen.append(message)
+    return seen
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"waited {timeout} s for {what}")
+
+
+class Background:
+    """A call on a thread of its own, to watch it wait and to collect its outcome."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            self.error = exc
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"still running after {timeout} s"
+        if self.error is not None:
+            raise self.error
 
 
 def test_a_large_model_arrives_intact(fresh_broker: LocalBroker) -> None:
@@ -56,3 +124,145 @@ def test_unreachable_broker_is_a_clear_error() -> None:
     settings = MqttSettings(host="127.0.0.1", port=free_port(), connect_timeout_s=1)
     with pytest.raises(BrokerError, match="cannot reach the MQTT broker"):
         MqttSession(settings, "nobody", LOG).connect()
+
+
+def test_connect_says_what_it_waits_for_and_connects_once_the_broker_is_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = MqttSettings(host="127.0.0.1", port=port, connect_timeout_s=60)
+    waiting = MqttSession(settings, "early", LOG, persistent=False)
+    caplog.set_level(logging.INFO, logger="test")
+    connecting = Background(waiting.connect)
+    said = f"waiting for the MQTT broker at 127.0.0.1:{port}"
+    wait_until(lambda: any(said in r.getMessage() for r in caplog.records), 10, said)
+    broker = start_broker("auto", tmp_path / "broker", port=port)
+    try:
+        connecting.result(30)
+        assert waiting.connected
+        assert any("connected to the MQTT broker" in r.getMessage() for r in caplog.records)
+        waiting.close()
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_publish_during_an_outage_arrives_after_the_restart(
+    restartable_broker: LocalBroker, protocol: str
+) -> None:
+    receiver = session(
+        restartable_broker,
+        "fogfl-fl-fog-north",
+        ["fl/updates/north"],
+        persistent=True,
+        protocol=protocol,
+    )
+    sender = session(restartable_broker, "fogfl-fl-client-c1", persistent=True, protocol=protocol)
+    restartable_broker.stop()
+    publishing = Background(lambda: sender.publish("fl/updates/north", b"update from c1"))
+    wait_until(lambda: not sender.connected, 10, "the sender to notice the outage")
+    assert publishing.running() and publishing.error is None, "the publish gave up at once"
+    restartable_broker.start()
+    publishing.result(60)
+    arrived = receiver.receive(timeout=30)
+    assert arrived is not None and arrived.payload == b"update from c1"
+    assert sender.bytes_sent == len(b"update from c1")
+    sender.close()
+    receiver.close()
+
+
+def test_a_publish_the_broker_never_acknowledges_fails_after_publish_timeout(
+    restartable_broker: LocalBroker,
+) -> None:
+    sender = session(restartable_broker, "sender", publish_timeout_s=1)
+    restartable_broker.stop()
+    with pytest.raises(BrokerError, match=r"did not acknowledge 5 bytes on fl/round within 1 s"):
+        sender.publish("fl/round", b"hello")
+    sender.close()
+
+
+def test_subscriptions_come_back_after_a_broker_that_forgot_them(
+    restartable_broker: LocalBroker,
+) -> None:
+    """A clean session's subscriptions die with the broker; the session makes them again."""
+    watcher = session(restartable_broker, "watcher", ["fl/global_model"])
+    restartable_broker.restart()
+    sender = session(restartable_broker, "sender")
+    sender.publish("fl/global_model", b"after the restart", retain=True)
+    arrived = watcher.receive(timeout=30)
+    assert arrived is not None and arrived.payload == b"after the restart"
+    sender.close()
+    watcher.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_persistent_session_gets_what_was_published_while_it_was_away(
+    restartable_broker: LocalBroker, protocol: str
+) -> None:
+    name, topic = "fogfl-fl-bridge-north", "fl/partial/north"
+    session(restartable_broker, name, [topic], persistent=True, protocol=protocol).close()
+    session(restartable_broker, "clean", [topic], protocol=protocol).close()
+    sender = session(restartable_broker, "sender", protocol=protocol)
+    sender.publish(topic, b"partial 1")
+    restartable_broker.restart()  # SIGTERM: Mosquitto saves sessions and queued messages
+    sender.publish(topic, b"partial 2")
+    back = session(restartable_broker, name, [topic], persistent=True, protocol=protocol)
+    assert payloads(drain(back)) == [b"partial 1", b"partial 2"]
+    clean = session(restartable_broker, "clean", [topic], protocol=protocol)
+    assert clean.receive(timeout=NEVER_S) is None, "a clean session must not get a backlog"
+    for open_session in (sender, back, clean):
+        open_session.close()
+
+
+CRASHING_RECEIVER = """
+import logging, time
+from fogfl.config import MqttSettings
+from fogfl.mqtt import MqttSession
+settings = MqttSettings(host={host!r}, port={port}, protocol={protocol!r})
+session = MqttSession(settings, {name!r}, logging.getLogger("receiver"), manual_ack=True)
+session.connect([{topic!r}])
+print("ready", flush=True)
+message = session.receive(timeout=60)
+print("received", message and bytes(message.payload), flush=True)
+time.sleep(600)  # never acknowledges: killed first
+"""
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_unacknowledged_message_comes_back_after_a_crash(
+    restartable_broker: LocalBroker, tmp_path: Path, protocol: str
+) -> None:
+    name, topic = "fogfl-fl-fog-north", "fl/updates/north"
+    script = CRASHING_RECEIVER.format(
+        host=restartable_broker.host,
+        port=restartable_broker.port,
+        protocol=protocol,
+        name=name,
+        topic=topic,
+    )
+    crashing = ChildProcess("receiver", [sys.executable, "-c", script], tmp_path / "receiver.log")
+    sender = session(restartable_broker, "sender", protocol=protocol)
+    try:
+        wait_until(lambda: "ready" in crashing.tail(), 30, "the receiver to subscribe")
+        sender.publish(topic, b"update 1")
+        wait_until(lambda: "received b'update 1'" in crashing.tail(), 30, "the first delivery")
+    finally:
+        os.kill(crashing.pid, signal.SIGKILL)  # a crash: no DISCONNECT, no PUBACK
+        crashing.stop(grace=0)
+    back = session(
+        restartable_broker, name, [topic], persistent=True, manual_ack=True, protocol=protocol
+    )
+    again = back.receive(timeout=30)
+    assert again is not None and again.payload == b"update 1" and again.duplicate
+    back.ack(again)
+    sender.publish(topic, b"update 2")
+    second = back.receive(timeout=30)
+    assert second is not None and second.payload == b"update 2"
+    back.ack(second)
+    back.close()
+    after_acks = session(
+        restartable_broker, name, [topic], persistent=True, manual_ack=True, protocol=protocol
+    )
+    assert after_acks.receive(timeout=NEVER_S) is None, "an acknowledged message came back"
+    after_acks.close()
+    sender.close()
