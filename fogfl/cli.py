@@ -200,31 +200,53 @@ def fog_bridge(
     timeout: Annotated[
         OptionalFloat, typer.Option(help="Seconds to wait for a round's partial.")
     ] = None,
+    serve: Serve = False,
     *,
     settings: Settings,
 ) -> None:
-    """Hand the region's partial aggregates to the Flower server as one Flower client."""
+    """Hand the region's partial aggregates to the Flower server as one Flower client; rejoin
+    a server that restarts."""
     config = settings.load({"bridge.server_address": server, "bridge.partial_timeout_s": timeout})
     from fogfl.roles import fog_bridge as role
 
-    _exit(role.run(config, region, config.bridge.server_address))
+    _exit(role.run(config, region, config.bridge.server_address, serve))
 
 
 @app.command()
 @with_shared_flags
 def server(
     rounds: Annotated[OptionalInt, typer.Option(help="Federated rounds.")] = None,
-    min_regions: Annotated[OptionalInt, typer.Option(help="Regions each round needs.")] = None,
+    min_regions: Annotated[
+        OptionalInt,
+        typer.Option(
+            help="Regions each round needs; a round with fewer fails the run [default: all]."
+        ),
+    ] = None,
     address: Annotated[
         OptionalStr, typer.Option(help="Flower server listen address, HOST:PORT.")
     ] = None,
     run_dir: Annotated[OptionalPath, typer.Option(help="Where to write the run's outputs.")] = None,
     run_id: Annotated[OptionalStr, typer.Option(help="Run id (default: time + random).")] = None,
     task: Task = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --run-dir from its last completed round (its "
+            "config.yaml is the configuration unless --config is given).",
+        ),
+    ] = False,
     *,
     settings: Settings,
 ) -> None:
     """Run Flower's FedAvg over the regions and publish each global model over MQTT."""
+    if resume and run_dir is None:
+        raise typer.BadParameter("--resume needs --run-dir DIR", param_hint="--resume")
+    if resume and settings.config_file is None and run_dir is not None:
+        from fogfl.run_dir import CONFIG_FILE
+
+        if (run_dir / CONFIG_FILE).is_file():
+            settings = Settings(run_dir / CONFIG_FILE, settings.overrides)
     config = settings.load(
         {
             "federation.rounds": rounds,
@@ -237,7 +259,7 @@ def server(
     )
     from fogfl.roles import server as role
 
-    _exit(role.run(config))
+    _exit(role.run(config, resume))
 
 
 @app.command()

@@ -195,9 +195,11 @@ class ServerSettings(_Section):
     strategy_options: dict[str, float] = Field(
         default_factory=dict, description="the Flower strategy's own parameters (eta, beta, …)"
     )
-    round_timeout_s: float = Field(240.0, gt=0)
+    round_timeout_s: float = Field(
+        240.0, gt=0, description="Flower's limit on one region's answer; > bridge.partial_timeout_s"
+    )
     region_wait_s: float = Field(
-        30.0, ge=0, description="how long a round waits for every region's bridge to connect"
+        30.0, ge=0, description="how long a round waits for a region's bridge before failing it"
     )
 
 
@@ -227,6 +229,12 @@ class FogflConfig(_Section):
     def _strategy_fits_training(self) -> FogflConfig:
         if self.server.strategy == "fedprox" and self.training.proximal_mu <= 0:
             raise ValueError("server.strategy fedprox needs training.proximal_mu > 0")
+        if self.server.round_timeout_s <= self.bridge.partial_timeout_s:
+            raise ValueError(
+                f"server.round_timeout_s ({self.server.round_timeout_s:g} s) must exceed "
+                f"bridge.partial_timeout_s ({self.bridge.partial_timeout_s:g} s): a bridge "
+                "reports a missing partial as a failure only if Flower still waits for it"
+            )
         return self
 
 

@@ -5,19 +5,32 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_save
+
+from fogfl.errors import FogflError
 
 METRICS_FILE = "metrics.csv"
 MODEL_FILE = "global_model.safetensors"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_DIR = "logs"
+_CHECKPOINT_KEY = "fogfl_checkpoint"
+_CHECKPOINT_VERSION = 1
 
 
 def new_run_id() -> str:
@@ -64,12 +77,106 @@ class RoundRecord:
 COLUMNS = tuple(f.name for f in fields(RoundRecord))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+def write_atomic(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+    `durable` also flushes it to the disk before the switch (it survives a power cut)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    scratch.write_bytes(data)
+    with scratch.open("wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(scratch, path)
+    if durable:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+@dataclass
+class Checkpoint:
+    """Where a run stands after its last completed round: enough to resume it exactly.
+
+    `global_model` is the strategy's global model after round `round` (in the strategy's
+    own dtypes: FedAdam's are float64); `strategy_tensors` and `strategy_values` are the
+    strategy's state between rounds; `records` the metrics rows so far. `finished` is set
+    once the final model was evaluated.
+    """
+
+    run_id: str
+    round: int
+    rounds: int
+    strategy: str
+    global_model: list[npt.NDArray[Any]]
+    strategy_tensors: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
+    strategy_values: dict[str, Any] = field(default_factory=dict)
+    records: list[RoundRecord] = field(default_factory=list)
+    finished: bool = False
+
+
+def write_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """One safetensors file, written atomically and durably: the tensors under
+    ``global/NNNNN`` and ``strategy/<name>``, everything else as JSON in its metadata."""
+    tensors = {
+        f"global/{index:05d}": np.ascontiguousarray(array)
+        for index, array in enumerate(checkpoint.global_model)
+    }
+    for name, array in checkpoint.strategy_tensors.items():
+        tensors[f"strategy/{name}"] = np.ascontiguousarray(array)
+    state = {
+        "version": _CHECKPOINT_VERSION,
+        "run_id": checkpoint.run_id,
+        "round": checkpoint.round,
+        "rounds": checkpoint.rounds,
+        "strategy": checkpoint.strategy,
+        "finished": checkpoint.finished,
+        "global_tensors": len(checkpoint.global_model),
+        "strategy_values": checkpoint.strategy_values,
+        "records": [asdict(record) for record in checkpoint.records],
+    }
+    data = safetensors_save(tensors, metadata={_CHECKPOINT_KEY: json.dumps(state)})
+    write_atomic(path, data, durable=True)
+
+
+def read_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint at `path`, None if there is none; FogflError if it is unreadable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FogflError(f"cannot read the checkpoint {path}: {exc.strerror}") from None
+    try:
+        tensors = safetensors_load(data)
+        header_length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_length])
+        state = json.loads(header["__metadata__"][_CHECKPOINT_KEY])
+        if state["version"] != _CHECKPOINT_VERSION:
+            raise ValueError(f"version {state['version']}, this fogfl reads {_CHECKPOINT_VERSION}")
+        strategy_tensors = {
+            name[len("strategy/") :]: array
+            for name, array in tensors.items()
+            if name.startswith("strategy/")
+        }
+        return Checkpoint(
+            run_id=str(state["run_id"]),
+            round=int(state["round"]),
+            rounds=int(state["rounds"]),
+            strategy=str(state["strategy"]),
+            global_model=[tensors[f"global/{i:05d}"] for i in range(int(state["global_tensors"]))],
+            strategy_tensors=strategy_tensors,
+            strategy_values=dict(state["strategy_values"]),
+            records=[RoundRecord(**row) for row in state["records"]],
+            finished=bool(state["finished"]),
+        )
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise FogflError(
+            f"the checkpoint {path} is damaged ({type(exc).__name__}: {exc}); move it away to "
+            "start the run over"
+        ) from None
 
 
 def write_metrics(path: Path, records: Iterable[RoundRecord]) -> None:

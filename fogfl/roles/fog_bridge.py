@@ -4,12 +4,19 @@ Reads ``fl/partial/<region>``. When Flower asks it to fit round r it waits for t
 round-r partial aggregate and returns it with its true example count; when Flower asks it
 to evaluate the final model it returns the region's aggregated evaluation. If nothing comes
 in time it reports a failure to Flower, never the old weights.
+
+It tells the server which region it speaks for. When the server goes away mid-run it waits
+for it to come back (`bridge.server_wait_s`) and rejoins, so a resumed server finds it; it
+keeps the partials it handed over, so a round asked again is answered again. After the run
+it exits, or with `serve` waits for the next run's server. A bridge that another bridge
+for its region replaced at the server stops.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from fogfl import flower
 from fogfl.config import FogflConfig
@@ -22,42 +29,74 @@ ROLE = "fog-bridge"
 PartialKey = tuple[str, int, bool]
 
 
+# Partials kept after they were handed over, for a round the server asks again.
+KEPT_PARTIALS = 4
+
+
 class FogBridge:
-    def __init__(self, config: FogflConfig, region: str, server_address: str | None = None) -> None:
+    def __init__(
+        self,
+        config: FogflConfig,
+        region: str,
+        server_address: str | None = None,
+        serve: bool = False,
+    ) -> None:
         self.config = config
         self.region = region
         self.server_address = server_address or config.bridge.server_address
+        self.serve = serve
         self.log = role_logger(ROLE, region)
         self.rejections = Rejections(self.log)
+        # Not a stable id: two bridges for one region (a mistake the server resolves) must
+        # not take each other's MQTT session over; a restarted bridge gets its region's
+        # newest partial as the retained message instead.
         self.session = MqttSession(config.mqtt, f"fogfl-bridge-{region}-{os.getpid()}", self.log)
         self.topic = self.session.topics.partial(region)
         self.waiting: dict[PartialKey, Received] = {}
 
     def run(self) -> int:
-        """Serve Flower until the server ends the run; returns 0."""
+        """Serve Flower until the server ends the run (with `serve`, run after run);
+        returns 0, also when another bridge for the region took over."""
         self.session.connect([self.topic])
-        self.log.info("ready; joining the Flower server at %s", self.server_address)
+        self.log.info(
+            "ready; joining the Flower server at %s%s",
+            self.server_address,
+            ", run after run" if self.serve else "",
+        )
         try:
-            flower.run_region_client(self.server_address, self, self.config.bridge.server_wait_s)
+            departure = flower.run_region_client(
+                self.server_address, self, self.config.bridge.server_wait_s, self.serve, self.log
+            )
         finally:
             self.session.close()
-        self.log.info("the Flower server ended the run")
+        if departure == "ended":
+            self.log.info("the Flower server ended the run")
         return 0
 
-    def region_result(self, config: flower.Config, final: bool) -> flower.RegionResult | str:
+    def region_result(
+        self, config: flower.Config, final: bool, server_gone: Callable[[], bool] = lambda: False
+    ) -> flower.RegionResult | flower.RegionFailure:
         """Wait for this region's partial for the round in `config` (PartialSource)."""
         try:
             run_id, server_round = str(config["run_id"]), int(config["round"])
             schema = ModelSchema.from_json(str(config["schema"]))
         except (KeyError, TypeError, ValueError, WireError) as exc:
-            return f"region {self.region}: the server's round config is unusable: {exc}"
+            reason = f"region {self.region}: the server's round config is unusable: {exc}"
+            self.log.error("%s; reporting a failure to Flower", reason)
+            return flower.RegionFailure("bad-config", reason)
         what = "final evaluation" if final else f"round {server_round}"
-        partial = self._wait_for((run_id, server_round, final), None if final else schema)
+        partial = self._wait_for(
+            (run_id, server_round, final), None if final else schema, server_gone
+        )
+        if partial is None and server_gone():
+            reason = f"region {self.region}: the Flower server went away during {what}"
+            self.log.warning("%s; rejoining it when it is back", reason)
+            return flower.RegionFailure("disconnected", reason)
         if partial is None:
             waited = self.config.bridge.partial_timeout_s
             reason = f"region {self.region}: no {what} partial within {waited:.0f} s"
             self.log.error("%s; reporting a failure to Flower", reason)
-            return reason
+            return flower.RegionFailure("timeout", reason)
         metrics: flower.Config = {
             **partial.metrics,
             "region": self.region,
@@ -79,41 +118,52 @@ class FogBridge:
         weight = int(partial.stats.get("weight", partial.num_examples))
         return flower.RegionResult(arrays, weight, metrics)
 
-    def _wait_for(self, key: PartialKey, schema: ModelSchema | None) -> Envelope | None:
+    def _wait_for(
+        self, key: PartialKey, schema: ModelSchema | None, server_gone: Callable[[], bool]
+    ) -> Envelope | None:
         deadline = time.monotonic() + self.config.bridge.partial_timeout_s
         while True:
-            if key in self.waiting:
-                message = self.waiting.pop(key)
-                try:
-                    return decode(
+            message = self.waiting.pop(key, None)
+            if message is not None:
+                with self.rejections.guard(message.topic):
+                    partial = decode(
                         message.payload,
                         kinds={"partial"},
                         max_bytes=self.config.wire.max_payload_bytes,
                         schema=schema,
                         run_id=key[0],
                     )
-                except WireError as error:
-                    self.rejections.record_error(error, message.topic)
+                    self.waiting[key] = message  # kept, for a round asked again
+                    return partial
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or server_gone():
                 return None
-            received = self.session.receive(timeout=remaining)
+            received = self.session.receive(timeout=min(remaining, 1.0))
             if received is not None:
                 self._file(received)
 
     def _file(self, message: Received) -> None:
-        """Keep a partial until Flower asks for its round (it may arrive first)."""
-        try:
+        """Keep a partial until Flower asks for its round (it may arrive first), and after,
+        in case a restarted server asks for the round again."""
+        with self.rejections.guard(message.topic):
+            if not message.payload:
+                # A new run's server cleared the region's retained partial: nothing kept
+                # from before belongs to the run that starts now.
+                if self.waiting:
+                    self.log.info(
+                        "a new run started; forgetting %d kept partials", len(self.waiting)
+                    )
+                self.waiting.clear()
+                return
             meta = read_metadata(message.payload)
-            key = (meta["run_id"], int(meta["round"]), meta.get("final") == "true")
-        except (WireError, KeyError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, WireError) else "malformed"
-            self.rejections.record(reason, f"unreadable partial: {exc}", message.topic)
-            return
-        self.waiting[key] = message
-        for stale in sorted(self.waiting, key=lambda k: k[1])[:-4]:
-            del self.waiting[stale]
+            try:
+                key = (meta["run_id"], int(meta["round"]), meta.get("final") == "true")
+            except (KeyError, ValueError) as exc:
+                raise WireError("malformed", f"unreadable partial: {exc}") from None
+            self.waiting[key] = message
+            for stale in sorted(self.waiting, key=lambda k: k[1])[:-KEPT_PARTIALS]:
+                del self.waiting[stale]
 
 
-def run(config: FogflConfig, region: str, server_address: str | None) -> int:
-    return FogBridge(config, region, server_address).run()
+def run(config: FogflConfig, region: str, server_address: str | None, serve: bool = False) -> int:
+    return FogBridge(config, region, server_address, serve).run()

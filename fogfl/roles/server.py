@@ -3,29 +3,45 @@
 At the start of round r it publishes the round announcement (``fl/round``) and the round-r
 global model (``fl/global_model``), both retained, then Flower asks each region's bridge
 to fit. After the last round it publishes the final model marked final, collects the
-clients' evaluation of it through the bridges, writes the run directory and exits.
+clients' evaluation of it through the bridges, announces that the run is over, writes the
+run directory and exits.
+
+A new run first clears the retained partials and region models of its regions, so nothing
+of an earlier run is taken for its own. After every round it keeps a checkpoint in the run
+directory; `resume` continues the run from the last completed round, republishing that
+round's successor. A round short of `federation.min_regions`, or any error in the rounds
+(a publish that fails, …), ends the process at once with exit code 1 and the reason in one
+line; the checkpoint stays, to resume from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from fogfl import flower
 from fogfl.aggregation import mean_metrics
 from fogfl.config import FogflConfig, RoundPlan, dump_config
+from fogfl.errors import ConfigError, FogflError
 from fogfl.logs import role_logger
 from fogfl.mqtt import MqttSession
+from fogfl.processes import release_held_port
 from fogfl.run_dir import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_FILE,
     SUMMARY_FILE,
+    Checkpoint,
     RoundRecord,
     new_run_id,
+    read_checkpoint,
     write_atomic,
+    write_checkpoint,
     write_metrics,
 )
 from fogfl.schedules import final_population, round_participants
@@ -37,18 +53,39 @@ ROLE = "server"
 
 
 class Server:
-    def __init__(self, config: FogflConfig) -> None:
+    def __init__(self, config: FogflConfig, resume: bool = False) -> None:
         self.config = config
-        self.run_id = config.federation.run_id or new_run_id()
-        self.run_dir = config.server.run_dir or Path("runs") / self.run_id
         self.rounds = config.federation.rounds
         self.min_regions = config.federation.required_regions
-        self.log = role_logger(ROLE, self.run_id)
         task = load_task(config.task.name, config.task.options)
         self.initial = model_tensors(task.build_model(config.federation.seed))
         self.schema = ModelSchema.of(self.initial)
+        self.checkpoint: Checkpoint | None = None
+        if resume:
+            if config.server.run_dir is None:
+                raise ConfigError("--resume needs --run-dir: the directory of the run to continue")
+            self.checkpoint = read_checkpoint(config.server.run_dir / CHECKPOINT_FILE)
+        self.run_id = self._run_id(resume)
+        # Resuming a run that never completed a round still is that run: its retained
+        # partials may be of use.
+        self.resume = resume and (
+            self.checkpoint is not None or config.federation.run_id is not None
+        )
+        self.run_dir = config.server.run_dir or Path("runs") / self.run_id
+        self.log = role_logger(ROLE, self.run_id)
         self.session = MqttSession(config.mqtt, f"fogfl-server-{os.getpid()}", self.log)
         self.records: dict[int, RoundRecord] = {}
+        self.completed = 0
+        self.global_model = self.schema.ordered(self.initial)
+        self.strategy_state = flower.StrategyState()
+        if self.checkpoint is not None:
+            self._check_fits(self.checkpoint)
+            self.records = {record.round: record for record in self.checkpoint.records}
+            self.completed = self.checkpoint.round
+            self.global_model = self.checkpoint.global_model
+            self.strategy_state = flower.StrategyState(
+                self.checkpoint.strategy_tensors, self.checkpoint.strategy_values
+            )
         self.final_model: Envelope | None = None
         self.round_started: dict[int, float] = {}
         self.global_bytes: dict[int, int] = {}
@@ -56,42 +93,66 @@ class Server:
         self.participants: dict[int, dict[str, list[str]] | None] = {}
 
     def run(self) -> int:
-        """Run every round; returns 0 when each had at least `min_regions` regions."""
+        """Run every round (from the checkpoint's, when resuming); returns 0 when the run
+        finished. A failed round or an error ends the process with exit code 1."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.checkpoint is not None and self.checkpoint.finished:
+            self.log.info(
+                "run %s finished already (%d rounds); nothing to resume", self.run_id, self.rounds
+            )
+            with self.session.connect():
+                self._announce_end()
+            return 0
         write_atomic(self.run_dir / CONFIG_FILE, dump_config(self._resolved_config()).encode())
         self.session.connect()
-        self.log.info(
-            "run %s: %d rounds over at least %d regions, task %s (%d parameters); Flower on %s",
-            self.run_id,
-            self.rounds,
-            self.min_regions,
-            self.config.task.name,
-            self.schema.num_values,
-            self.config.server.address,
-        )
-        strategy = flower.HierarchicalStrategy(
-            flower.make_strategy(
-                self.config.server.strategy,
-                self.schema.ordered(self.initial),
+        if self.resume:
+            self.log.info(
+                "run %s resumes after round %d of %d (checkpoint in %s); Flower on %s",
+                self.run_id,
+                self.completed,
+                self.rounds,
+                self.run_dir,
+                self.config.server.address,
+            )
+        else:
+            self._clear_retained()
+            self.log.info(
+                "run %s: %d rounds over at least %d regions, task %s (%d parameters); Flower on %s",
+                self.run_id,
+                self.rounds,
                 self.min_regions,
-                flower.strategy_options(self.config),
-            ),
+                self.config.task.name,
+                self.schema.num_values,
+                self.config.server.address,
+            )
+        inner = flower.make_strategy(
+            self.config.server.strategy,
+            self.global_model,
+            self.min_regions,
+            flower.strategy_options(self.config),
+        )
+        flower.restore_strategy_state(inner, self.strategy_state)
+        strategy = flower.HierarchicalStrategy(
+            inner,
             hooks=self,
             num_rounds=self.rounds,
-            regions=len(self.config.federation.regions),
             min_regions=self.min_regions,
-            region_wait_s=self.config.server.region_wait_s,
+            completed=self.completed,
+        )
+        roster = flower.RegionRoster(
+            self.config.federation.regions, self.config.server.region_wait_s, self.log
         )
         try:
-            flower.serve(self.config.server.address, strategy, self.config.server.round_timeout_s)
-        finally:
-            self.session.close()
-        self._write_outputs()
-        if self.short_rounds:
-            self.log.error(
-                "run %s finished short of regions: %s", self.run_id, "; ".join(self.short_rounds)
+            release_held_port()  # `fogfl up` held Flower's port for us until now
+            flower.serve(
+                self.config.server.address, strategy, roster, self.config.server.round_timeout_s
             )
-            return 1
+            self._write_outputs()
+            self._write_checkpoint(finished=True)
+            self._announce_end()
+        except Exception as error:  # whatever it is, the run cannot go on: stop now
+            self._stop(error)
+        self.session.close()
         self.log.info("run %s finished; outputs in %s", self.run_id, self.run_dir)
         return 0
 
@@ -145,13 +206,22 @@ class Server:
         self._record(server_round - 1).set_evaluation(metrics)
         self._write_metrics()
         self.log.info(
-            "round %d: %d regions, %d clients, train_loss %s, %.2f s",
+            "round %d: %d regions (%s), %d clients, train_loss %s, %.2f s",
             server_round,
             len(reports),
+            ", ".join(r.region for r in reports) or "none",
             clients,
             _fmt(record.train_loss),
             record.round_seconds,
         )
+
+    def round_done(
+        self, server_round: int, arrays: flower.Arrays, state: flower.StrategyState
+    ) -> None:
+        self.completed = server_round
+        self.global_model = arrays
+        self.strategy_state = state
+        self._write_checkpoint(finished=False)
 
     def evaluation_done(
         self, server_round: int, reports: list[flower.RegionReport], failures: list[str]
@@ -186,10 +256,18 @@ class Server:
             config=config,
             final=final,
         )
+        payload = encode(model, self.config.wire.codec)
+        limit = self.config.wire.max_payload_bytes
+        if len(payload) > limit:
+            raise FogflError(
+                f"the {'final' if final else 'global'} model of round {server_round} is "
+                f"{len(payload):,} bytes, over wire.max_payload_bytes ({limit:,}): no role "
+                "would accept it; raise the limit (MQTT's is 268,435,455) or use wire.codec "
+                "float16"
+            )
         self.session.publish(
             self.session.topics.round_announcement, encode(announcement), retain=True
         )
-        payload = encode(model, self.config.wire.codec)
         self.session.publish(self.session.topics.global_model, payload, retain=True)
         if final:
             self.final_model = model
@@ -201,7 +279,9 @@ class Server:
         )
         return len(payload)
 
-    def _round_config(self, server_round: int, final: bool) -> dict[str, object]:
+    def _round_config(
+        self, server_round: int, final: bool, ended: bool = False
+    ) -> dict[str, object]:
         """What every role needs to know about the round, announced with it."""
         federation = self.config.federation
         chosen = final_population(federation) if final else self.participants.get(server_round)
@@ -210,8 +290,107 @@ class Server:
             weighting=federation.weighting,
             edge_rounds=federation.edge_rounds,
             participants=chosen,
+            ended=ended,
         )
         return plan.model_dump(mode="json", exclude_none=True)
+
+    def _clear_retained(self) -> None:
+        """A new run supersedes what earlier runs left retained for its regions."""
+        topics = self.session.topics
+        for region in self.config.federation.regions:
+            for topic in (topics.partial(region), topics.region_model(region)):
+                self.session.publish(topic, b"", retain=True)
+        self.log.info(
+            "cleared retained partials and region models of %s",
+            ", ".join(self.config.federation.regions),
+        )
+
+    def _announce_end(self) -> None:
+        """Tell roles that join later that the run is over: its last announcement says so."""
+        announcement = Envelope(
+            kind="round",
+            run_id=self.run_id,
+            round=self.rounds,
+            sender="server",
+            config=self._round_config(self.rounds, final=True, ended=True),
+            final=True,
+            schema=self.schema,
+        )
+        self.session.publish(
+            self.session.topics.round_announcement, encode(announcement), retain=True
+        )
+        self.log.info("announced the end of run %s", self.run_id)
+
+    def _write_checkpoint(self, finished: bool) -> None:
+        write_checkpoint(
+            self.run_dir / CHECKPOINT_FILE,
+            Checkpoint(
+                run_id=self.run_id,
+                round=self.completed,
+                rounds=self.rounds,
+                strategy=self.config.server.strategy,
+                global_model=self.global_model,
+                strategy_tensors=self.strategy_state.tensors,
+                strategy_values=self.strategy_state.values,
+                records=[self.records[r] for r in sorted(self.records)],
+                finished=finished,
+            ),
+        )
+
+    def _stop(self, error: Exception) -> NoReturn:
+        """Fail fast: the reason in one line, outputs written, the process gone (Flower's
+        threads would otherwise keep it alive)."""
+        reason = str(error) if isinstance(error, FogflError) else f"{type(error).__name__}: {error}"
+        reason = " ".join(reason.split())
+        self.log.error("run %s stopped: %s", self.run_id, reason)
+        self.log.error(
+            "%s; continue the run with `fogfl server --run-dir %s --resume`",
+            f"checkpoint after round {self.completed} kept" if self.completed else "no round done",
+            self.run_dir,
+        )
+        with contextlib.suppress(Exception):
+            self._write_outputs(failure=reason)
+        with contextlib.suppress(Exception):
+            self.session.close()
+        flower.exit_now(1)
+
+    def _run_id(self, resume: bool) -> str:
+        pinned = self.config.federation.run_id
+        if self.checkpoint is None:
+            if resume:
+                logger = role_logger(ROLE, pinned or "")
+                logger.info(
+                    "no checkpoint in %s: run %s starts from round 1",
+                    self.config.server.run_dir,
+                    pinned or "(new)",
+                )
+            return pinned or new_run_id()
+        if pinned is not None and pinned != self.checkpoint.run_id:
+            raise ConfigError(
+                f"the checkpoint in {self.config.server.run_dir} is of run "
+                f"{self.checkpoint.run_id}, not of federation.run_id {pinned}"
+            )
+        return self.checkpoint.run_id
+
+    def _check_fits(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint resumes only the run it was taken of: same rounds, strategy, model."""
+        where = self.config.server.run_dir
+        if checkpoint.rounds != self.rounds:
+            raise ConfigError(
+                f"the checkpoint in {where} is of a {checkpoint.rounds}-round run; "
+                f"federation.rounds is {self.rounds}"
+            )
+        if checkpoint.strategy != self.config.server.strategy:
+            raise ConfigError(
+                f"the checkpoint in {where} was taken under strategy {checkpoint.strategy}; "
+                f"server.strategy is {self.config.server.strategy}"
+            )
+        shapes = [tuple(array.shape) for array in checkpoint.global_model]
+        if shapes != [spec.shape for spec in self.schema.tensors]:
+            raise ConfigError(
+                f"the checkpoint in {where} holds a model of {len(shapes)} tensors that does "
+                f"not fit task {self.config.task.name}'s model; is it another task?"
+            )
 
     def _fit_config(self, server_round: int) -> flower.Config:
         return {"run_id": self.run_id, "round": server_round, "schema": self.schema.to_json()}
@@ -222,7 +401,7 @@ class Server:
     def _write_metrics(self) -> None:
         write_metrics(self.run_dir / METRICS_FILE, [self.records[r] for r in sorted(self.records)])
 
-    def _write_outputs(self) -> None:
+    def _write_outputs(self, failure: str | None = None) -> None:
         self._write_metrics()
         if self.final_model is not None:
             write_atomic(self.run_dir / MODEL_FILE, encode(self.final_model))
@@ -232,6 +411,8 @@ class Server:
             "rounds": self.rounds,
             "regions": self.config.federation.regions,
             "short_rounds": self.short_rounds,
+            "completed_rounds": self.completed,
+            "failure": failure,
             "final": _as_dict(self.records.get(self.rounds)),
         }
         write_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2).encode())
@@ -251,5 +432,5 @@ def _as_dict(record: RoundRecord | None) -> dict[str, object]:
     return {} if record is None else {k: v for k, v in vars(record).items() if v is not None}
 
 
-def run(config: FogflConfig) -> int:
-    return Server(config).run()
+def run(config: FogflConfig, resume: bool = False) -> int:
+    return Server(config, resume).run()
