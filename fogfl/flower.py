@@ -587,12 +587,12 @@ class RegionProxy(ClientProxy):
                         self.region,
                         "disconnected",
                         f"region {self.region}: its bridge dropped during {what} and no "
-                        f"bridge rejoined within {region_wait_s:.0f} s (server.region_wait_s)",
+                        f"bridge rejoined within {region_wait_s:g} s (server.region_wait_s)",
                     )
                 raise RegionFailed(
                     self.region,
                     "missing",
-                    f"region {self.region}: no bridge connected within {region_wait_s:.0f} s "
+                    f"region {self.region}: no bridge connected within {region_wait_s:g} s "
                     "(server.region_wait_s)",
                 )
             left = None if timeout is None else max(1.0, deadline - time.monotonic())
