@@ -2,6 +2,11 @@
 
 For machines without a Mosquitto binary: MQTT 3.1.1 only, several times slower than
 Mosquitto, fine for small models. Run: ``python -m fogfl.embedded_broker --port P``.
+
+Persistence is best-effort at most: everything lives in memory, so a restart loses
+retained messages and sessions, and amqtt 0.11 answers "session present" to a returning
+persistent client without delivering what was published while it was away (measured).
+Publishes still wait through an outage and sessions subscribe again after it.
 """
 
 from __future__ import annotations
