@@ -21,14 +21,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+HELD_PORT_ENV = "FOGFL_HELD_PORT_FD"
+
+
 def reserve_port(host: str = "127.0.0.1") -> socket.socket:
-    """Hold a free port for a child that binds it later: the socket is bound with
-    SO_REUSEPORT and never listens, so the child (gRPC sets SO_REUSEPORT) can bind it
-    while no other program can take it meanwhile. Close the socket once the child listens."""
+    """Hold a free port for a child that binds it later: bound, never listening. Hand it to
+    the child with `ChildProcess(..., held_port=socket)`; the child calls `release_held_port()`
+    right before it binds, so no other program can take the port in between."""
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((host, 0))
     return holder
+
+
+def release_held_port() -> None:
+    """Close the port a parent held for this process (see `reserve_port`), if any."""
+    fd = os.environ.pop(HELD_PORT_ENV, "")
+    if fd.isdigit():
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
@@ -62,12 +72,17 @@ class ChildProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        held_port: socket.socket | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = log_path.open("ab")
+        passed: tuple[int, ...] = ()
+        if held_port is not None:
+            passed = (held_port.fileno(),)
+            env = {**(os.environ if env is None else env), HELD_PORT_ENV: str(passed[0])}
         with signals_deferred():
             self.popen = subprocess.Popen(
                 self.argv,
@@ -77,6 +92,7 @@ class ChildProcess:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                pass_fds=passed,
             )
             with _started_lock:
                 _started.append(self)

@@ -56,15 +56,20 @@ class FogBroker:
         self.last_closed: RoundKey | None = self.journal.last_closed()
         self.left_runs: set[str] = set()
         self.finished = False
+        self.connected = True  # False only while a restart restores its round
 
     def run(self) -> int:
         """Serve rounds until the server's final evaluation is aggregated (with `serve`,
         run after run); returns 0."""
         reopened = self.journal.open_announcement()
         if reopened is not None:
-            # Before the session delivers what was queued for this broker while it was away.
+            # Before the session delivers what was queued for this broker while it was away;
+            # the round may be complete already, but closing it must wait for the broker.
+            self.connected = False
             self.handle(Received(self.topics.round_announcement, reopened, True))
         self.session.connect([self.topics.round_announcement, self.topics.updates(self.region)])
+        self.connected = True
+        self._close_if_complete()
         self.log.info(
             "ready: closing rounds at %d updates, or after %.0f s with at least %d",
             self.expected_updates,
@@ -256,7 +261,11 @@ class FogBroker:
             self._keep(message)
         current.add(update)
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
-        if len(current.contributors) >= current.expected:
+        self._close_if_complete()
+
+    def _close_if_complete(self) -> None:
+        current = self.current
+        if self.connected and current is not None and len(current.contributors) >= current.expected:
             self._close("all expected updates are in")
 
     def _keep(self, message: Received) -> None:

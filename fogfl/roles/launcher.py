@@ -84,7 +84,7 @@ class Federation:
             host=self.config.mqtt.host if self.broker_mode == "external" else "127.0.0.1",
             port=self.config.mqtt.port if self.broker_mode == "external" else None,
         )
-        # Held until the run ends, so nothing else takes the port before the server binds it.
+        # Held until the server binds it, so that nothing else can take it meanwhile.
         self.flower_port = reserve_port()
         flower_port = self.flower_port.getsockname()[1]
         self.config.mqtt.host = self.broker.host
@@ -97,7 +97,10 @@ class Federation:
         self.config.bridge.server_address = f"127.0.0.1:{flower_port}"
         write_atomic(self.config_path, dump_config(self.config).encode())
 
-        self.server = self._spawn("server", ["server"])
+        # The server inherits the held port and lets go of it right before Flower binds it.
+        self.server = self._spawn("server", ["server"], held_port=self.flower_port)
+        self.flower_port.close()
+        self.flower_port = None
         for region in self.config.federation.regions:
             self.roles.append(
                 self._spawn(f"fog-broker-{region}", ["fog-broker", "--region", region])
@@ -156,11 +159,12 @@ class Federation:
                 self.flower_port.close()
                 self.flower_port = None
 
-    def _spawn(self, name: str, arguments: list[str]) -> ChildProcess:
+    def _spawn(
+        self, name: str, arguments: list[str], held_port: socket.socket | None = None
+    ) -> ChildProcess:
         argv = [sys.executable, "-m", "fogfl", *arguments, "--config", str(self.config_path)]
-        return ChildProcess(
-            name, argv, self.run_dir / LOG_DIR / f"{name}.log", env=_child_environment()
-        )
+        log_path = self.run_dir / LOG_DIR / f"{name}.log"
+        return ChildProcess(name, argv, log_path, env=_child_environment(), held_port=held_port)
 
     def _failed(self, child: ChildProcess, code: int) -> str:
         return (

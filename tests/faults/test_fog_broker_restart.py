@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from fogfl.broker import LocalBroker
+from fogfl.fog_state import RoundJournal
+from fogfl.wire import Envelope, encode
 from tests.integration.harness import Recorder, publisher, rejected_reasons, roles, write_config
 from tests.integration.test_fog_broker import (
     SCHEMA,
@@ -131,3 +133,27 @@ def test_a_fog_broker_killed_in_an_edge_round_resumes_that_edge_round(
         atol=1e-7,
     )
     assert partial.stats["region_bytes"] > 0
+
+
+def test_a_round_complete_in_the_journal_closes_as_soon_as_the_broker_is_back(
+    fresh_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """Killed after its last update was kept but before the partial was out: the restarted
+    broker publishes the partial once it is connected."""
+    config = write_config(tmp_path / "c.yaml", fresh_broker)
+    announcement = Envelope(kind="round", run_id="run-fog", round=1, sender="server", schema=SCHEMA)
+    journal = RoundJournal(tmp_path / "fog-state" / "fog-north")
+    journal.open(("run-fog", 1, "fit"), encode(announcement))
+    for i, examples in ((1, 100), (2, 300)):
+        journal.accept(update(f"c{i}", 1, examples, model(i)))
+    recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
+    with roles(tmp_path / "logs") as started:
+        start_fog_broker(started, config, "--expected", "2")
+        partial = partial_of(recorder, 1)
+    recorder.close()
+    assert partial.contributors == ["c1", "c2"] and partial.num_examples == 400
+    assert RoundJournal(tmp_path / "fog-state" / "fog-north").last_closed() == (
+        "run-fog",
+        1,
+        "fit",
+    )

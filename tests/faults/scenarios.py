@@ -1,0 +1,296 @@
+"""Fault scenarios on a whole local federation: each starts `fogfl up`'s federation (real
+processes, a real Mosquitto), breaks something for real in round 2, lets the run finish,
+and says what a user would notice: did the run finish, how many rounds had every region,
+is the final global model the one an undisturbed run gives (the in-process simulation of
+the same configuration and seed), how long it took, which roles died.
+
+`tests/faults/test_scenarios.py` asserts on these outcomes; `benchmarks/faults.py` prints
+them as a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fogfl.broker import mosquitto_binary
+from fogfl.config import FogflConfig, load_config
+from fogfl.mqtt import MqttSession
+from fogfl.processes import ChildProcess
+from fogfl.roles.launcher import Federation, Status, _child_environment
+from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
+from fogfl.sim.hierarchy import simulate
+from fogfl.sim.workers import ClientPool
+from fogfl.wire import Envelope, Tensors, decode, encode, read_metadata
+
+ROUNDS = 4
+REGIONS = ["north", "south"]
+CLIENTS_PER_REGION = 2
+RUN_TIMEOUT_S = 300.0
+
+
+def scenario_config() -> FogflConfig:
+    """Small and deterministic: 2 regions × 2 QoE clients, 4 rounds."""
+    return load_config(
+        None,
+        {
+            "federation.rounds": ROUNDS,
+            "federation.regions": REGIONS,
+            "federation.clients_per_region": CLIENTS_PER_REGION,
+            "federation.seed": 11,
+            "federation.run_id": "faults",
+            "training.local_epochs": 1,
+            "task.options": {"duration_s": 90},
+            "fog.deadline_s": 60,
+            "bridge.partial_timeout_s": 60,
+            "server.round_timeout_s": 90,
+            "mqtt.connect_timeout_s": 30,
+        },
+        environ={},
+    )
+
+
+def reference_model(config: FogflConfig) -> Tensors:
+    """The final global model of an undisturbed run, computed in-process."""
+    with ClientPool(0) as pool:
+        return simulate(config, pool).final_tensors()
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    finished: bool
+    rounds_complete: int
+    exact: bool
+    seconds: float
+    dead_roles: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+class Watcher:
+    """Keeps the header of every message under fl/ (a non-persistent session)."""
+
+    def __init__(self, config: FogflConfig) -> None:
+        self.headers: list[dict[str, str]] = []
+        self.session = MqttSession(
+            config.mqtt,
+            f"fault-watcher-{os.getpid()}",
+            logging.getLogger("watcher"),
+            persistent=False,
+        )
+        self.session.connect([self.session.topics.everything])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            received = self.session.receive(timeout=0.1)
+            if received is None:
+                continue
+            try:
+                self.headers.append({"topic": received.topic, **read_metadata(received.payload)})
+            except Exception:  # garbage the scenario itself sent
+                continue
+
+    def wait_for(self, timeout: float, **match: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(all(h.get(k) == v for k, v in match.items()) for h in list(self.headers)):
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"no message matching {match} within {timeout} s")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.session.close()
+
+
+class FaultyFederation(Federation):
+    """`fogfl up`'s federation, with roles that can be killed and started again while the
+    launcher's loop watches it (from another thread: `poll` waits while a role is swapped)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.swapping = threading.Lock()
+
+    def poll(self) -> Status:
+        with self.swapping:
+            return super().poll()
+
+    def child(self, name: str) -> ChildProcess:
+        if self.server is not None and self.server.name == name:
+            return self.server
+        return next(role for role in self.roles if role.name == name)
+
+    def restart(self, name: str, downtime_s: float, *extra: str) -> None:
+        """SIGKILL a role, as a crash would, and start it again with the same command line
+        (plus `extra`) and log file after `downtime_s`."""
+        with self.swapping:
+            victim = self.child(name)
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.stop(grace=0)
+            time.sleep(downtime_s)
+            again = ChildProcess(
+                victim.name, [*victim.argv, *extra], victim.log_path, env=_child_environment()
+            )
+            if victim is self.server:
+                self.server = again
+            else:
+                self.roles[self.roles.index(victim)] = again
+
+    def spawn(self, name: str, arguments: list[str]) -> None:
+        with self.swapping:
+            self.roles.append(self._spawn(name, arguments))
+
+
+Fault = Callable[[FaultyFederation, Watcher], str]
+
+
+def no_fault(federation: FaultyFederation, watcher: Watcher) -> str:
+    return ""
+
+
+def broker_restart(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="update", round="2")
+    assert federation.broker is not None
+    federation.broker.restart(downtime_s=2.0)
+    return "Mosquitto stopped (SIGTERM) mid-round 2, down 2 s, started again"
+
+
+def fog_broker_kill(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="update", round="2", region="north")
+    federation.restart("fog-broker-north", 1.0)
+    return "fog broker north SIGKILLed after its first round-2 update, restarted after 1 s"
+
+
+def bridge_kill(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="update", round="2", region="north")
+    federation.restart("fog-bridge-north", 1.0)
+    return "bridge north SIGKILLed mid-round 2, restarted after 1 s"
+
+
+def server_kill_and_resume(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="round", round="3")
+    federation.restart("server", 1.0, "--resume")
+    return "server SIGKILLed as round 3 began, restarted with --resume"
+
+
+def client_kill(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="global", round="2")
+    federation.restart("client-north-01", 0.0)
+    return "client north-01 SIGKILLed while training round 2, restarted"
+
+
+def second_bridge(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="update", round="2")
+    federation.spawn("fog-bridge-north-2", ["fog-bridge", "--region", "north"])
+    return "a second bridge for north joins in round 2"
+
+
+def hostile_flood(federation: FaultyFederation, watcher: Watcher) -> str:
+    watcher.wait_for(120, kind="global", round="2")
+    valid = Envelope(
+        kind="update",
+        run_id="faults",
+        round=2,
+        sender="mallory",
+        region="north",
+        num_examples=10**6,
+        tensors={"w": np.ones(3, np.float32)},
+    )
+    garbage = [
+        b"\x00" * 7,
+        b"\xff" * 64,
+        encode(valid),  # wrong tensors for the task
+        b'\x20\x00\x00\x00\x00\x00\x00\x00{"__metadata__":{"round":3}}    ',
+        b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"[" * 16,
+    ]
+    sent = 0
+    for _ in range(40):
+        for payload in garbage:
+            for topic in (
+                watcher.session.topics.updates("north"),
+                watcher.session.topics.partial("south"),
+                watcher.session.topics.round_announcement,
+            ):
+                watcher.session.publish(topic, payload)
+                sent += 1
+    return f"{sent} hostile messages on fl/updates/north, fl/partial/south and fl/round"
+
+
+SCENARIOS: dict[str, Fault] = {
+    "none": no_fault,
+    "broker-restart": broker_restart,
+    "fog-broker-kill": fog_broker_kill,
+    "bridge-kill": bridge_kill,
+    "server-kill-resume": server_kill_and_resume,
+    "client-kill": client_kill,
+    "second-bridge": second_bridge,
+    "hostile-flood": hostile_flood,
+}
+
+
+def run_scenario(name: str, workdir: Path, reference: Tensors) -> Outcome:
+    """Run one scenario to the end of its run and describe what came of it."""
+    if mosquitto_binary() is None:
+        raise RuntimeError("fault scenarios need the mosquitto binary")
+    config = scenario_config()
+    run_dir = workdir / name
+    started = time.monotonic()
+    note = ""
+    with FaultyFederation(config, "mosquitto", run_dir, RUN_TIMEOUT_S) as federation:
+        resolved = load_config(run_dir / "config.yaml", environ={})
+        watcher = Watcher(resolved)
+        fault_error = ""
+        fault_done = threading.Event()
+
+        def inject() -> None:
+            nonlocal note, fault_error
+            try:
+                note = SCENARIOS[name](federation, watcher)
+            except Exception as exc:  # reported as the outcome, not raised in a thread
+                fault_error = f"the fault could not be injected: {exc}"
+            finally:
+                fault_done.set()
+
+        # The fault runs beside the launcher's own loop, as an operator's hand would.
+        injector = threading.Thread(target=inject, daemon=True)
+        injector.start()
+        while not (status := federation.poll()).finished:
+            time.sleep(0.25)
+        fault_done.wait(5)
+        watcher.close()
+        dead = [
+            f"{role.name} ({role.poll()})"
+            for role in [*federation.roles, *([federation.server] if federation.server else [])]
+            if role.poll() not in (None, 0)
+        ]
+    seconds = time.monotonic() - started
+    rows = read_metrics(run_dir / METRICS_FILE)
+    complete = sum(
+        1 for row in rows if row.get("round") != "0" and row.get("regions") == str(len(REGIONS))
+    )
+    exact = False
+    model_file = run_dir / MODEL_FILE
+    if model_file.exists():
+        final = decode(model_file.read_bytes(), kinds={"global"}, max_bytes=10**9).tensors
+        exact = all(np.allclose(final[k], reference[k], rtol=1e-5, atol=1e-6) for k in reference)
+    return Outcome(
+        scenario=name,
+        finished=status.ok,
+        rounds_complete=complete,
+        exact=exact,
+        seconds=seconds,
+        dead_roles=dead,
+        note=fault_error or (status.failure.splitlines() or [note])[0],
+    )

@@ -1,0 +1,32 @@
+"""Each fault scenario (tests/faults/scenarios.py) on a whole federation: the run finishes,
+every round has every region, the final model is the undisturbed run's, and no role died."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fogfl.broker import mosquitto_binary
+from fogfl.wire import Tensors
+from tests.faults.scenarios import ROUNDS, SCENARIOS, reference_model, run_scenario, scenario_config
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary"),
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> Tensors:
+    return reference_model(scenario_config())
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_the_run_survives(name: str, reference: Tensors, tmp_path: Path) -> None:
+    outcome = run_scenario(name, tmp_path, reference)
+    logs = tmp_path / name / "logs"
+    assert outcome.finished, f"{outcome.note}; logs in {logs}"
+    assert outcome.dead_roles == [], logs
+    assert outcome.rounds_complete == ROUNDS, logs
+    assert outcome.exact, f"the final model is not the undisturbed run's; logs in {logs}"
