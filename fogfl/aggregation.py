@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from fogfl.wire import Envelope, ModelSchema, Tensors
+from fogfl.wire import MAX_METRIC, Envelope, ModelSchema, Tensors
 
 EVAL_PREFIX = "eval_"
 EVAL_COUNT = "eval_examples"
@@ -53,29 +54,39 @@ class MetricsMean:
     """Running example-weighted means of client metrics.
 
     Metrics named ``eval_*`` are weighted by the sender's ``eval_examples``, the others by its
-    `num_examples`; counts (names ending in ``examples``) are summed, not averaged.
+    `num_examples`; counts (names ending in ``examples``) are summed, not averaged. Sums are
+    exact fractions, so no product of a large value and a large weight can overflow to inf;
+    results are floats within ±`MAX_METRIC`, the largest the wire carries.
     """
 
     def __init__(self) -> None:
-        self._sums: dict[str, float] = {}
-        self._weights: dict[str, float] = {}
-        self._counts: dict[str, float] = {}
+        self._sums: dict[str, Fraction] = {}
+        self._weights: dict[str, int | Fraction] = {}
+        self._counts: dict[str, Fraction] = {}
 
     def add(self, metrics: Mapping[str, float], num_examples: int) -> None:
-        eval_weight = metrics.get(EVAL_COUNT, 0.0)
-        for name, value in metrics.items():
+        """Fold in one sender's metrics; non-finite values are skipped."""
+        finite = {name: float(v) for name, v in metrics.items() if math.isfinite(v)}
+        eval_weight = Fraction(finite.get(EVAL_COUNT, 0.0))
+        for name, value in finite.items():
             if name.endswith("examples"):
-                self._counts[name] = self._counts.get(name, 0.0) + value
+                self._counts[name] = self._counts.get(name, Fraction(0)) + Fraction(value)
                 continue
-            weight = eval_weight if name.startswith(EVAL_PREFIX) else float(num_examples)
+            weight = eval_weight if name.startswith(EVAL_PREFIX) else Fraction(num_examples)
             if weight <= 0:
                 continue
-            self._sums[name] = self._sums.get(name, 0.0) + weight * value
-            self._weights[name] = self._weights.get(name, 0.0) + weight
+            self._sums[name] = self._sums.get(name, Fraction(0)) + weight * Fraction(value)
+            self._weights[name] = self._weights.get(name, 0) + weight
 
     def result(self) -> dict[str, float]:
-        means = {name: self._sums[name] / self._weights[name] for name in self._sums}
-        return {**means, **self._counts}
+        means = {name: _bounded(self._sums[name] / self._weights[name]) for name in self._sums}
+        return {**means, **{name: _bounded(count) for name, count in self._counts.items()}}
+
+
+def _bounded(value: Fraction) -> float:
+    """The nearest float, saturated at ±MAX_METRIC (a mean never exceeds its largest value;
+    a sum of counts could, and a partial must stay readable by its own bridge)."""
+    return float(max(-Fraction(MAX_METRIC), min(Fraction(MAX_METRIC), value)))
 
 
 def mean_metrics(weighted: list[tuple[int, Mapping[str, Any]]]) -> dict[str, float]:
@@ -85,10 +96,17 @@ def mean_metrics(weighted: list[tuple[int, Mapping[str, Any]]]) -> dict[str, flo
         numeric = {
             k: float(v)
             for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if isinstance(v, int | float) and not isinstance(v, bool) and _finite_number(v)
         }
         mean.add(numeric, num_examples)
     return mean.result()
+
+
+def _finite_number(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 Phase = Literal["fit", "evaluate"]

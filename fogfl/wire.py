@@ -3,19 +3,25 @@
 The tensors are the model's, keyed by state-dict name; the metadata tags the message
 (protocol, kind, run, round, sender, region, num_examples, codec) and carries JSON fields
 (metrics, contributors, config, schema). `docs/protocol.md` is the specification; this
-module is its reference implementation. Decoding never trusts the sender: every field,
-offset, shape, dtype and value is checked, and any fault raises `WireError`.
+module is its reference implementation.
+
+Decoding never trusts the sender and is total: every way a payload can be wrong ends in
+`WireError` with a reason. It is also bounded: sizes, nesting depth and value counts are
+checked on the raw bytes before any JSON is parsed, and the tensor entries are checked
+against the schema before any array is built, so a hostile payload costs little time and
+memory however it is made.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, NoReturn, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +36,29 @@ KINDS: tuple[str, ...] = get_args(Kind)
 CODECS: tuple[str, ...] = get_args(Codec)
 Tensors = dict[str, npt.NDArray[Any]]
 
+# The limits of what a receiver accepts (docs/protocol.md, "Validation").
+MQTT_MAX_PAYLOAD = 268_435_455
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_METADATA_BYTES = 4 * 1024 * 1024  # beyond the tensor entries, when the schema is known
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_VALUES = 262_144  # JSON values in all metadata fields together
+MAX_TENSORS = 10_000
+MAX_DIMS = 16
+MAX_DIM = MQTT_MAX_PAYLOAD  # no dimension is longer than the largest payload has bytes
+MAX_NAME_CHARS = 512
+MAX_ID_CHARS = 128
+MAX_COUNT = 10**15  # counts stay exact as float64 (< 2**53)
+MAX_METRICS = 256
+MAX_METRIC_NAME_CHARS = 128
+MAX_METRIC = 1e15  # |value|; sums of value × num_examples stay far from overflow
+MAX_JSON_DEPTH = 16
+_MAX_INT_DIGITS = 18
+
+# Tensors carried by these kinds (docs/protocol.md): round and evaluation carry none.
+_NO_TENSORS = frozenset({"round", "evaluation"})
 _HEADER_LENGTH = struct.Struct("<Q")
-_MAX_HEADER_BYTES = 16 * 1024 * 1024
+_HEADER_DEPTH = 3  # header → tensor entry → shape
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 _DTYPES: dict[str, np.dtype[Any]] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -43,7 +70,16 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
-_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_SCHEMA_DTYPES = {str(dtype): dtype for dtype in _DTYPES.values()}
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_COUNT_TEXT = re.compile(r"[0-9]{1,16}")
+_FLOAT_TEXT = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+# A JSON string, or an unterminated one running to the end: possessive, so one pass is
+# linear however the quotes and backslashes are arranged.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
+_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STATS_COUNTS = ("updates_bytes", "region_bytes", "weight")
 
 
 @dataclass(frozen=True)
@@ -73,37 +109,93 @@ class ModelSchema:
     def num_values(self) -> int:
         return sum(math.prod(spec.shape) for spec in self.tensors)
 
+    @property
+    def min_payload_bytes(self) -> int:
+        """The tensor bytes of the smallest message carrying this model (float32 as
+        float16, the smallest codec)."""
+        return sum(
+            math.prod(spec.shape) * (2 if spec.dtype == "float32" else _itemsize(spec.dtype))
+            for spec in self.tensors
+        )
+
     def to_json(self) -> str:
         return json.dumps([[s.name, list(s.shape), s.dtype] for s in self.tensors])
 
     @classmethod
-    def from_json(cls, text: str) -> ModelSchema:
-        try:
-            rows = json.loads(text)
-            return cls(
-                tuple(TensorSpec(str(n), tuple(int(d) for d in s), str(t)) for n, s, t in rows)
+    def from_json(cls, text: str, max_bytes: int = MQTT_MAX_PAYLOAD) -> ModelSchema:
+        """Parse a schema, or raise WireError ``bad-schema``: 1 to MAX_TENSORS uniquely named
+        tensors of known dtypes whose smallest message fits in `max_bytes`."""
+        if not isinstance(text, str):
+            raise WireError("bad-schema", "model schema is not text")
+        rows = _load_json(
+            text,
+            "model schema",
+            "bad-schema",
+            max_depth=3,
+            max_values=MAX_TENSORS * (4 + MAX_DIMS) + 1,
+        )
+        if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_TENSORS:
+            raise WireError(
+                "bad-schema", f"model schema must list 1 to {MAX_TENSORS} [name, shape, dtype]"
             )
-        except (ValueError, TypeError) as exc:
-            raise WireError("bad-schema", f"model schema is not a valid list: {exc}") from None
+        specs = []
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 3):
+                raise WireError("bad-schema", "model schema rows must be [name, shape, dtype]")
+            name, shape, dtype = row
+            if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
+                raise WireError(
+                    "bad-schema", f"model schema tensor names must be 1-{MAX_NAME_CHARS} characters"
+                )
+            if dtype not in _SCHEMA_DTYPES:
+                raise WireError(
+                    "bad-schema", f"model schema: tensor {name[:40]!r} has unknown dtype {dtype!r}"
+                )
+            dims = _dims(shape)
+            if dims is None:
+                raise WireError(
+                    "bad-schema",
+                    f"model schema: tensor {name[:40]!r} has shape {_shown(shape)}; a shape is "
+                    f"at most {MAX_DIMS} integers from 0 to {MAX_DIM}",
+                )
+            specs.append(TensorSpec(name, dims, dtype))
+        schema = cls(tuple(specs))
+        if len(set(schema.names)) != len(specs):
+            raise WireError("bad-schema", "model schema names a tensor twice")
+        if schema.min_payload_bytes > max_bytes:
+            raise WireError(
+                "bad-schema",
+                f"the announced model needs at least {schema.min_payload_bytes} bytes per "
+                f"message, more than the limit of {max_bytes}; is wire.max_payload_bytes right?",
+            )
+        return schema
 
     def check(self, tensors: Mapping[str, npt.NDArray[Any]], what: str) -> None:
         """Raise WireError unless `tensors` has exactly this schema's names and shapes."""
-        if len(tensors) != len(self.tensors) or set(tensors) != set(self.names):
-            missing = sorted(set(self.names) - set(tensors))
-            unknown = sorted(set(tensors) - set(self.names))
+        self._check_names(tensors.keys(), what)
+        for spec in self.tensors:
+            self._check_shape(spec, tuple(tensors[spec.name].shape), what)
+
+    def _check_names(self, names: Iterable[str], what: str) -> None:
+        names = set(names)
+        if len(names) != len(self.tensors) or names != set(self.names):
+            missing = sorted(set(self.names) - names)
+            unknown = sorted(names - set(self.names))
             raise WireError(
                 "wrong-tensors",
-                f"{what} has {len(tensors)} tensors, the model has {len(self.tensors)}"
-                f" (missing {missing[:3]}, unknown {unknown[:3]}); is it running another task?",
+                f"{what} has {len(names)} tensors, the model has {len(self.tensors)}"
+                f" (missing {missing[:3]}, unknown {[n[:40] for n in unknown[:3]]}); is it "
+                "running another task?",
             )
-        for spec in self.tensors:
-            shape = tuple(tensors[spec.name].shape)
-            if shape != spec.shape:
-                raise WireError(
-                    "wrong-shape",
-                    f"{what}: tensor {spec.name} has shape {list(shape)}, the model has "
-                    f"{list(spec.shape)}; is it running another model?",
-                )
+
+    @staticmethod
+    def _check_shape(spec: TensorSpec, shape: tuple[int, ...], what: str) -> None:
+        if shape != spec.shape:
+            raise WireError(
+                "wrong-shape",
+                f"{what}: tensor {spec.name} has shape {list(shape)}, the model has "
+                f"{list(spec.shape)}; is it running another model?",
+            )
 
     def ordered(self, tensors: Mapping[str, npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         return [tensors[name] for name in self.names]
@@ -179,9 +271,23 @@ def encode(message: Envelope, codec: Codec | None = None) -> bytes:
 
 
 def read_metadata(payload: bytes | bytearray | memoryview) -> dict[str, str]:
-    """The string metadata of a payload, without touching its tensors (for monitors)."""
-    header, _ = _read_header(payload, max_bytes=len(payload))
-    return cast(dict[str, str], header.get("__metadata__", {}))
+    """The string metadata of a payload, without touching its tensors (for monitors).
+    Empty when the payload has none; WireError when it is not safetensors or the
+    metadata is not a map of strings to strings."""
+    header, _ = _read_header(payload, max_bytes=len(payload), schema=None)
+    return _string_map(header.get("__metadata__", {}))
+
+
+def metadata_count(meta: Mapping[str, str], key: str) -> int:
+    """A count from the metadata (round, num_examples, …): ASCII decimal digits, at most
+    MAX_COUNT; WireError ``bad-field`` otherwise."""
+    text = meta.get(key, "")
+    if not isinstance(text, str) or not _COUNT_TEXT.fullmatch(text) or int(text) > MAX_COUNT:
+        raise WireError(
+            "bad-field",
+            f"metadata {key}={_shown(text)} is not a decimal count from 0 to {MAX_COUNT}",
+        )
+    return int(text)
 
 
 def decode(
@@ -194,53 +300,64 @@ def decode(
 ) -> Envelope:
     """Parse and validate a payload, or raise WireError with the reason.
 
-    Checks the size limit, header structure, protocol version, kind (one of `kinds`), run id
+    Checks the size limits, header structure, protocol version, kind (one of `kinds`), run id
     (when given), identifiers, counts, JSON fields, tensor offsets and dtypes, the tensors
     against `schema` (when given; float16 codec tensors come back as the schema's dtype),
     and that every float value is finite. Tensors are zero-copy views into `payload`.
     """
-    header, data_start = _read_header(payload, max_bytes=max_bytes)
+    header, data_start = _read_header(payload, max_bytes=max_bytes, schema=schema)
     meta = header.pop("__metadata__", None)
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+    if meta is None:
         raise WireError("malformed", "payload has no fogfl metadata; not a fogfl message")
+    meta = _string_map(meta)
     version = meta.get("fogfl")
     if version != PROTOCOL_VERSION:
         raise WireError(
             "bad-version",
-            f"protocol version {version!r}, this fogfl speaks {PROTOCOL_VERSION!r}; "
+            f"protocol version {_shown(version)}, this fogfl speaks {PROTOCOL_VERSION!r}; "
             "upgrade the sender or this role",
         )
     kind = meta.get("kind", "")
     allowed = set(kinds)
     if kind not in allowed:
-        raise WireError("wrong-kind", f"message of kind {kind!r} where {sorted(allowed)} belong")
+        raise WireError(
+            "wrong-kind", f"message of kind {_shown(kind)} where {sorted(allowed)} belong"
+        )
     message_run = _identifier(meta, "run_id")
     if run_id is not None and message_run != run_id:
         raise WireError("other-run", f"message is from run {message_run!r}, not {run_id!r}")
     codec = meta.get("codec", "")
     if codec not in CODECS:
-        raise WireError("bad-codec", f"unknown codec {codec!r}; expected one of {CODECS}")
+        raise WireError("bad-codec", f"unknown codec {_shown(codec)}; expected one of {CODECS}")
     message = Envelope(
         kind=cast(Kind, kind),
         run_id=message_run,
-        round=_count(meta, "round"),
-        edge_round=_count(meta, "edge_round") if "edge_round" in meta else 1,
+        round=metadata_count(meta, "round"),
+        edge_round=metadata_count(meta, "edge_round") if "edge_round" in meta else 1,
         sender=_identifier(meta, "sender"),
         region=_identifier(meta, "region", allow_empty=True),
-        num_examples=_count(meta, "num_examples"),
+        num_examples=metadata_count(meta, "num_examples"),
         metrics=_metrics(meta),
-        contributors=_string_list(meta, "contributors"),
-        stats=_json_object(meta, "stats"),
-        config=_json_object(meta, "config"),
-        final=meta.get("final") == "true",
-        schema=ModelSchema.from_json(meta["schema"]) if "schema" in meta else None,
+        contributors=_contributors(meta),
+        stats=_stats(meta),
+        config=_json_object(meta, "config", MAX_METADATA_VALUES),
+        final=_flag(meta, "final"),
+        schema=ModelSchema.from_json(meta["schema"], max_bytes) if "schema" in meta else None,
         codec=cast(Codec, codec),
-        sent_at=_float(meta, "sent_at"),
+        sent_at=_sent_at(meta),
         payload_bytes=len(payload),
     )
-    message.tensors = _tensors(header, payload, data_start)
+    what = f"{kind} from {message.sender}"
+    if kind in _NO_TENSORS and header:
+        raise WireError("wrong-tensors", f"{what} carries {len(header)} tensors; it carries none")
+    entries = _tensor_entries(header, len(payload) - data_start, schema, what)
+    message.tensors = {
+        name: np.frombuffer(
+            payload, dtype=dtype, count=math.prod(shape), offset=data_start + begin
+        ).reshape(shape)
+        for name, (dtype, shape, begin) in entries.items()
+    }
     if schema is not None:
-        schema.check(message.tensors, f"{kind} from {message.sender}")
         message.tensors = {
             spec.name: _from_codec(message.tensors[spec.name], spec.dtype)
             for spec in schema.tensors
@@ -265,8 +382,32 @@ def _from_codec(array: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
     raise WireError("wrong-dtype", f"tensor of dtype {array.dtype} where the model has {dtype}")
 
 
+def _readable_as(got: np.dtype[Any], spec_dtype: str) -> bool:
+    return str(got) == spec_dtype or (got == np.float16 and spec_dtype == "float32")
+
+
+def _itemsize(dtype: str) -> int:
+    return _SCHEMA_DTYPES[dtype].itemsize if dtype in _SCHEMA_DTYPES else 8
+
+
+def _header_limits(schema: ModelSchema | None) -> tuple[int, int, int]:
+    """(bytes, raw JSON values, structural JSON values) a header may have. With a schema the
+    tensor entries are bounded by the model's; without, by MAX_TENSORS of MAX_DIMS."""
+    if schema is None:
+        tensors, dims, name_bytes = MAX_TENSORS, MAX_TENSORS * MAX_DIMS, MAX_HEADER_BYTES
+    else:
+        tensors = len(schema.tensors)
+        dims = sum(len(spec.shape) for spec in schema.tensors)
+        # 12 bytes a character: a name may arrive as \\uXXXX surrogate pairs.
+        name_bytes = sum(12 * len(spec.name) for spec in schema.tensors)
+    size = min(MAX_HEADER_BYTES, MAX_METADATA_BYTES + 256 * tensors + 24 * dims + name_bytes)
+    raw = MAX_METADATA_VALUES + 16 * tensors + dims
+    structural = 2 + MAX_METADATA_ENTRIES + 8 * tensors + dims
+    return size, raw, structural
+
+
 def _read_header(
-    payload: bytes | bytearray | memoryview, *, max_bytes: int
+    payload: bytes | bytearray | memoryview, *, max_bytes: int, schema: ModelSchema | None
 ) -> tuple[dict[str, Any], int]:
     size = len(payload)
     if size > max_bytes:
@@ -275,99 +416,296 @@ def _read_header(
         raise WireError("malformed", f"payload of {size} bytes is too short for safetensors")
     (header_length,) = _HEADER_LENGTH.unpack_from(payload, 0)
     data_start = _HEADER_LENGTH.size + header_length
-    if header_length > _MAX_HEADER_BYTES or data_start > size:
-        raise WireError("malformed", f"safetensors header length {header_length} is impossible")
-    try:
-        header = json.loads(bytes(payload[_HEADER_LENGTH.size : data_start]))
-    except (UnicodeDecodeError, ValueError):
-        raise WireError("malformed", "safetensors header is not valid JSON") from None
+    if data_start > size:
+        raise WireError(
+            "malformed", f"safetensors header length {header_length} exceeds the payload"
+        )
+    limit, raw_values, structural_values = _header_limits(schema)
+    if header_length > limit:
+        model = "" if schema is None else f" for a model of {len(schema.tensors)} tensors"
+        raise WireError(
+            "oversized",
+            f"safetensors header of {header_length} bytes exceeds the limit of {limit}{model}",
+        )
+    text = bytes(payload[_HEADER_LENGTH.size : data_start])
+    header = _load_json(
+        text,
+        "safetensors header",
+        "malformed",
+        max_depth=_HEADER_DEPTH,
+        max_values=structural_values,
+        max_raw=raw_values,
+    )
     if not isinstance(header, dict):
         raise WireError("malformed", "safetensors header is not a JSON object")
     return header, data_start
 
 
-def _tensors(
-    header: dict[str, Any], payload: bytes | bytearray | memoryview, data_start: int
-) -> Tensors:
-    data_size = len(payload) - data_start
-    tensors: Tensors = {}
-    for name, entry in header.items():
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise WireError("malformed", f"tensor {name!r} has a malformed header entry") from None
-        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_size:
-            raise WireError("malformed", f"tensor {name!r} lies outside the payload")
-        count = math.prod(shape)
-        if (end - begin) != count * dtype.itemsize:
-            raise WireError(
-                "malformed",
-                f"tensor {name!r} spans {end - begin} bytes, its shape {list(shape)} needs "
-                f"{count * dtype.itemsize}",
-            )
-        array = np.frombuffer(payload, dtype=dtype, count=count, offset=data_start + begin)
-        tensors[name] = array.reshape(shape)
-    return tensors
+def _load_json(
+    text: str | bytes,
+    what: str,
+    reason: str,
+    *,
+    max_depth: int,
+    max_values: int,
+    max_raw: int | None = None,
+) -> Any:
+    """`json.loads`, total and bounded: WireError(reason) unless `text` is UTF-8 standard
+    JSON (no NaN or Infinity, no repeated keys, integers of at most 18 digits, finite
+    floats) nested at most `max_depth` deep with at most `max_values` values.
 
-
-def _identifier(meta: dict[str, str], key: str, allow_empty: bool = False) -> str:
-    value = meta.get(key, "")
-    if (not value and not allow_empty) or len(value) > 128 or not set(value) <= _ID_CHARS:
+    Everything is counted on the bytes before parsing: first brackets, commas and quotes
+    anywhere (`max_raw`, default 4 × `max_values`; this bounds the scan), then the same
+    outside strings, where the depth is measured without recursion."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    raw = data.count(b",") + data.count(b"[") + data.count(b"{") + data.count(b'"') // 2
+    raw_limit = 4 * max_values + 64 if max_raw is None else max_raw
+    if raw > raw_limit:
         raise WireError(
-            "bad-field", f"metadata {key}={value[:40]!r} must be 1-128 letters, digits, _ . -"
+            reason, f"{what} holds {raw} brackets, commas and strings, over {raw_limit}"
+        )
+    skeleton = _JSON_STRING.sub(b"", data)
+    values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{") + 1
+    if values > max_values:
+        raise WireError(reason, f"{what} holds more than {max_values} JSON values")
+    brackets = skeleton.translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        brackets = _INNERMOST_PAIR.sub(b"", brackets)
+    if brackets:
+        raise WireError(reason, f"{what} nests deeper than {max_depth} levels (or is unbalanced)")
+    try:
+        return json.loads(
+            data.decode("utf-8") if isinstance(text, bytes) else text,
+            object_pairs_hook=_unique_keys,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise WireError(reason, f"{what} is not valid JSON: {str(exc)[:200]}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return found
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} overflows")
+    return value
+
+
+def _no_constant(text: str) -> NoReturn:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _string_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise WireError(
+            "malformed", "safetensors metadata is not a map of strings; not a fogfl message"
+        )
+    if len(value) > MAX_METADATA_ENTRIES:
+        raise WireError(
+            "malformed", f"metadata has {len(value)} entries, more than {MAX_METADATA_ENTRIES}"
         )
     return value
 
 
-def _count(meta: dict[str, str], key: str) -> int:
-    text = meta.get(key, "")
-    if not text.isdigit() or len(text) > 18:
-        raise WireError("bad-field", f"metadata {key}={text[:40]!r} is not a non-negative integer")
-    return int(text)
+def _dims(shape: object) -> tuple[int, ...] | None:
+    """The shape as a tuple when it is a list of at most MAX_DIMS plain integers in
+    [0, MAX_DIM] (not bools, floats or strings); None otherwise."""
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        return None
+    if not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape):
+        return None
+    return tuple(shape)
 
 
-def _float(meta: dict[str, str], key: str) -> float:
-    try:
-        value = float(meta.get(key, "0"))
-    except ValueError:
-        raise WireError("bad-field", f"metadata {key} is not a number") from None
+def _tensor_entries(
+    header: dict[str, Any], data_size: int, schema: ModelSchema | None, what: str
+) -> dict[str, tuple[np.dtype[Any], tuple[int, ...], int]]:
+    """(dtype, shape, data offset) of every tensor, validated against the schema (when
+    given) and the data section, which they must cover exactly, without gaps or overlaps:
+    all before a single array is built."""
+    if len(header) > MAX_TENSORS:
+        raise WireError("wrong-tensors", f"{what} has {len(header)} tensors, over {MAX_TENSORS}")
+    specs = {} if schema is None else {spec.name: spec for spec in schema.tensors}
+    if schema is not None:
+        schema._check_names(header, what)
+    entries: dict[str, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+    spans: list[tuple[int, int]] = []
+    for name, entry in header.items():
+        shown = _shown(name)
+        if len(name) > MAX_NAME_CHARS:
+            raise WireError("malformed", f"tensor name {shown} is over {MAX_NAME_CHARS} characters")
+        if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
+            raise WireError(
+                "malformed", f"tensor {shown} must have exactly dtype, shape and data_offsets"
+            )
+        dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        if dtype is None:
+            raise WireError(
+                "malformed",
+                f"tensor {shown} has dtype {_shown(entry['dtype'])}, not one of {sorted(_DTYPES)}",
+            )
+        shape = _dims(entry["shape"])
+        if shape is None:
+            raise WireError(
+                "malformed",
+                f"tensor {shown} has shape {_shown(entry['shape'])}; a shape is at most "
+                f"{MAX_DIMS} integers from 0 to {MAX_DIM}",
+            )
+        if name in specs:
+            ModelSchema._check_shape(specs[name], shape, what)
+            if not _readable_as(dtype, specs[name].dtype):
+                raise WireError(
+                    "wrong-dtype",
+                    f"{what}: tensor {name} is {dtype}, the model has {specs[name].dtype}",
+                )
+        offsets = entry["data_offsets"]
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise WireError(
+                "malformed",
+                f"tensor {shown} has data_offsets {_shown(offsets)}; they must be two "
+                f"integers within the {data_size} data bytes",
+            )
+        begin, end = offsets
+        needed = math.prod(shape) * dtype.itemsize
+        if end - begin != needed:
+            raise WireError(
+                "malformed",
+                f"tensor {shown} spans {end - begin} bytes, its shape {list(shape)} needs {needed}",
+            )
+        entries[name] = (dtype, shape, begin)
+        spans.append((begin, end))
+    covered = 0
+    for begin, end in sorted(spans):
+        if begin != covered:
+            raise WireError(
+                "malformed", f"{what}: tensors overlap or leave a gap at data byte {covered}"
+            )
+        covered = end
+    if covered != data_size:
+        raise WireError(
+            "malformed", f"{what}: {data_size - covered} data bytes belong to no tensor"
+        )
+    return entries
+
+
+def _identifier(meta: dict[str, str], key: str, allow_empty: bool = False) -> str:
+    value = meta.get(key, "")
+    if (not value and not allow_empty) or len(value) > MAX_ID_CHARS or not set(value) <= _ID_CHARS:
+        raise WireError(
+            "bad-field",
+            f"metadata {key}={_shown(value)} must be 1-{MAX_ID_CHARS} letters, digits, _ . -",
+        )
+    return value
+
+
+def _flag(meta: dict[str, str], key: str) -> bool:
+    value = meta.get(key, "false")
+    if value not in ("true", "false"):
+        raise WireError("bad-field", f"metadata {key}={_shown(value)} must be true or false")
+    return value == "true"
+
+
+def _sent_at(meta: dict[str, str]) -> float:
+    text = meta.get("sent_at", "0")
+    if not _FLOAT_TEXT.fullmatch(text):
+        raise WireError("bad-field", f"metadata sent_at={_shown(text)} is not a decimal number")
+    value = float(text)
     return value if math.isfinite(value) else 0.0
 
 
-def _json_field(meta: dict[str, str], key: str, default: str) -> Any:
-    try:
-        return json.loads(meta.get(key, default))
-    except ValueError:
-        raise WireError("bad-field", f"metadata {key} is not valid JSON") from None
+def _json_field(meta: dict[str, str], key: str, default: str, max_values: int) -> Any:
+    return _load_json(
+        meta.get(key, default),
+        f"metadata {key}",
+        "bad-field",
+        max_depth=MAX_JSON_DEPTH,
+        max_values=max_values,
+    )
 
 
 def _metrics(meta: dict[str, str]) -> dict[str, float]:
-    raw = _json_field(meta, "metrics", "{}")
-    if not isinstance(raw, dict):
-        raise WireError("bad-field", "metadata metrics must be a JSON object")
+    raw = _json_field(meta, "metrics", "{}", MAX_METRICS + 1)
+    if not isinstance(raw, dict) or len(raw) > MAX_METRICS:
+        raise WireError("bad-field", f"metadata metrics must be a JSON object of ≤ {MAX_METRICS}")
     metrics: dict[str, float] = {}
     for name, value in raw.items():
+        if not 1 <= len(name) <= MAX_METRIC_NAME_CHARS:
+            raise WireError(
+                "bad-field", f"metric name {name[:40]!r} is not 1-{MAX_METRIC_NAME_CHARS} long"
+            )
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            or not abs(value) <= MAX_METRIC
         ):
-            raise WireError("bad-field", f"metric {name!r}={value!r} is not a finite number")
-        metrics[str(name)] = float(value)
+            raise WireError(
+                "bad-field",
+                f"metric {name!r}={_shown(value)} is not a number within ±{MAX_METRIC:g}",
+            )
+        metrics[name] = float(value)
     return metrics
 
 
-def _string_list(meta: dict[str, str], key: str) -> list[str]:
-    raw = _json_field(meta, key, "[]")
-    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
-        raise WireError("bad-field", f"metadata {key} must be a JSON list of strings")
+def _contributors(meta: dict[str, str]) -> list[str]:
+    raw = _json_field(meta, "contributors", "[]", MAX_METADATA_VALUES)
+    if not isinstance(raw, list) or not all(
+        isinstance(item, str) and len(item) <= MAX_ID_CHARS for item in raw
+    ):
+        raise WireError(
+            "bad-field", f"metadata contributors must be a JSON list of ids (≤ {MAX_ID_CHARS})"
+        )
     return raw
 
 
-def _json_object(meta: dict[str, str], key: str) -> dict[str, Any]:
-    raw = _json_field(meta, key, "{}")
+def _stats(meta: dict[str, str]) -> dict[str, Any]:
+    """A partial's stats: the counts the bridge hands on must be plain counts."""
+    stats = _json_object(meta, "stats", 4096)
+    for key in _STATS_COUNTS:
+        if key in stats and not _is_count(stats[key]):
+            raise WireError(
+                "bad-field", f"stats {key}={_shown(stats[key])} is not a count to {MAX_COUNT}"
+            )
+    rejected = stats.get("rejected", {})
+    if not isinstance(rejected, dict) or not all(_is_count(n) for n in rejected.values()):
+        raise WireError("bad-field", "stats rejected must map reasons to counts")
+    return stats
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def _json_object(meta: dict[str, str], key: str, max_values: int) -> dict[str, Any]:
+    raw = _json_field(meta, key, "{}", max_values)
     if not isinstance(raw, dict):
         raise WireError("bad-field", f"metadata {key} must be a JSON object")
     return raw
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its repr, cut short (hostile values can be huge)."""
+    if isinstance(value, str | list | dict) and len(value) > 60:
+        value = (
+            value[:60] if isinstance(value, str) else f"<{type(value).__name__} of {len(value)}>"
+        )
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
