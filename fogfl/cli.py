@@ -232,16 +232,14 @@ def server(
         bool,
         typer.Option(
             "--resume",
-            help="Continue the run in --run-dir from its last completed round (its "
-            "config.yaml is the configuration unless --config is given).",
+            help="Continue the run in --run-dir (or server.run_dir) from its last completed "
+            "round; its config.yaml is the configuration unless --config is given.",
         ),
     ] = False,
     *,
     settings: Settings,
 ) -> None:
     """Run Flower's FedAvg over the regions and publish each global model over MQTT."""
-    if resume and run_dir is None:
-        raise typer.BadParameter("--resume needs --run-dir DIR", param_hint="--resume")
     if resume and settings.config_file is None and run_dir is not None:
         from fogfl.run_dir import CONFIG_FILE
 

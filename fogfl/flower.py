@@ -384,6 +384,7 @@ class RegionRoster(ClientManager):
         self._serving: dict[str, _Connection] = {}
         self.proxies = {region: RegionProxy(region, self) for region in regions}
         self.round_opened = time.monotonic()
+        self._ending = False
 
     def open_round(self, first: bool) -> None:
         """A round starts: a region without a bridge has `region_wait_s` from now. Before
@@ -419,7 +420,8 @@ class RegionRoster(ClientManager):
             region = connection.region
             if region is not None and self._serving.get(region) is connection:
                 del self._serving[region]
-                self.log.warning("region %s: its bridge disconnected", region)
+                if not self._ending:
+                    self.log.warning("region %s: its bridge disconnected", region)
             self._cv.notify_all()
 
     def num_available(self) -> int:
@@ -433,8 +435,9 @@ class RegionRoster(ClientManager):
 
     def all(self) -> dict[str, ClientProxy]:
         """Every live connection (identified or not), so that Flower's end-of-run
-        disconnect reaches them all."""
+        disconnect reaches them all (Flower calls this only then)."""
         with self._cv:
+            self._ending = True
             return dict(self._connections)
 
     def wait_for(self, num_clients: int, timeout: float = 0) -> bool:

@@ -47,10 +47,12 @@ class FogBridge:
         self.serve = serve
         self.log = role_logger(ROLE, region)
         self.rejections = Rejections(self.log)
-        # Not a stable id: two bridges for one region (a mistake the server resolves) must
-        # not take each other's MQTT session over; a restarted bridge gets its region's
-        # newest partial as the retained message instead.
-        self.session = MqttSession(config.mqtt, f"fogfl-bridge-{region}-{os.getpid()}", self.log)
+        # Neither a stable id nor a persistent session: two bridges for one region (a mistake
+        # the server resolves) must not take one MQTT session from each other in turn, and a
+        # restarted bridge needs no queue: the region's newest partial is retained.
+        self.session = MqttSession(
+            config.mqtt, f"fogfl-bridge-{region}-{os.getpid()}", self.log, persistent=False
+        )
         self.topic = self.session.topics.partial(region)
         self.waiting: dict[PartialKey, Received] = {}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -28,7 +27,7 @@ from fogfl.aggregation import mean_metrics
 from fogfl.config import FogflConfig, RoundPlan, dump_config
 from fogfl.errors import ConfigError, FogflError
 from fogfl.logs import role_logger
-from fogfl.mqtt import MqttSession
+from fogfl.mqtt import MqttSession, role_client_id
 from fogfl.processes import release_held_port
 from fogfl.run_dir import (
     CHECKPOINT_FILE,
@@ -63,7 +62,9 @@ class Server:
         self.checkpoint: Checkpoint | None = None
         if resume:
             if config.server.run_dir is None:
-                raise ConfigError("--resume needs --run-dir: the directory of the run to continue")
+                raise ConfigError(
+                    "--resume needs the run's directory: --run-dir DIR or server.run_dir"
+                )
             self.checkpoint = read_checkpoint(config.server.run_dir / CHECKPOINT_FILE)
         self.run_id = self._run_id(resume)
         # Resuming a run that never completed a round still is that run: its retained
@@ -73,7 +74,7 @@ class Server:
         )
         self.run_dir = config.server.run_dir or Path("runs") / self.run_id
         self.log = role_logger(ROLE, self.run_id)
-        self.session = MqttSession(config.mqtt, f"fogfl-server-{os.getpid()}", self.log)
+        self.session = MqttSession(config.mqtt, role_client_id(config.mqtt, "server"), self.log)
         self.records: dict[int, RoundRecord] = {}
         self.completed = 0
         self.global_model = self.schema.ordered(self.initial)
