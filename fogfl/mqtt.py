@@ -255,7 +255,7 @@ class MqttSession:
                 progress.report(str(exc))
                 time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
         self._client.loop_start()
-        while not self._subscribed.wait(max(0.0, min(0.5, deadline - time.monotonic()))):
+        while not self._subscribed.wait(max(0.0, min(0.1, deadline - time.monotonic()))):
             with self._lock:
                 refusal, final = self._refusal, self._refused_for_good
             if final or time.monotonic() >= deadline:

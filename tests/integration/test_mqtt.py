@@ -4,9 +4,11 @@ manual acknowledgement)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -178,6 +180,60 @@ def test_a_publish_the_broker_never_acknowledges_fails_after_publish_timeout(
     restartable_broker.stop()
     with pytest.raises(BrokerError, match=r"did not acknowledge 5 bytes on fl/round within 1 s"):
         sender.publish("fl/round", b"hello")
+    sender.close()
+
+
+class RefusingBroker:
+    """Stands in for a broker that is restarting: answers every CONNECT with CONNACK
+    "server unavailable" (MQTT 3.1.1 return code 3) and hangs up."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.refused = 0
+        self._listener = socket.create_server((host, port))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    connection.recv(1024)  # the CONNECT
+                    connection.sendall(bytes([0x20, 0x02, 0x00, 0x03]))
+                    self.refused += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def test_reconnecting_goes_on_while_the_broker_refuses_sessions(
+    restartable_broker: LocalBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="test")
+    sender = session(restartable_broker, "fogfl-fl-server", persistent=True)
+    restartable_broker.stop()
+    refusing = RefusingBroker(restartable_broker.host, restartable_broker.port)
+    try:
+        publishing = Background(lambda: sender.publish("fl/round", b"round 2", retain=True))
+        wait_until(lambda: refusing.refused >= 2, 30, "two refused reconnection attempts")
+    finally:
+        refusing.close()
+    restartable_broker.start()
+    publishing.result(60)
+    refusals = [r for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert len(refusals) == 1 and "Server unavailable" in refusals[0].getMessage()
+    late = session(restartable_broker, "late", ["fl/round"])
+    arrived = late.receive(timeout=10)
+    assert arrived is not None and arrived.payload == b"round 2"
+    late.close()
     sender.close()
 
 
