@@ -417,8 +417,8 @@ class MqttSession:
                 session = "the broker kept our session"
             elif self.persistent:
                 session = (
-                    "the broker lost our session (restarted without persistence?): what was "
-                    "published for us meanwhile is gone"
+                    "the broker lost our session (no persistence, or killed before it saved "
+                    "it): what was published for us meanwhile is gone"
                 )
             else:
                 session = "subscribing again"

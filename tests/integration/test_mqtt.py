@@ -173,6 +173,40 @@ def test_a_publish_during_an_outage_arrives_after_the_restart(
     receiver.close()
 
 
+def test_a_publish_cut_off_by_a_broker_crash_is_sent_again_in_full(
+    restartable_broker: LocalBroker,
+) -> None:
+    receiver = session(
+        restartable_broker, "fogfl-fl-client-c1", ["fl/global_model"], persistent=True
+    )
+    sender = session(restartable_broker, "fogfl-fl-server", persistent=True)
+    restartable_broker.restart()  # SIGTERM saves both sessions, so the crash cannot lose them
+    wait_until(lambda: sender.connected and receiver.connected, 30, "both sessions to return")
+    assert restartable_broker.process is not None
+    os.kill(restartable_broker.process.pid, signal.SIGSTOP)  # frozen: nothing is acknowledged
+    model = np.random.default_rng(1).bytes(30 * 2**20)  # more than the socket buffers hold
+    publishing = Background(lambda: sender.publish("fl/global_model", model, retain=True))
+    wait_until(lambda: unsent_bytes_to(restartable_broker.port) > 2**20, 30, "a publish stuck")
+    assert publishing.running(), f"a frozen broker acknowledged nothing: {publishing.error}"
+    restartable_broker.kill()  # mid-publish: part of the packet is in the socket, part is not
+    restartable_broker.start()
+    publishing.result(120)
+    arrived = receiver.receive(timeout=60)
+    assert arrived is not None and bytes(arrived.payload) == model
+    sender.close()
+    receiver.close()
+
+
+def unsent_bytes_to(port: int) -> int:
+    """The most bytes any local TCP connection to `port` holds unsent (Linux's view)."""
+    most = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) == port:
+            most = max(most, int(fields[4].split(":")[0], 16))
+    return most
+
+
 def test_a_publish_the_broker_never_acknowledges_fails_after_publish_timeout(
     restartable_broker: LocalBroker,
 ) -> None:
