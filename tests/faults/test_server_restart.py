@@ -44,15 +44,21 @@ def start_regions(
     bridges: dict[str, int] | None = None,
     fog_regions: list[str] | None = None,
     sections: dict[str, dict[str, Any]] | None = None,
+    serve: bool = False,
+    round_s: float | None = None,
 ) -> Path:
     """Start the fog brokers, bridges (`bridges[region]` of them, default one) and clients
-    of a federation and wait until each is ready; returns the shared config file, which
-    points the server at `tmp_path / "run"`. The test starts the server."""
+    of a federation (`serve`: with --serve) and wait until each is ready; returns the shared
+    config file, which points the server at `tmp_path / "run"`. The test starts the
+    server. `round_s`: each fog broker expects one update more than it gets, so every
+    round lasts that long (its deadline) and still aggregates every update."""
+    staying = ["--serve"] if serve else []
+    extra = 0 if round_s is None else 1
     port = free_port()
     settings: dict[str, dict[str, Any]] = {
         "federation": {"rounds": rounds, "regions": list(clients)},
         "training": {"local_epochs": 1},
-        "fog": {"deadline_s": 60},
+        "fog": {"deadline_s": round_s or 60},
         "bridge": {"server_address": f"127.0.0.1:{port}", "partial_timeout_s": 60},
         "server": {
             "address": f"127.0.0.1:{port}",
@@ -71,15 +77,16 @@ def start_regions(
                 "--region",
                 region,
                 "--expected",
-                str(len(members)),
+                str(len(members) + extra),
                 "--state-dir",
                 str(tmp_path / "fog-state"),
                 "--config",
                 str(common),
+                *staying,
             )
         for copy in range((bridges or {}).get(region, 1)):
             name = f"bridge-{region}" + (f"-{copy + 1}" if copy else "")
-            started.start(name, "fog-bridge", "--region", region, "--config", str(common))
+            started.start(name, "fog-bridge", "--region", region, "--config", str(common), *staying)
         for client_id, seconds in members:
             own = write_config(
                 tmp_path / f"{client_id}.yaml",
@@ -88,7 +95,9 @@ def start_regions(
                 training={"local_epochs": 1},
             )
             started.start(
-                client_id, "client", "--id", client_id, "--region", region, "--config", str(own)
+                client_id,
+                "client",
+                *("--id", client_id, "--region", region, "--config", str(own), *staying),
             )
     for name in started.children:
         started.wait_for_log(name, "ready", timeout=90)
