@@ -492,7 +492,7 @@ class MqttSession:
         self,
         client: paho.Client,
         userdata: Any,
-        flags: Any,
+        flags: paho.DisconnectFlags,
         reason: ReasonCode,
         properties: Any,
     ) -> None:
@@ -510,7 +510,7 @@ class MqttSession:
             )
         else:
             # Unless the broker said why, paho reports a closed socket as "Unspecified error".
-            said = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+            said = flags.is_disconnect_packet_from_server
             why = str(reason) if said or reason.value != 128 else "connection closed"
             self.log.warning("lost the MQTT broker at %s (%s); reconnecting", self._where, why)
 

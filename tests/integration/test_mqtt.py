@@ -271,6 +271,24 @@ def test_reconnecting_goes_on_while_the_broker_refuses_sessions(
     sender.close()
 
 
+def test_a_broker_that_falls_silent_is_left_and_rejoined(restartable_broker: LocalBroker) -> None:
+    """A frozen broker (or a cut link) closes no socket: the keep-alive has to notice."""
+    watcher = session(restartable_broker, "watcher", ["fl/round"], persistent=True, keepalive_s=5)
+    assert restartable_broker.process is not None
+    os.kill(restartable_broker.process.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: not watcher.connected, 60, "the keep-alive to give up on the broker")
+    finally:
+        os.kill(restartable_broker.process.pid, signal.SIGCONT)
+    wait_until(lambda: watcher.connected, 60, "the session to come back")
+    sender = session(restartable_broker, "sender")
+    sender.publish("fl/round", b"round 3")
+    arrived = watcher.receive(timeout=30)
+    assert arrived is not None and arrived.payload == b"round 3"
+    sender.close()
+    watcher.close()
+
+
 def test_subscriptions_come_back_after_a_broker_that_forgot_them(
     restartable_broker: LocalBroker,
 ) -> None:
