@@ -41,7 +41,7 @@ MQTT_MAX_PAYLOAD = 268_435_455
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_METADATA_BYTES = 4 * 1024 * 1024  # beyond the tensor entries, when the schema is known
 MAX_METADATA_ENTRIES = 64
-MAX_METADATA_VALUES = 262_144  # JSON values in all metadata fields together
+MAX_METADATA_VALUES = 131_072  # JSON values in one metadata field
 MAX_TENSORS = 10_000
 MAX_DIMS = 16
 MAX_DIM = MQTT_MAX_PAYLOAD  # no dimension is longer than the largest payload has bytes
@@ -70,7 +70,9 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
-_SCHEMA_DTYPES = {str(dtype): dtype for dtype in _DTYPES.values()}
+_DTYPE_NAMES = {code: dtype.name for code, dtype in _DTYPES.items()}
+_FLOAT_CODES = frozenset({"F64", "F32", "F16"})
+_SCHEMA_DTYPES = {dtype.name: dtype for dtype in _DTYPES.values()}
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _COUNT_TEXT = re.compile(r"[0-9]{1,16}")
 _FLOAT_TEXT = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
@@ -351,20 +353,16 @@ def decode(
     if kind in _NO_TENSORS and header:
         raise WireError("wrong-tensors", f"{what} carries {len(header)} tensors; it carries none")
     entries = _tensor_entries(header, len(payload) - data_start, schema, what)
-    message.tensors = {
-        name: np.frombuffer(
-            payload, dtype=dtype, count=math.prod(shape), offset=data_start + begin
+    for name in entries if schema is None else schema.names:
+        code, shape, begin = entries[name]
+        array = np.frombuffer(
+            payload, dtype=_DTYPES[code], count=math.prod(shape), offset=data_start + begin
         ).reshape(shape)
-        for name, (dtype, shape, begin) in entries.items()
-    }
-    if schema is not None:
-        message.tensors = {
-            spec.name: _from_codec(message.tensors[spec.name], spec.dtype)
-            for spec in schema.tensors
-        }
-    for name, array in message.tensors.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if code in _FLOAT_CODES and not np.isfinite(array).all():
             raise WireError("not-finite", f"tensor {name} from {message.sender} holds NaN or Inf")
+        if code == "F16" and schema is not None and _DTYPE_NAMES[code] != _spec_dtype(schema, name):
+            array = array.astype(np.float32)  # the float16 codec of a float32 tensor
+        message.tensors[name] = array
     return message
 
 
@@ -374,41 +372,27 @@ def _to_codec(array: npt.NDArray[Any], codec: str) -> npt.NDArray[Any]:
     return np.ascontiguousarray(array)
 
 
-def _from_codec(array: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
-    if str(array.dtype) == dtype:
-        return array
-    if array.dtype == np.float16 and dtype == "float32":
-        return array.astype(np.float32)
-    raise WireError("wrong-dtype", f"tensor of dtype {array.dtype} where the model has {dtype}")
+def _readable_as(code: str, spec_dtype: str) -> bool:
+    """Whether a tensor of safetensors dtype `code` is one of the model's `spec_dtype`
+    (float16 is, for float32: the float16 codec)."""
+    return _DTYPE_NAMES[code] == spec_dtype or (code == "F16" and spec_dtype == "float32")
 
 
-def _readable_as(got: np.dtype[Any], spec_dtype: str) -> bool:
-    return str(got) == spec_dtype or (got == np.float16 and spec_dtype == "float32")
+def _spec_dtype(schema: ModelSchema, name: str) -> str:
+    return next(spec.dtype for spec in schema.tensors if spec.name == name)
 
 
 def _itemsize(dtype: str) -> int:
     return _SCHEMA_DTYPES[dtype].itemsize if dtype in _SCHEMA_DTYPES else 8
 
 
-def _header_limits(schema: ModelSchema | None) -> tuple[int, int, int]:
-    """(bytes, raw JSON values, structural JSON values) a header may have. With a schema the
-    tensor entries are bounded by the model's; without, by MAX_TENSORS of MAX_DIMS."""
-    if schema is None:
-        tensors, dims, name_bytes = MAX_TENSORS, MAX_TENSORS * MAX_DIMS, MAX_HEADER_BYTES
-    else:
-        tensors = len(schema.tensors)
-        dims = sum(len(spec.shape) for spec in schema.tensors)
-        # 12 bytes a character: a name may arrive as \\uXXXX surrogate pairs.
-        name_bytes = sum(12 * len(spec.name) for spec in schema.tensors)
-    size = min(MAX_HEADER_BYTES, MAX_METADATA_BYTES + 256 * tensors + 24 * dims + name_bytes)
-    raw = MAX_METADATA_VALUES + 16 * tensors + dims
-    structural = 2 + MAX_METADATA_ENTRIES + 8 * tensors + dims
-    return size, raw, structural
-
-
 def _read_header(
     payload: bytes | bytearray | memoryview, *, max_bytes: int, schema: ModelSchema | None
 ) -> tuple[dict[str, Any], int]:
+    """The parsed header and where the data starts. Before parsing, the header's size and
+    shape are bounded by what a header of this model (or, without a schema, of
+    MAX_TENSORS tensors) can hold: at most 64 metadata strings, and per tensor one object,
+    two arrays, five strings and a few commas."""
     size = len(payload)
     if size > max_bytes:
         raise WireError("oversized", f"payload of {size} bytes exceeds the limit of {max_bytes}")
@@ -420,7 +404,14 @@ def _read_header(
         raise WireError(
             "malformed", f"safetensors header length {header_length} exceeds the payload"
         )
-    limit, raw_values, structural_values = _header_limits(schema)
+    if schema is None:
+        tensors, dims, name_bytes = MAX_TENSORS, MAX_DIMS, MAX_HEADER_BYTES
+    else:
+        tensors = len(schema.tensors)
+        dims = max((len(spec.shape) for spec in schema.tensors), default=0)
+        # 12 bytes a character: a name may arrive as \uXXXX surrogate pairs.
+        name_bytes = sum(12 * len(spec.name) for spec in schema.tensors)
+    limit = min(MAX_HEADER_BYTES, MAX_METADATA_BYTES + (256 + 24 * dims) * tensors + name_bytes)
     if header_length > limit:
         model = "" if schema is None else f" for a model of {len(schema.tensors)} tensors"
         raise WireError(
@@ -428,59 +419,64 @@ def _read_header(
             f"safetensors header of {header_length} bytes exceeds the limit of {limit}{model}",
         )
     text = bytes(payload[_HEADER_LENGTH.size : data_start])
-    header = _load_json(
-        text,
-        "safetensors header",
-        "malformed",
-        max_depth=_HEADER_DEPTH,
-        max_values=structural_values,
-        max_raw=raw_values,
+    what = "safetensors header"
+    skeleton = _skeleton(
+        text, what, "malformed", max_strings=2 * MAX_METADATA_ENTRIES + 5 * tensors + 8
     )
+    objects, arrays, commas = skeleton.count(b"{"), skeleton.count(b"["), skeleton.count(b",")
+    if objects > tensors + 2:
+        raise WireError(
+            "wrong-tensors" if schema is not None else "malformed",
+            f"message has {objects - 2} tensor entries, the model has at most {tensors}; is the "
+            "sender running another task?",
+        )
+    if arrays > 2 * tensors or commas > MAX_METADATA_ENTRIES + (4 + dims) * objects:
+        raise WireError(
+            "malformed",
+            f"{what} has {arrays} arrays and {commas} commas, more than {objects - 2} tensor "
+            "entries and their metadata can have",
+        )
+    header = _parse(text, skeleton, what, "malformed", max_depth=_HEADER_DEPTH)
     if not isinstance(header, dict):
         raise WireError("malformed", "safetensors header is not a JSON object")
     return header, data_start
 
 
-def _load_json(
-    text: str | bytes,
-    what: str,
-    reason: str,
-    *,
-    max_depth: int,
-    max_values: int,
-    max_raw: int | None = None,
-) -> Any:
-    """`json.loads`, total and bounded: WireError(reason) unless `text` is UTF-8 standard
-    JSON (no NaN or Infinity, no repeated keys, integers of at most 18 digits, finite
-    floats) nested at most `max_depth` deep with at most `max_values` values.
-
-    Everything is counted on the bytes before parsing: first brackets, commas and quotes
-    anywhere (`max_raw`, default 4 × `max_values`; this bounds the scan), then the same
-    outside strings, where the depth is measured without recursion."""
-    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
-    raw = data.count(b",") + data.count(b"[") + data.count(b"{") + data.count(b'"') // 2
-    raw_limit = 4 * max_values + 64 if max_raw is None else max_raw
-    if raw > raw_limit:
-        raise WireError(
-            reason, f"{what} holds {raw} brackets, commas and strings, over {raw_limit}"
-        )
-    skeleton = _JSON_STRING.sub(b"", data)
+def _load_json(text: str, what: str, reason: str, *, max_depth: int, max_values: int) -> Any:
+    """`json.loads`, total and bounded: WireError(reason) unless `text` is standard JSON
+    (no NaN or Infinity, no repeated keys, integers of at most 18 digits, finite floats)
+    of at most `max_values` values nested at most `max_depth` deep, all counted before
+    parsing."""
+    data = text.encode("utf-8", "surrogatepass")
+    skeleton = _skeleton(data, what, reason, max_strings=2 * max_values)
     values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{") + 1
     if values > max_values:
         raise WireError(reason, f"{what} holds more than {max_values} JSON values")
+    return _parse(text, skeleton, what, reason, max_depth=max_depth)
+
+
+def _skeleton(data: bytes, what: str, reason: str, *, max_strings: int) -> bytes:
+    """`data` without its strings: the brackets, commas, numbers and literals outside them.
+    The strings are counted first (unescaped quotes; at worst half as many as there are),
+    which bounds the work of taking them out."""
+    strings = (data.count(b'"') - data.count(b'\\"')) // 2
+    if strings > max_strings:
+        raise WireError(reason, f"{what} holds {strings} strings or more, over {max_strings}")
+    return _JSON_STRING.sub(b"", data)
+
+
+def _parse(text: str | bytes, skeleton: bytes, what: str, reason: str, *, max_depth: int) -> Any:
+    """Parse JSON whose `skeleton` was counted, once its nesting is known to be at most
+    `max_depth` (measured without recursion: each pass drops the innermost pairs)."""
     brackets = skeleton.translate(None, _NOT_BRACKETS)
     for _ in range(max_depth):
+        if not brackets:
+            break
         brackets = _INNERMOST_PAIR.sub(b"", brackets)
     if brackets:
         raise WireError(reason, f"{what} nests deeper than {max_depth} levels (or is unbalanced)")
     try:
-        return json.loads(
-            data.decode("utf-8") if isinstance(text, bytes) else text,
-            object_pairs_hook=_unique_keys,
-            parse_int=_bounded_int,
-            parse_float=_finite_float,
-            parse_constant=_no_constant,
-        )
+        return _STRICT_JSON.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise WireError(reason, f"{what} is not valid JSON: {str(exc)[:200]}") from None
 
@@ -509,6 +505,14 @@ def _no_constant(text: str) -> NoReturn:
     raise ValueError(f"{text} is not a JSON number")
 
 
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_int=_bounded_int,
+    parse_float=_finite_float,
+    parse_constant=_no_constant,
+)
+
+
 def _string_map(value: object) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise WireError(
@@ -533,8 +537,8 @@ def _dims(shape: object) -> tuple[int, ...] | None:
 
 def _tensor_entries(
     header: dict[str, Any], data_size: int, schema: ModelSchema | None, what: str
-) -> dict[str, tuple[np.dtype[Any], tuple[int, ...], int]]:
-    """(dtype, shape, data offset) of every tensor, validated against the schema (when
+) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """(safetensors dtype, shape, data offset) of every tensor, validated against the schema (when
     given) and the data section, which they must cover exactly, without gaps or overlaps:
     all before a single array is built."""
     if len(header) > MAX_TENSORS:
@@ -542,7 +546,7 @@ def _tensor_entries(
     specs = {} if schema is None else {spec.name: spec for spec in schema.tensors}
     if schema is not None:
         schema._check_names(header, what)
-    entries: dict[str, tuple[np.dtype[Any], tuple[int, ...], int]] = {}
+    entries: dict[str, tuple[str, tuple[int, ...], int]] = {}
     spans: list[tuple[int, int]] = []
     for name, entry in header.items():
         shown = _shown(name)
@@ -552,7 +556,8 @@ def _tensor_entries(
             raise WireError(
                 "malformed", f"tensor {shown} must have exactly dtype, shape and data_offsets"
             )
-        dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        code = entry["dtype"]
+        dtype = _DTYPES.get(code) if isinstance(code, str) else None
         if dtype is None:
             raise WireError(
                 "malformed",
@@ -567,7 +572,7 @@ def _tensor_entries(
             )
         if name in specs:
             ModelSchema._check_shape(specs[name], shape, what)
-            if not _readable_as(dtype, specs[name].dtype):
+            if not _readable_as(code, specs[name].dtype):
                 raise WireError(
                     "wrong-dtype",
                     f"{what}: tensor {name} is {dtype}, the model has {specs[name].dtype}",
@@ -591,7 +596,7 @@ def _tensor_entries(
                 "malformed",
                 f"tensor {shown} spans {end - begin} bytes, its shape {list(shape)} needs {needed}",
             )
-        entries[name] = (dtype, shape, begin)
+        entries[name] = (code, shape, begin)
         spans.append((begin, end))
     covered = 0
     for begin, end in sorted(spans):

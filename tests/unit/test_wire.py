@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,16 @@ from hypothesis import strategies as st
 from safetensors.numpy import load as safetensors_load
 
 from fogfl.errors import WireError
-from fogfl.wire import Envelope, ModelSchema, decode, encode, read_metadata
+from fogfl.wire import (
+    MAX_COUNT,
+    MAX_METRIC,
+    Envelope,
+    ModelSchema,
+    decode,
+    encode,
+    metadata_count,
+    read_metadata,
+)
 
 LIMIT = 10_000_000
 
@@ -151,21 +161,243 @@ def test_rejects_tensor_offsets_outside_the_payload() -> None:
     assert rejection(forged, schema=None) == "malformed"
 
 
+def framed(header: object, data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def header_of(payload: bytes) -> dict[str, Any]:
+    (length,) = struct.unpack_from("<Q", payload)
+    return json.loads(payload[8 : 8 + length])
+
+
+def data_of(payload: bytes) -> bytes:
+    (length,) = struct.unpack_from("<Q", payload)
+    return payload[8 + length :]
+
+
+def assert_fits_the_schema(message: Envelope) -> None:
+    SCHEMA.check(message.tensors, "decoded")
+    for spec in SCHEMA.tensors:
+        array = message.tensors[spec.name]
+        assert str(array.dtype) == spec.dtype and np.isfinite(array).all()
+    assert all(math.isfinite(v) and abs(v) <= MAX_METRIC for v in message.metrics.values())
+    assert 0 <= message.round <= MAX_COUNT and 0 <= message.num_examples <= MAX_COUNT
+
+
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**18) + 1, 10**18 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+# Nested at most one level: the header (depth 3) parses, and every check after it runs.
+json_values = (
+    json_leaves
+    | st.lists(json_leaves, max_size=3)
+    | st.dictionaries(st.text(max_size=4), json_leaves, max_size=2)
+)
+dims = st.integers(-2, 70) | json_leaves
+
+
+@st.composite
+def fogfl_like_payloads(draw: st.DrawFn) -> bytes:
+    """A header that parses — the metadata of a valid update with some values replaced by
+    arbitrary text, and tensor entries of arbitrary dtype, shape and offsets — before
+    arbitrary data bytes."""
+    header = header_of(encode(update()))
+    meta = header["__metadata__"]
+    for key in draw(st.lists(st.sampled_from(sorted(meta)), max_size=3)):
+        meta[key] = draw(st.text(max_size=20) | st.sampled_from(["²", "١٤٤٠", "-1", "1e3", "NaN"]))
+    for name in draw(st.lists(st.sampled_from([*SCHEMA.names, "x"]), max_size=3)):
+        header[name] = {
+            "dtype": draw(st.sampled_from(["F32", "F16", "F64", "I8", "BF16"]) | json_values),
+            "shape": draw(st.lists(dims, max_size=3) | json_values),
+            "data_offsets": draw(st.lists(st.integers(-2, 2000) | json_leaves, max_size=3)),
+        }
+    data = draw(st.sampled_from([data_of(encode(update())), b""]) | st.binary(max_size=1200))
+    return framed(header, data)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=400))
-def test_arbitrary_bytes_raise_only_wire_errors(payload: bytes) -> None:
-    with contextlib.suppress(WireError):
-        decode(payload, kinds={"update"}, max_bytes=LIMIT, schema=SCHEMA)
+@given(fogfl_like_payloads())
+def test_arbitrary_headers_and_data_decode_to_the_schema_or_raise_wire_errors(
+    payload: bytes,
+) -> None:
+    assert read_metadata(payload)  # every example gets past the header
+    try:
+        message = decode(payload, kinds={"update"}, max_bytes=LIMIT, schema=SCHEMA)
+    except WireError:
+        return
+    assert_fits_the_schema(message)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 2000), st.binary(min_size=1, max_size=8))
-def test_corrupted_valid_payloads_raise_only_wire_errors(position: int, junk: bytes) -> None:
-    payload = bytearray(encode(update(tensors={"w": np.ones(3, np.float32)})))
-    position %= len(payload)
-    payload[position : position + len(junk)] = junk
-    with contextlib.suppress(WireError):
-        decode(bytes(payload), kinds={"update"}, max_bytes=LIMIT)
+@given(st.data())
+def test_corrupted_valid_payloads_decode_to_the_schema_or_raise_wire_errors(
+    data: st.DataObject,
+) -> None:
+    payload = bytearray(encode(update()))
+    (length,) = struct.unpack_from("<Q", payload)
+    letters = [
+        i for i in range(8, 8 + length) if chr(payload[i]).isascii() and chr(payload[i]).isalpha()
+    ]
+    for _ in range(data.draw(st.integers(1, 3))):
+        if data.draw(st.booleans()):  # a letter of the header: the JSON stays valid
+            at = data.draw(st.sampled_from(letters))
+            payload[at] = ord(data.draw(st.sampled_from("aeiouxyzAEIOUF")))
+        else:  # any byte of the tensor data
+            at = data.draw(st.integers(8 + length, len(payload) - 1))
+            payload[at] = data.draw(st.integers(0, 255))
+    assert read_metadata(bytes(payload)) is not None  # the header still parses
+    try:
+        message = decode(bytes(payload), kinds={"update"}, max_bytes=LIMIT, schema=SCHEMA)
+    except WireError:
+        return
+    assert_fits_the_schema(message)
+
+
+def test_counts_are_ascii_decimals_within_bounds() -> None:
+    for text in ("²", "١٤٤٠", "３", "-1", "+3", " 3", "3.0", "1e3", "", str(MAX_COUNT + 1)):
+        assert rejection(with_metadata(encode(update()), round=text)) == "bad-field", text
+        assert rejection(with_metadata(encode(update()), num_examples=text)) == "bad-field"
+    accepted = decode(
+        encode(update(round=MAX_COUNT, num_examples=MAX_COUNT)),
+        kinds={"update"},
+        max_bytes=LIMIT,
+    )
+    assert (accepted.round, accepted.num_examples) == (MAX_COUNT, MAX_COUNT)
+    assert metadata_count({"round": "007"}, "round") == 7
+    with pytest.raises(WireError):
+        metadata_count({"round": "٣"}, "round")
+
+
+def with_metadata(payload: bytes, **values: str) -> bytes:
+    header = header_of(payload)
+    header["__metadata__"].update(values)
+    return framed(header, data_of(payload))
+
+
+def test_metrics_are_bounded_in_count_name_and_magnitude() -> None:
+    def metrics(text: str) -> str:
+        return rejection(with_metadata(encode(update()), metrics=text))
+
+    for text in (
+        '{"m": ' + "9" * 400 + "}",
+        '{"m": 1e306}',
+        '{"m": 1e400}',
+        '{"m": NaN}',
+        '{"m": true}',
+        '{"m": "1"}',
+        '{"m": 1, "m": 2}',
+        "[1]",
+    ):
+        assert metrics(text) == "bad-field", text
+    assert rejection(encode(update(metrics={"m" * 129: 1.0}))) == "bad-field"
+    assert rejection(encode(update(metrics={f"m{i}": 1.0 for i in range(257)}))) == "bad-field"
+    largest = {f"m{i}": MAX_METRIC for i in range(254)} | {"n": -MAX_METRIC, "m" * 128: 0.5}
+    got = decode(encode(update(metrics=largest)), kinds={"update"}, max_bytes=LIMIT)
+    assert got.metrics == largest
+
+
+def test_shapes_and_offsets_are_plain_non_negative_integers() -> None:
+    payload = encode(update(tensors={"w": np.zeros(4, np.float32)}))
+    header, data = header_of(payload), data_of(payload)
+    for shape in ([4.0], [True, 4], ["4"], [-4], [0, 1e30], [0, 2**40], [4] + [1] * 16):
+        header["w"]["shape"] = shape
+        assert rejection(framed(header, data), schema=None) == "malformed", shape
+    header["w"]["shape"] = [4]
+    for offsets in ([0.0, 16], [False, 16], [0, 16, 16], [0], [-1, 15], [4, 20], [16, 0]):
+        header["w"]["data_offsets"] = offsets
+        assert rejection(framed(header, data), schema=None) == "malformed", offsets
+    header["w"]["data_offsets"] = [0, 16]
+    header["w"]["extra"] = 1
+    assert rejection(framed(header, data), schema=None) == "malformed"
+    text = json.dumps({**header, "w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
+    for raw in ("[Infinity]", "[NaN]", "[" + "9" * 20 + "]"):
+        forged = text.replace('"shape": [4]', f'"shape": {raw}').encode()
+        assert rejection(struct.pack("<Q", len(forged)) + forged + data, schema=None) == "malformed"
+
+
+def test_tensors_must_cover_the_data_exactly() -> None:
+    payload = encode(update(tensors={"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}))
+    header, data = header_of(payload), data_of(payload)
+    header["b"]["data_offsets"] = header["a"]["data_offsets"]  # both on the same bytes
+    assert rejection(framed(header, data), schema=None) == "malformed"
+    assert rejection(payload + b"\0\0\0\0", schema=None) == "malformed"  # bytes of no tensor
+
+
+def test_the_header_is_bounded_by_the_schema_before_it_is_parsed() -> None:
+    header = header_of(encode(update()))
+    zero_size = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(9)}
+    assert (
+        rejection(framed({**header, **zero_size})) == "wrong-tensors"
+    )  # 12 entries, 3 in the model
+    padded = {**header, "__metadata__": {**header["__metadata__"], "pad": "x" * (5 << 20)}}
+    assert rejection(framed(padded)) == "oversized"
+    many = {**header, "__metadata__": {f"k{i}": "" for i in range(65)}}
+    assert rejection(framed(many), schema=None) == "malformed"
+    deep = b'{"__metadata__":{},"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    assert rejection(struct.pack("<Q", len(deep)) + deep, schema=None) == "malformed"
+
+
+def test_json_fields_are_bounded_in_depth() -> None:
+    fine = encode(update(config={"a": [[[[1]]]]}))
+    assert decode(fine, kinds={"update"}, max_bytes=LIMIT).config == {"a": [[[[1]]]]}
+    deep: object = 1
+    for _ in range(17):
+        deep = [deep]
+    assert rejection(encode(update(config={"x": deep}))) == "bad-field"
+    nested = with_metadata(encode(update()), config="[" * 5000 + "]" * 5000)
+    assert rejection(nested) == "bad-field"
+
+
+def test_read_metadata_is_total() -> None:
+    assert (
+        read_metadata(framed({"w": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}})) == {}
+    )
+    for header in ({"__metadata__": {"round": 3}}, {"__metadata__": []}, [1, 2], "x"):
+        with pytest.raises(WireError, match="not"):
+            read_metadata(framed(header))
+    for payload in (b"", b"\xff" * 8, struct.pack("<Q", 2**63)):
+        with pytest.raises(WireError):
+            read_metadata(payload)
+
+
+def test_partial_stats_the_bridge_hands_on_are_counts() -> None:
+    partial = update(kind="partial", stats={"weight": 1440, "rejected": {"late": 2}})
+    assert decode(encode(partial), kinds={"partial"}, max_bytes=LIMIT).stats["weight"] == 1440
+    for stats in ({"weight": -1}, {"weight": 1.5}, {"weight": "3"}, {"updates_bytes": True},
+                  {"rejected": {"late": -1}}, {"rejected": [1]}):  # fmt: skip
+        assert (
+            rejection(encode(update(kind="partial", stats=stats)), kinds={"partial"}) == "bad-field"
+        )
+
+
+def test_round_and_evaluation_messages_carry_no_tensors() -> None:
+    announcement = update(kind="round", schema=SCHEMA)
+    assert rejection(encode(announcement), kinds={"round"}, schema=None) == "wrong-tensors"
+    announcement.tensors = {}
+    assert decode(encode(announcement), kinds={"round"}, max_bytes=LIMIT).schema == SCHEMA
+
+
+def test_schema_json_is_bounded_and_total() -> None:
+    assert ModelSchema.from_json(SCHEMA.to_json()) == SCHEMA
+    for text in ("", "[]", "{}", "null", "[[1, [2], \"float32\"]]", '[["w", [2]]]',
+                 '[["w", [2.0], "float32"]]', '[["w", [true], "float32"]]',
+                 '[["w", [-1], "float32"]]', '[["w", [2], "float128"]]',
+                 '[["w", [2], "float32"], ["w", [3], "float32"]]', '[["", [2], "float32"]]',
+                 '[["w", [1e30], "float32"]]', '[["w", [' + "9" * 400 + '], "float32"]]',
+                 "[" * 5000 + "]" * 5000):  # fmt: skip
+        with pytest.raises(WireError) as caught:
+            ModelSchema.from_json(text)
+        assert caught.value.reason == "bad-schema", text[:40]
+    big = json.dumps([["w", [2**14, 2**14], "float32"]])  # 512 MiB even as float16
+    with pytest.raises(WireError, match="needs at least"):
+        ModelSchema.from_json(big)
+    with pytest.raises(WireError, match="needs at least"):
+        ModelSchema.from_json(SCHEMA.to_json(), max_bytes=100)
 
 
 def test_float64_arrays_from_a_strategy_are_cast_back_to_the_model_dtypes() -> None:
