@@ -21,9 +21,11 @@ COPY pyproject.toml README.md* ./
 COPY fogfl ./fogfl
 RUN pip install . && rm -rf build fogfl.egg-info
 
-# Run as an unprivileged user; the server writes its run directories under ~/runs
-# (docker-compose.yml mounts a volume there).
-RUN useradd --create-home --uid 10001 fogfl && mkdir /home/fogfl/runs && chown fogfl:fogfl /home/fogfl/runs
+# Run as an unprivileged user; the server writes its run directories under ~/runs and fog
+# brokers their round journal under ~/.fogfl (docker-compose.yml mounts volumes there).
+RUN useradd --create-home --uid 10001 fogfl \
+    && mkdir -p /home/fogfl/runs /home/fogfl/.fogfl \
+    && chown fogfl:fogfl /home/fogfl/runs /home/fogfl/.fogfl
 USER fogfl
 WORKDIR /home/fogfl
 

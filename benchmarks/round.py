@@ -32,9 +32,9 @@ from fogfl.wire import read_metadata
 
 
 def slowest_clients(settings: MqttSettings, stop: threading.Event, out: dict[int, float]) -> None:
-    session = MqttSession(settings, "bench-round-recorder", logging.getLogger("bench")).connect(
-        [Topics(settings.topic_prefix).all_updates]
-    )
+    session = MqttSession(
+        settings, "bench-round-recorder", logging.getLogger("bench"), persistent=False
+    ).connect([Topics(settings.topic_prefix).all_updates])
     while not stop.is_set():
         received = session.receive(timeout=0.2)
         if received is None:

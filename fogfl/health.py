@@ -30,7 +30,9 @@ def check_mqtt(config: FogflConfig) -> str:
     the session gave (refused login, unreachable host) if it did not."""
     problems = _FirstProblem()
     try:
-        session = MqttSession(config.mqtt, f"fogfl-health-{os.getpid()}", problems.logger)
+        session = MqttSession(
+            config.mqtt, f"fogfl-health-{os.getpid()}", problems.logger, persistent=False
+        )
         session.connect()
     except FogflError as error:
         raise Unhealthy(f"{error}: {problems.first}" if problems.first else str(error)) from None

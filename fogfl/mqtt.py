@@ -525,6 +525,12 @@ class MqttSession:
             self._acks.notify_all()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if not message.payload:
+            # An empty payload clears a retained message (a new run's server does so); it is
+            # never a fogfl message, and no role needs to see it.
+            if self.manual_ack and message.qos > 0:
+                client.ack(message.mid, message.qos)
+            return
         try:
             with self._lock:
                 session = self._session_number

@@ -19,7 +19,7 @@ from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
 from fogfl.errors import WireError
 from fogfl.local_round import evaluate_final, train_from
 from fogfl.logs import Rejections, role_logger
-from fogfl.mqtt import MqttSession, Received
+from fogfl.mqtt import MqttSession, Received, role_client_id
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, decode, encode
@@ -42,7 +42,9 @@ class FederatedClient:
         self.schema = ModelSchema.of(model_tensors(self.model))
         self.task.warm_up(self.model)
         self.serve = serve
-        self.session = MqttSession(config.mqtt, f"fogfl-client-{client_id}", self.log)
+        self.session = MqttSession(
+            config.mqtt, role_client_id(config.mqtt, "client", client_id), self.log
+        )
         self.topics = self.session.topics
         self.current_run = ""
         self.runs_joined: set[str] = set()

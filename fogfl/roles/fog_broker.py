@@ -22,7 +22,7 @@ from fogfl.config import FogflConfig, read_round_plan
 from fogfl.errors import FogflError, WireError
 from fogfl.fog_state import RoundJournal, RoundKey
 from fogfl.logs import Rejections, RoleLogger, role_logger
-from fogfl.mqtt import MqttSession, Received
+from fogfl.mqtt import MqttSession, Received, role_client_id
 from fogfl.wire import decode, encode
 
 ROLE = "fog-broker"
@@ -49,7 +49,8 @@ class FogBroker:
         self.serve = serve
         # One stable id per region: the broker keeps its session (and the QoS 1 updates
         # queued in it) across a restart of this process.
-        self.session = MqttSession(config.mqtt, f"fogfl-fog-{region}", self.log, manual_ack=True)
+        client_id = role_client_id(config.mqtt, "fog", region)
+        self.session = MqttSession(config.mqtt, client_id, self.log, manual_ack=True)
         self.topics = self.session.topics
         self.journal = RoundJournal(config.fog.state_dir / f"fog-{region}")
         self.current: RegionRound | None = None

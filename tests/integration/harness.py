@@ -94,7 +94,9 @@ class Recorder:
 
     def __post_init__(self) -> None:
         settings = MqttSettings(host=self.broker.host, port=self.broker.port)
-        self.session = MqttSession(settings, f"recorder-{id(self)}", logging.getLogger("recorder"))
+        self.session = MqttSession(
+            settings, f"recorder-{id(self)}", logging.getLogger("recorder"), persistent=False
+        )
         self.session.connect(self.topics)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -134,7 +136,10 @@ class Recorder:
 def publisher(broker: LocalBroker) -> MqttSession:
     settings = MqttSettings(host=broker.host, port=broker.port)
     return MqttSession(
-        settings, f"publisher-{time.monotonic_ns()}", logging.getLogger("publisher")
+        settings,
+        f"publisher-{time.monotonic_ns()}",
+        logging.getLogger("publisher"),
+        persistent=False,
     ).connect()
 
 
