@@ -845,7 +845,9 @@ def restore_strategy_state(strategy: Strategy, state: StrategyState) -> None:
     if not isinstance(strategy, FedOpt):
         return
     for name in _FEDOPT_STATE:
-        count = state.values.get(name)
+        if name not in state.values:
+            continue  # a fresh run: the strategy's own start
+        count = state.values[name]
         if count is None:
             setattr(strategy, name, None)
             continue

@@ -9,6 +9,7 @@ flat FedAvg over the updates that were aggregated.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -173,6 +174,7 @@ def test_a_region_without_a_bridge_fails_its_rounds_after_region_wait_s(
 
 
 def test_a_serving_bridge_joins_the_next_run(fresh_broker: LocalBroker, tmp_path: Path) -> None:
+    recorder = Recorder(fresh_broker, [TOPICS.all_partials, TOPICS.round_announcement])
     with roles(tmp_path / "logs") as started:
         common = start_regions(started, tmp_path, fresh_broker, CLIENTS, rounds=1, serve=True)
         for run_id in ("first", "second"):
@@ -194,6 +196,28 @@ def test_a_serving_bridge_joins_the_next_run(fresh_broker: LocalBroker, tmp_path
         for bridge in ("bridge-north", "bridge-south"):
             assert started.children[bridge].poll() is None, started.log(bridge)
             assert started.log(bridge).count("the Flower server ended the run") == 2
+    recorder.close()
+
+    # Each run's last announcement says it is over; the second run began by clearing the
+    # partials the first left retained, before any of its own.
+    announced = [
+        (m["run_id"], json.loads(m["config"]).get("ended", False))
+        for r, m in recorder.messages
+        if r.topic == TOPICS.round_announcement
+    ]
+    ends = [i for i, (_, ended) in enumerate(announced) if ended]
+    assert [announced[i][0] for i in ends] == ["first", "second"]
+    assert ends[0] < announced.index(("second", False)) and ends[1] == len(announced) - 1
+    partials = [
+        (r.topic, m.get("run_id", "") if r.payload else "cleared")
+        for r, m in recorder.messages
+        if r.topic != TOPICS.round_announcement
+    ]
+    first_of_second = next(i for i, (_, run) in enumerate(partials) if run == "second")
+    assert sorted(topic for topic, run in partials[:first_of_second] if run == "cleared") == [
+        TOPICS.partial("north"),
+        TOPICS.partial("south"),
+    ]
 
 
 def test_without_serve_a_bridge_whose_server_never_comes_says_so_and_exits(

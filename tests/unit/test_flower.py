@@ -388,3 +388,10 @@ def test_fedadam_resumed_from_its_checkpoint_ends_exactly_where_it_would_have(
     assert not np.array_equal(
         parameters_to_ndarrays(other)[0], parameters_to_ndarrays(uninterrupted)[0]
     )
+
+
+def test_a_fresh_run_keeps_the_strategy_as_it_starts() -> None:
+    fresh = flower.make_strategy("fedadam", [np.ones(3, np.float32)], 2, {"eta": 0.1})
+    flower.restore_strategy_state(fresh, flower.StrategyState())
+    cloud = flower.HierarchicalStrategy(fresh, Hooks(), 2, 2)
+    assert rounds_of_fedadam(cloud, 1, 2) is not None
