@@ -48,6 +48,9 @@ MAX_DIM = MQTT_MAX_PAYLOAD  # no dimension is longer than the largest payload ha
 MAX_NAME_CHARS = 512
 MAX_ID_CHARS = 128
 MAX_COUNT = 10**15  # counts stay exact as float64 (< 2**53)
+# A client's num_examples: a region of 100,000 such clients (federation.clients_per_region
+# allows no more) still sums within MAX_COUNT, so its partial stays readable.
+MAX_CLIENT_EXAMPLES = 10**10
 MAX_METRICS = 256
 MAX_METRIC_NAME_CHARS = 128
 MAX_METRIC = 1e15  # |value|; sums of value × num_examples stay far from overflow
@@ -56,6 +59,7 @@ _MAX_INT_DIGITS = 18
 
 # Tensors carried by these kinds (docs/protocol.md): round and evaluation carry none.
 _NO_TENSORS = frozenset({"round", "evaluation"})
+_FROM_CLIENTS = frozenset({"update", "evaluation"})
 _HEADER_LENGTH = struct.Struct("<Q")
 _HEADER_DEPTH = 3  # header → tensor entry → shape
 _ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
@@ -350,6 +354,12 @@ def decode(
         payload_bytes=len(payload),
     )
     what = f"{kind} from {message.sender}"
+    if kind in _FROM_CLIENTS and message.num_examples > MAX_CLIENT_EXAMPLES:
+        raise WireError(
+            "bad-field",
+            f"{what} claims {message.num_examples} examples; a client has at most "
+            f"{MAX_CLIENT_EXAMPLES}",
+        )
     if kind in _NO_TENSORS and header:
         raise WireError("wrong-tensors", f"{what} carries {len(header)} tensors; it carries none")
     entries = _tensor_entries(header, len(payload) - data_start, schema, what)

@@ -15,6 +15,7 @@ from safetensors.numpy import load as safetensors_load
 
 from fogfl.errors import WireError
 from fogfl.wire import (
+    MAX_CLIENT_EXAMPLES,
     MAX_COUNT,
     MAX_METRIC,
     Envelope,
@@ -198,18 +199,29 @@ json_values = (
     | st.lists(json_leaves, max_size=3)
     | st.dictionaries(st.text(max_size=4), json_leaves, max_size=2)
 )
-dims = st.integers(-2, 70) | json_leaves
+dims = st.integers(-2, 70) | st.integers(0, 2**62) | json_leaves
+# Metadata JSON fields are strings inside the header: anything goes in them.
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=12,
+)
+metadata_values = (
+    st.text(max_size=20)
+    | st.sampled_from(["²", "١٤٤٠", "-1", "1e3", "NaN", "[" * 3000 + "]" * 3000])
+    | any_json.map(json.dumps)
+)
 
 
 @st.composite
 def fogfl_like_payloads(draw: st.DrawFn) -> bytes:
     """A header that parses — the metadata of a valid update with some values replaced by
-    arbitrary text, and tensor entries of arbitrary dtype, shape and offsets — before
-    arbitrary data bytes."""
+    arbitrary text or JSON, and tensor entries of arbitrary dtype, shape and offsets —
+    before arbitrary data bytes."""
     header = header_of(encode(update()))
     meta = header["__metadata__"]
     for key in draw(st.lists(st.sampled_from(sorted(meta)), max_size=3)):
-        meta[key] = draw(st.text(max_size=20) | st.sampled_from(["²", "١٤٤٠", "-1", "1e3", "NaN"]))
+        meta[key] = draw(metadata_values)
     for name in draw(st.lists(st.sampled_from([*SCHEMA.names, "x"]), max_size=3)):
         header[name] = {
             "dtype": draw(st.sampled_from(["F32", "F16", "F64", "I8", "BF16"]) | json_values),
@@ -263,11 +275,14 @@ def test_counts_are_ascii_decimals_within_bounds() -> None:
         assert rejection(with_metadata(encode(update()), round=text)) == "bad-field", text
         assert rejection(with_metadata(encode(update()), num_examples=text)) == "bad-field"
     accepted = decode(
-        encode(update(round=MAX_COUNT, num_examples=MAX_COUNT)),
-        kinds={"update"},
+        encode(update(kind="partial", round=MAX_COUNT, num_examples=MAX_COUNT)),
+        kinds={"partial"},
         max_bytes=LIMIT,
     )
     assert (accepted.round, accepted.num_examples) == (MAX_COUNT, MAX_COUNT)
+    client = encode(update(num_examples=MAX_CLIENT_EXAMPLES))
+    assert decode(client, kinds={"update"}, max_bytes=LIMIT).num_examples == MAX_CLIENT_EXAMPLES
+    assert rejection(encode(update(num_examples=MAX_CLIENT_EXAMPLES + 1))) == "bad-field"
     assert metadata_count({"round": "007"}, "round") == 7
     with pytest.raises(WireError):
         metadata_count({"round": "٣"}, "round")
