@@ -75,7 +75,7 @@ def up_view(
 def monitor_view(state: MonitorState, recent: Sequence[Observation]) -> RenderableType:
     regions = Table(
         title=f"run {state.run_id or '?'} · round {state.round} · {state.messages} messages"
-        f" · {state.undecodable} undecodable",
+        f" · {state.undecodable} undecodable · {state.other_runs} of other runs",
         title_justify="left",
     )
     for label in ("region", "round", "updates", "partials", "examples in last partial"):

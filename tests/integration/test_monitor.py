@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import time
@@ -10,15 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from fogfl.broker import LocalBroker
-from fogfl.mqtt import Topics
-from fogfl.roles.monitor import MonitorState, Observation
+from fogfl.mqtt import Received, Topics
+from fogfl.roles.monitor import MonitorState, Observation, observe
+from fogfl.views import monitor_view
 from fogfl.wire import Envelope, encode
 from tests.integration.harness import publisher
 
 pytestmark = pytest.mark.integration
 TOPICS = Topics("fl")
+
+
+def framed(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
 
 
 def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: Path) -> None:
@@ -53,12 +60,17 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
     )
     session.publish(TOPICS.updates("north"), encode(update))
     session.publish(TOPICS.updates("north"), b"garbage")
-    session.publish(TOPICS.partial("south"), b"")
+    session.publish(TOPICS.partial("south"), b"")  # clears a retained message: not shown
+    session.publish(TOPICS.updates("north"), framed(b'{"__metadata__":{"round":3}}'))
+    session.publish(TOPICS.updates("north"), encode(update))
     session.close()
     out, err = monitor.communicate(timeout=30)
     assert monitor.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
-    assert len(lines) == 3
+    assert len(lines) == 4
+    assert "too short" in lines[1]["error"]
+    assert "not a map of strings" in lines[2]["error"]
+    assert lines[3]["kind"] == "update" and not lines[3]["error"]  # and it carried on
     first = lines[0]
     assert (
         first["kind"],
@@ -68,7 +80,6 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
         first["num_examples"],
     ) == ("update", 2, "north-01", "north", 1440)
     assert first["bytes"] > 40 and not first["error"]
-    assert lines[1]["error"] and lines[2]["error"]
 
 
 def test_monitor_state_counts_updates_per_region() -> None:
@@ -100,3 +111,46 @@ def test_monitor_state_counts_updates_per_region() -> None:
     state.add(seen("update", 2, "a"), topics)
     assert (state.regions["north"].round, state.regions["north"].updates) == (2, 1)
     assert state.undecodable == 1 and state.round == 1
+
+
+def test_observe_is_total() -> None:
+    hostile = {
+        "metadata not a string map": framed(b'{"__metadata__":{"round":3}}'),
+        "nested 100,000 deep": framed(b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "not safetensors": b"\x00" * 3,
+        "huge header length": struct.pack("<Q", 2**63) + b"{}",
+    }
+    for name, payload in hostile.items():
+        seen = observe(Received(TOPICS.updates("north"), payload, False))
+        assert seen.error, name
+    odd = Envelope(kind="update", run_id="r", round=1, sender="c" * 5000, region="north")
+    payload = encode(odd).replace(b'"round":"1"', b'"round":"\xd9\xa3"')  # Arabic-Indic 3
+    seen = observe(Received(TOPICS.updates("north"), payload, False))
+    assert seen.round is None and len(seen.sender) <= 128 and not seen.error
+
+
+def test_monitor_shows_the_current_run_only() -> None:
+    state = MonitorState(expected_per_region=2)
+
+    def add(kind: str, run_id: str, round_: int, sender: str, topic: str, **extra: object) -> None:
+        message = Envelope(kind=kind, run_id=run_id, round=round_, sender=sender, **extra)  # type: ignore[arg-type]
+        state.add(observe(Received(topic, encode(message), False)), TOPICS)
+
+    north = {"region": "north"}
+    # A retained partial of the finished run arrives first, then the new run's announcement.
+    add("partial", "old", 5, "fog-north", TOPICS.partial("north"), num_examples=9, **north)
+    add("round", "new", 1, "server", TOPICS.round_announcement)
+    add("update", "new", 1, "north-01", TOPICS.updates("north"), num_examples=3, **north)
+    add("update", "old", 5, "north-02", TOPICS.updates("north"), num_examples=3, **north)
+    add("partial", "old", 5, "fog-south", TOPICS.partial("south"), region="south")
+    add("round", "new", 2, "server", TOPICS.round_announcement)
+    add("update", "new", 2, "north-02", TOPICS.updates("north"), num_examples=3, **north)
+    assert (state.run_id, state.round, state.other_runs, state.messages) == ("new", 2, 2, 7)
+    assert sorted(state.regions) == ["north"]
+    north_progress = state.regions["north"]
+    assert (north_progress.round, north_progress.updates, north_progress.partials) == (2, 1, 0)
+    console = Console(width=160, record=True)
+    console.print(monitor_view(state, []))
+    assert (
+        "run new · round 2 · 7 messages · 0 undecodable · 2 of other runs" in console.export_text()
+    )
