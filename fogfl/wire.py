@@ -56,6 +56,13 @@ MAX_METRIC_NAME_CHARS = 128
 MAX_METRIC = 1e15  # |value|; sums of value × num_examples stay far from overflow
 MAX_JSON_DEPTH = 16
 _MAX_INT_DIGITS = 18
+_SCHEMA_VALUES = MAX_TENSORS * (4 + MAX_DIMS) + 1
+# JSON values the metadata fields may hold together: metrics, stats, config, contributors
+# and schema.
+_MAX_STATS_VALUES = 4096
+_MAX_METADATA_JSON_VALUES = (
+    MAX_METRICS + 1 + _MAX_STATS_VALUES + 2 * MAX_METADATA_VALUES + _SCHEMA_VALUES
+)
 
 # Tensors carried by these kinds (docs/protocol.md): round and evaluation carry none.
 _NO_TENSORS = frozenset({"round", "evaluation"})
@@ -138,7 +145,7 @@ class ModelSchema:
             "model schema",
             "bad-schema",
             max_depth=3,
-            max_values=MAX_TENSORS * (4 + MAX_DIMS) + 1,
+            max_values=_SCHEMA_VALUES,
         )
         if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_TENSORS:
             raise WireError(
@@ -430,6 +437,15 @@ def _read_header(
         )
     text = bytes(payload[_HEADER_LENGTH.size : data_start])
     what = "safetensors header"
+    # Counted anywhere, brackets and commas include those of the metadata's JSON fields,
+    # which have bounds of their own: beyond both, the header is rejected before the
+    # (costlier) count outside strings.
+    most_commas = MAX_METADATA_ENTRIES + (4 + dims) * (tensors + 2)
+    anywhere = text.count(b"{") + text.count(b"[") + text.count(b",")
+    if anywhere > 3 * tensors + 2 + most_commas + _MAX_METADATA_JSON_VALUES:
+        raise WireError(
+            "malformed", f"{what} holds {anywhere} brackets and commas; not a fogfl header"
+        )
     skeleton = _skeleton(
         text, what, "malformed", max_strings=2 * MAX_METADATA_ENTRIES + 5 * tensors + 8
     )
@@ -440,7 +456,7 @@ def _read_header(
             f"message has {objects - 2} tensor entries, the model has at most {tensors}; is the "
             "sender running another task?",
         )
-    if arrays > 2 * tensors or commas > MAX_METADATA_ENTRIES + (4 + dims) * objects:
+    if arrays > 2 * tensors or commas > most_commas:
         raise WireError(
             "malformed",
             f"{what} has {arrays} arrays and {commas} commas, more than {objects - 2} tensor "
@@ -693,7 +709,7 @@ def _contributors(meta: dict[str, str]) -> list[str]:
 
 def _stats(meta: dict[str, str]) -> dict[str, Any]:
     """A partial's stats: the counts the bridge hands on must be plain counts."""
-    stats = _json_object(meta, "stats", 4096)
+    stats = _json_object(meta, "stats", _MAX_STATS_VALUES)
     for key in _STATS_COUNTS:
         if key in stats and not _is_count(stats[key]):
             raise WireError(

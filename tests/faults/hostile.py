@@ -327,6 +327,12 @@ def hostile_classes() -> list[Case]:
         Case("16 MiB header of {} objects", "update", objects_16m, "oversized"),
         Case("16 MiB header of {} objects, no schema", "round", objects_16m, "malformed"),
         Case(
+            "16 MiB header of whitespace, no schema",
+            "round",
+            framed(b'{"__metadata__":{"a":' + b" " * (16 * 1024 * 1024 - 40) + b"1}}"),
+            "malformed",
+        ),
+        Case(
             "header of 300k short strings, no schema",
             "round",
             framed(f'{{"__metadata__":{{{strings}}}}}'),
