@@ -33,6 +33,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.superlink.fleet.grpc_bidi.grpc_bridge import GrpcBridgeClosed
 
 from fogfl import flower
+from fogfl.config import load_config
+from fogfl.errors import ConfigError
 from fogfl.run_dir import Checkpoint, read_checkpoint, write_checkpoint
 
 LOG = logging.getLogger("test_flower")
@@ -395,3 +397,12 @@ def test_a_fresh_run_keeps_the_strategy_as_it_starts() -> None:
     flower.restore_strategy_state(fresh, flower.StrategyState())
     cloud = flower.HierarchicalStrategy(fresh, Hooks(), 2, 2)
     assert rounds_of_fedadam(cloud, 1, 2) is not None
+
+
+def test_a_round_timeout_that_does_not_exceed_the_bridge_timeout_is_refused() -> None:
+    # Otherwise Flower drops the stream before the bridge can report its missing partial.
+    with pytest.raises(ConfigError, match=r"server.round_timeout_s \(180 s\) must exceed"):
+        load_config(
+            None, {"server.round_timeout_s": 180, "bridge.partial_timeout_s": 180}, environ={}
+        )
+    assert load_config(None, {"server.round_timeout_s": 181}, environ={})
