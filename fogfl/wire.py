@@ -495,11 +495,13 @@ def _parse(text: str | bytes, skeleton: bytes, what: str, reason: str, *, max_de
     """Parse JSON whose `skeleton` was counted, once its nesting is known to be at most
     `max_depth` (measured without recursion: each pass drops the innermost pairs)."""
     brackets = skeleton.translate(None, _NOT_BRACKETS)
-    for _ in range(max_depth):
+    # A run of more openers than `max_depth` proves it at once.
+    too_deep = re.search(rb"[\[{]{%d}" % (max_depth + 1), brackets) is not None
+    for _ in range(0 if too_deep else max_depth):
         if not brackets:
             break
         brackets = _INNERMOST_PAIR.sub(b"", brackets)
-    if brackets:
+    if too_deep or brackets:
         raise WireError(reason, f"{what} nests deeper than {max_depth} levels (or is unbalanced)")
     try:
         return _STRICT_JSON.decode(text.decode("utf-8") if isinstance(text, bytes) else text)

@@ -199,7 +199,7 @@ json_values = (
     | st.lists(json_leaves, max_size=3)
     | st.dictionaries(st.text(max_size=4), json_leaves, max_size=2)
 )
-dims = st.integers(-2, 70) | st.integers(0, 2**62) | json_leaves
+dims = st.integers(-2, 70) | st.integers(0, 10**18 - 1) | json_leaves
 # Metadata JSON fields are strings inside the header: anything goes in them.
 any_json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
