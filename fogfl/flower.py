@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, Protocol, TypeVar
+from typing import Any, Literal, NoReturn, Protocol, TypeVar, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -105,14 +105,7 @@ Notice = Literal["superseded", "refused"]
 REGION_FIT_FAILED = Code.FIT_NOT_IMPLEMENTED
 REGION_EVALUATE_FAILED = Code.EVALUATE_NOT_IMPLEMENTED
 FailureKind = Literal["timeout", "bad-config", "missing", "disconnected", "deadline", "error"]
-_FAILURE_KINDS: tuple[str, ...] = (
-    "timeout",
-    "bad-config",
-    "missing",
-    "disconnected",
-    "deadline",
-    "error",
-)
+_FAILURE_KINDS: tuple[str, ...] = get_args(FailureKind)
 
 
 class RegionFailed(FogflError):
@@ -159,6 +152,9 @@ class PartialSource(Protocol):
     ) -> RegionResult | RegionFailure:
         """The region's result for the round `config` names, or why there is none; gives up
         early once `server_gone()` says the server that asked is no longer there."""
+
+    def run_ended(self) -> None:
+        """The server ended its run (not: went away); what was kept for it can go."""
 
 
 class ServerWatch:
@@ -262,14 +258,15 @@ def run_region_client(
         try:
             flwr.client.start_client(server_address=server_address, client=client, insecure=True)
         except grpc.RpcError as exc:
-            lost = True
-            log.warning(
-                "lost the Flower server at %s (%s); rejoining when it is back",
-                server_address,
-                _rpc_reason(exc),
-            )
-            time.sleep(1.0)
-            continue
+            if client.notice is None:
+                lost = True
+                log.warning(
+                    "lost the Flower server at %s (%s); rejoining when it is back",
+                    server_address,
+                    _rpc_reason(exc),
+                )
+                time.sleep(1.0)
+                continue
         finally:
             client.watch.close()
         if client.notice is not None:
@@ -278,6 +275,7 @@ def run_region_client(
                 log.warning("%s; this bridge stops", reason)
                 return "superseded"
             raise FogflError(f"the Flower server refused this bridge: {reason}")
+        source.run_ended()
         if not serve:
             return "ended"
         lost = False
@@ -363,13 +361,11 @@ class _Connection(ClientProxy):
 
     def tell(self, notice: Notice, reason: str) -> None:
         """Tell the bridge why it must go, then disconnect it (its process leaves)."""
-        try:
-            with self.lock:
-                ins = GetPropertiesIns({NOTICE_PROPERTY: notice, REASON_PROPERTY: reason})
-                self.proxy.get_properties(ins, NOTICE_TIMEOUT_S, None)
-                self.proxy.reconnect(ReconnectIns(seconds=None), NOTICE_TIMEOUT_S, None)
-        except Exception:
-            pass  # it may be gone already; nothing is lost then
+        # It may be gone already; nothing is lost then.
+        with contextlib.suppress(Exception), self.lock:
+            ins = GetPropertiesIns({NOTICE_PROPERTY: notice, REASON_PROPERTY: reason})
+            self.proxy.get_properties(ins, NOTICE_TIMEOUT_S, None)
+            self.proxy.reconnect(ReconnectIns(seconds=None), NOTICE_TIMEOUT_S, None)
 
 
 class RegionRoster(ClientManager):

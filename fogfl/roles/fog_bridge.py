@@ -120,6 +120,10 @@ class FogBridge:
         weight = int(partial.stats.get("weight", partial.num_examples))
         return flower.RegionResult(arrays, weight, metrics)
 
+    def run_ended(self) -> None:
+        """The server ended its run: nothing kept belongs to the next one (PartialSource)."""
+        self.waiting.clear()
+
     def _wait_for(
         self, key: PartialKey, schema: ModelSchema | None, server_gone: Callable[[], bool]
     ) -> Envelope | None:
@@ -148,15 +152,6 @@ class FogBridge:
         """Keep a partial until Flower asks for its round (it may arrive first), and after,
         in case a restarted server asks for the round again."""
         with self.rejections.guard(message.topic):
-            if not message.payload:
-                # A new run's server cleared the region's retained partial: nothing kept
-                # from before belongs to the run that starts now.
-                if self.waiting:
-                    self.log.info(
-                        "a new run started; forgetting %d kept partials", len(self.waiting)
-                    )
-                self.waiting.clear()
-                return
             meta = read_metadata(message.payload)
             try:
                 key = (meta["run_id"], int(meta["round"]), meta.get("final") == "true")

@@ -14,16 +14,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fogfl.broker import LocalBroker
 from fogfl.mqtt import Received
 from fogfl.processes import free_port
 from fogfl.run_dir import METRICS_FILE, read_metrics
-from fogfl.wire import Envelope
+from fogfl.wire import Envelope, read_metadata
 from tests.faults.test_server_restart import TOPICS, start_regions, tensors_of
 from tests.integration.harness import Recorder, roles, write_config
 
@@ -173,8 +176,33 @@ def test_a_region_without_a_bridge_fails_its_rounds_after_region_wait_s(
     assert_flat_fedavg(recorder, rounds, {"north": ids(CLIENTS)["north"]})
 
 
+class RawSubscriber:
+    """Sees what fogfl's sessions hide from the roles: empty payloads, which clear a
+    retained message. Keeps (topic, run id or "cleared") in arrival order."""
+
+    def __init__(self, broker: LocalBroker, topic: str) -> None:
+        self.seen: list[tuple[str, str]] = []
+        subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{os.getpid()}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the raw subscriber was never subscribed"
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        run = read_metadata(message.payload).get("run_id", "?") if message.payload else "cleared"
+        self.seen.append((message.topic, run))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def test_a_serving_bridge_joins_the_next_run(fresh_broker: LocalBroker, tmp_path: Path) -> None:
-    recorder = Recorder(fresh_broker, [TOPICS.all_partials, TOPICS.round_announcement])
+    recorder = Recorder(fresh_broker, [TOPICS.round_announcement])
+    raw = RawSubscriber(fresh_broker, TOPICS.all_partials)
     with roles(tmp_path / "logs") as started:
         common = start_regions(started, tmp_path, fresh_broker, CLIENTS, rounds=1, serve=True)
         for run_id in ("first", "second"):
@@ -197,22 +225,17 @@ def test_a_serving_bridge_joins_the_next_run(fresh_broker: LocalBroker, tmp_path
             assert started.children[bridge].poll() is None, started.log(bridge)
             assert started.log(bridge).count("the Flower server ended the run") == 2
     recorder.close()
+    raw.close()
 
     # Each run's last announcement says it is over; the second run began by clearing the
     # partials the first left retained, before any of its own.
     announced = [
-        (m["run_id"], json.loads(m["config"]).get("ended", False))
-        for r, m in recorder.messages
-        if r.topic == TOPICS.round_announcement
+        (m["run_id"], json.loads(m["config"]).get("ended", False)) for _, m in recorder.messages
     ]
     ends = [i for i, (_, ended) in enumerate(announced) if ended]
     assert [announced[i][0] for i in ends] == ["first", "second"]
     assert ends[0] < announced.index(("second", False)) and ends[1] == len(announced) - 1
-    partials = [
-        (r.topic, m.get("run_id", "") if r.payload else "cleared")
-        for r, m in recorder.messages
-        if r.topic != TOPICS.round_announcement
-    ]
+    partials = raw.seen
     first_of_second = next(i for i, (_, run) in enumerate(partials) if run == "second")
     assert sorted(topic for topic, run in partials[:first_of_second] if run == "cleared") == [
         TOPICS.partial("north"),

@@ -199,6 +199,9 @@ class Source:
     ) -> flower.RegionResult | flower.RegionFailure:
         return self.outcome
 
+    def run_ended(self) -> None:
+        pass
+
 
 def test_a_bridge_timeout_reaches_the_server_as_a_timeout_not_as_not_implemented() -> None:
     reason = "region north: no round 3 partial within 180 s"
