@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -50,8 +49,6 @@ from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, encode
 
 ROLE = "server"
-# How long a new run's server listens for retained region state to clear.
-RETAINED_PROBE_S = 2.0
 
 
 class Server:
@@ -299,33 +296,15 @@ class Server:
         return plan.model_dump(mode="json", exclude_none=True)
 
     def _clear_retained(self) -> None:
-        """A new run supersedes what earlier runs left retained for its regions: every
-        partial and region model still retained is cleared (an empty retained message).
-        Only those present: an empty message reaches every live subscriber."""
+        """A new run supersedes what earlier runs left retained for its regions: their
+        partials and region models are cleared (an empty retained message, which sessions
+        never hand to a role)."""
         topics = self.session.topics
-        wanted = {
-            topic
-            for region in self.config.federation.regions
-            for topic in (topics.partial(region), topics.region_model(region))
-        }
-        probe = MqttSession(
-            self.config.mqtt,
-            f"{self.session.client_id}-probe-{os.getpid()}",
-            self.log,
-            persistent=False,
-        )
-        stale: set[str] = set()
-        with probe.connect(sorted(wanted)):
-            # The broker sends retained messages right after the subscription.
-            deadline = time.monotonic() + RETAINED_PROBE_S
-            while stale != wanted and (left := deadline - time.monotonic()) > 0:
-                message = probe.receive(timeout=left)
-                if message is not None and message.retained and message.payload:
-                    stale.add(message.topic)
-        for topic in sorted(stale):
-            self.session.publish(topic, b"", retain=True)
-        if stale:
-            self.log.info("cleared what earlier runs left retained: %s", ", ".join(sorted(stale)))
+        regions = self.config.federation.regions
+        for region in regions:
+            for topic in (topics.partial(region), topics.region_model(region)):
+                self.session.publish(topic, b"", retain=True)
+        self.log.info("cleared retained partials and region models of %s", ", ".join(regions))
 
     def _announce_end(self) -> None:
         """Tell roles that join later that the run is over: its last announcement says so."""
