@@ -23,7 +23,7 @@ from fogfl.config import FogflConfig
 from fogfl.errors import WireError
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received
-from fogfl.wire import Envelope, ModelSchema, decode, read_metadata
+from fogfl.wire import Envelope, ModelSchema, decode, metadata_count, read_metadata
 
 ROLE = "fog-bridge"
 PartialKey = tuple[str, int, bool]
@@ -153,10 +153,9 @@ class FogBridge:
         in case a restarted server asks for the round again."""
         with self.rejections.guard(message.topic):
             meta = read_metadata(message.payload)
-            try:
-                key = (meta["run_id"], int(meta["round"]), meta.get("final") == "true")
-            except (KeyError, ValueError) as exc:
-                raise WireError("malformed", f"unreadable partial: {exc}") from None
+            if "run_id" not in meta:
+                raise WireError("malformed", "unreadable partial: it names no run")
+            key = (meta["run_id"], metadata_count(meta, "round"), meta.get("final") == "true")
             self.waiting[key] = message
             for stale in sorted(self.waiting, key=lambda k: k[1])[:-KEPT_PARTIALS]:
                 del self.waiting[stale]

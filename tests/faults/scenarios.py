@@ -10,7 +10,6 @@ them as a table.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -23,13 +22,14 @@ import numpy as np
 
 from fogfl.broker import mosquitto_binary
 from fogfl.config import FogflConfig, load_config
-from fogfl.mqtt import MqttSession
+from fogfl.mqtt import Topics
 from fogfl.processes import ChildProcess
 from fogfl.roles.launcher import Federation, Status, _child_environment
 from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
 from fogfl.sim.hierarchy import simulate
 from fogfl.sim.workers import ClientPool
-from fogfl.wire import Envelope, Tensors, decode, encode, read_metadata
+from fogfl.wire import Envelope, Tensors, decode, encode
+from tests.integration.harness import Recorder
 
 ROUNDS = 4
 REGIONS = ["north", "south"]
@@ -75,46 +75,6 @@ class Outcome:
     note: str = ""
 
 
-class Watcher:
-    """Keeps the header of every message under fl/ (a non-persistent session)."""
-
-    def __init__(self, config: FogflConfig) -> None:
-        self.headers: list[dict[str, str]] = []
-        self.session = MqttSession(
-            config.mqtt,
-            f"fault-watcher-{os.getpid()}",
-            logging.getLogger("watcher"),
-            persistent=False,
-        )
-        self.session.connect([self.session.topics.everything])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            received = self.session.receive(timeout=0.1)
-            if received is None:
-                continue
-            try:
-                self.headers.append({"topic": received.topic, **read_metadata(received.payload)})
-            except Exception:  # garbage the scenario itself sent
-                continue
-
-    def wait_for(self, timeout: float, **match: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(all(h.get(k) == v for k, v in match.items()) for h in list(self.headers)):
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"no message matching {match} within {timeout} s")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.session.close()
-
-
 class FaultyFederation(Federation):
     """`fogfl up`'s federation, with roles that can be killed and started again while the
     launcher's loop watches it (from another thread: `poll` waits while a role is swapped)."""
@@ -153,51 +113,51 @@ class FaultyFederation(Federation):
             self.roles.append(self._spawn(name, arguments))
 
 
-Fault = Callable[[FaultyFederation, Watcher], str]
+Fault = Callable[[FaultyFederation, Recorder], str]
 
 
-def no_fault(federation: FaultyFederation, watcher: Watcher) -> str:
+def no_fault(federation: FaultyFederation, watcher: Recorder) -> str:
     return ""
 
 
-def broker_restart(federation: FaultyFederation, watcher: Watcher) -> str:
+def broker_restart(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="update", round="2")
     assert federation.broker is not None
     federation.broker.restart(downtime_s=2.0)
     return "Mosquitto stopped (SIGTERM) mid-round 2, down 2 s, started again"
 
 
-def fog_broker_kill(federation: FaultyFederation, watcher: Watcher) -> str:
+def fog_broker_kill(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="update", round="2", region="north")
     federation.restart("fog-broker-north", 1.0)
     return "fog broker north SIGKILLed after its first round-2 update, restarted after 1 s"
 
 
-def bridge_kill(federation: FaultyFederation, watcher: Watcher) -> str:
+def bridge_kill(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="update", round="2", region="north")
     federation.restart("fog-bridge-north", 1.0)
     return "bridge north SIGKILLed mid-round 2, restarted after 1 s"
 
 
-def server_kill_and_resume(federation: FaultyFederation, watcher: Watcher) -> str:
+def server_kill_and_resume(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="round", round="3")
     federation.restart("server", 1.0, "--resume")
     return "server SIGKILLed as round 3 began, restarted with --resume"
 
 
-def client_kill(federation: FaultyFederation, watcher: Watcher) -> str:
+def client_kill(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="global", round="2")
     federation.restart("client-north-01", 0.0)
     return "client north-01 SIGKILLed while training round 2, restarted"
 
 
-def second_bridge(federation: FaultyFederation, watcher: Watcher) -> str:
+def second_bridge(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="update", round="2")
     federation.spawn("fog-bridge-north-2", ["fog-bridge", "--region", "north"])
     return "a second bridge for north joins in round 2"
 
 
-def hostile_flood(federation: FaultyFederation, watcher: Watcher) -> str:
+def hostile_flood(federation: FaultyFederation, watcher: Recorder) -> str:
     watcher.wait_for(120, kind="global", round="2")
     valid = Envelope(
         kind="update",
@@ -249,8 +209,8 @@ def run_scenario(name: str, workdir: Path, reference: Tensors) -> Outcome:
     started = time.monotonic()
     note = ""
     with FaultyFederation(config, "mosquitto", run_dir, RUN_TIMEOUT_S) as federation:
-        resolved = load_config(run_dir / "config.yaml", environ={})
-        watcher = Watcher(resolved)
+        assert federation.broker is not None
+        watcher = Recorder(federation.broker, [Topics(config.mqtt.topic_prefix).everything])
         fault_error = ""
         fault_done = threading.Event()
 
