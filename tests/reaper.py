@@ -60,7 +60,9 @@ def run_reaped(
     return Reaped(report["returncode"], report["output"], report["leftovers"])
 
 
-def _children(of: int) -> list[int]:
+def _children(of: int, *, alive: bool = False) -> list[int]:
+    """The PIDs whose parent is `of`; with `alive`, not those that have exited already
+    (zombies: a grandchild that died after it was re-parented here, waiting to be reaped)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -69,8 +71,8 @@ def _children(of: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == of:
+        state, parent = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(parent) == of and not (alive and state in "ZX"):
             found.append(int(entry.name))
     return found
 
@@ -110,7 +112,7 @@ def _supervise(plan: dict[str, object]) -> dict[str, object]:
             command.kill()
             returncode = command.wait()
     time.sleep(0.5)  # let anything the command left behind be re-parented to us
-    leftovers = [_describe(pid) for pid in _children(os.getpid())]
+    leftovers = [_describe(pid) for pid in _children(os.getpid(), alive=True)]
     for pid in _children(os.getpid()):
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
