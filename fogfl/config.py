@@ -248,26 +248,33 @@ def load_config(
     path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> FogflConfig:
     """Build the configuration from defaults, a YAML file, FOGFL_* variables and overrides.
 
     `overrides` maps dotted keys (``"mqtt.port"``) to values; ``None`` values are ignored so
-    that unset CLI flags fall through. Raises ConfigError naming every offending key.
+    that unset CLI flags fall through; `sources` says where an override came from (``{"mqtt.port":
+    "--mqtt-port 0"}``). Raises ConfigError naming every offending key and where its value
+    came from: the flag, the FOGFL_* variable or the file.
     """
     data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     if path is not None:
-        _merge(data, _read_yaml(path))
+        file_data = _read_yaml(path)
+        _merge(data, file_data)
+        origins.update({key: str(path) for key in _dotted_keys(file_data)})
     env = os.environ if environ is None else environ
-    for key, value in _environment_overrides(env).items():
+    for key, (variable, value) in _environment_overrides(env).items():
         _set_dotted(data, key, value)
+        origins[key] = f"{variable}={env[variable]}"
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
-    source = f" (from {path})" if path else ""
+            origins[key] = (sources or {}).get(key, "")
     try:
         return FogflConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe(exc, origins)) from None
 
 
 def dump_config(config: FogflConfig) -> str:
@@ -291,8 +298,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Dotted key -> (the variable that set it, its value read as YAML)."""
+    found: dict[str, tuple[str, Any]] = {}
     top_level = {
         name
         for name, spec in FogflConfig.model_fields.items()
@@ -306,10 +314,20 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue  # FOGFL_CONFIG, FOGFL_CLIENT_ID and friends are not settings
         key = key.replace(ENV_NESTING, ".")
         try:
-            found[key] = yaml.safe_load(raw) if raw else raw
+            found[key] = (name, yaml.safe_load(raw) if raw else raw)
         except yaml.YAMLError:
-            found[key] = raw
+            found[key] = (name, raw)
     return found
+
+
+def _dotted_keys(data: Mapping[str, Any], parent: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        dotted = f"{parent}{key}"
+        keys.append(dotted)
+        if isinstance(value, Mapping):
+            keys += _dotted_keys(value, f"{dotted}.")
+    return keys
 
 
 def _set_dotted(data: dict[str, Any], dotted_key: str, value: Any) -> None:
@@ -332,14 +350,36 @@ def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
             into[key] = value
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration{source}:"]
+def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
+    """One line per problem: where the value came from, the key, what is wrong with it."""
+    problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        where = _origin_of(key, origins)
+        where = f"{where}: " if where else ""
         if error["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key; check its spelling against configs/default.yaml")
+            problems.append(
+                f"{where}{key}: unknown key; check its spelling against configs/default.yaml"
+            )
             continue
         given = error.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"  {key}: {error['msg']}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{where}{key}: {error['msg']}{shown}")
+    if len(problems) == 1:
+        return f"invalid configuration: {problems[0]}"
+    return "\n  ".join(["invalid configuration:", *problems])
+
+
+def _origin_of(key: str, origins: Mapping[str, str]) -> str:
+    """Where the value at `key` came from: the most specific source that set it or a key
+    inside it (a check of a whole section names whatever set its parts)."""
+    for parent in _parents(key):
+        if origins.get(parent):
+            return origins[parent]
+    inside = sorted({where for set_key, where in origins.items() if set_key.startswith(f"{key}.")})
+    return ", ".join(where for where in inside if where)
+
+
+def _parents(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:end]) for end in range(len(parts), 0, -1)]

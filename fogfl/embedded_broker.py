@@ -17,6 +17,14 @@ import logging
 import warnings
 
 
+class _ProbesAreNotErrors(logging.Filter):
+    """amqtt 0.11 logs an ERROR for every connection closed before its CONNECT; that is what
+    a readiness or health check does (open the port, close it), on every healthy start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No data from ")
+
+
 async def serve(host: str, port: int) -> None:
     from amqtt.broker import Broker
 
@@ -39,6 +47,7 @@ def main() -> None:
     # amqtt 0.11 warns about its own legacy config keys on every start; they are not ours.
     warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("amqtt.broker").addFilter(_ProbesAreNotErrors())
     asyncio.run(serve(args.host, args.port))
 
 

@@ -525,9 +525,11 @@ class MqttSession:
             self._acks.notify_all()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        if not message.payload:
+        if not message.payload or not self._subscribed_to(message.topic):
             # An empty payload clears a retained message (a new run's server does so); it is
-            # never a fogfl message, and no role needs to see it.
+            # never a fogfl message, and no role needs to see it. A topic this session never
+            # subscribed to is the broker's mistake (amqtt 0.11 sends a connecting client the
+            # retained messages of every other client's subscriptions), never the role's news.
             if self.manual_ack and message.qos > 0:
                 client.ack(message.mid, message.qos)
             return
@@ -550,6 +552,12 @@ class MqttSession:
             return
         self.bytes_received += len(message.payload)
         self._inbox.put(received)
+
+    def _subscribed_to(self, topic: str) -> bool:
+        try:
+            return any(paho.topic_matches_sub(wanted, topic) for wanted in self._subscriptions)
+        except (TypeError, ValueError):  # a topic that is not UTF-8: let the check below say so
+            return True
 
 
 class _Progress:

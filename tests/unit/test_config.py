@@ -64,6 +64,34 @@ def test_unknown_environment_key_is_an_error() -> None:
         load_config(environ={"FOGFL_FEDERATION__ROUNDZ": "3"})
 
 
+def test_an_error_names_the_variable_that_set_the_value() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={"FOGFL_FEDERATION__ROUNDS": "0", "FOGFL_MQTT__HOST": "broker"})
+    assert str(raised.value) == (
+        "invalid configuration: FOGFL_FEDERATION__ROUNDS=0: federation.rounds: "
+        "Input should be greater than or equal to 1 (got 0)"
+    )
+
+
+def test_an_error_names_the_flag_or_the_file_that_set_the_value(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  port: 70000\nfederation:\n  regions: [a, a]\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(
+            path,
+            {"fog.deadline_s": 0},
+            environ={"FOGFL_MQTT__KEEPALIVE_S": "1"},
+            sources={"fog.deadline_s": "--deadline 0"},
+        )
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "invalid configuration:"
+    assert sorted(line.strip().split(": ")[0] for line in lines[1:]) == sorted(
+        [str(path), str(path), "--deadline 0", "FOGFL_MQTT__KEEPALIVE_S=1"]
+    )
+    assert f"  {path}: mqtt.port: Input should be less than or equal to 65535" in str(raised.value)
+    assert f"  {path}: federation: Value error, region names repeat" in str(raised.value)
+
+
 def test_bad_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("mqtt: [unclosed\n")
