@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from fogfl.sim.results import Results
+    from fogfl.sim.results import Results, RoundProblem
     from fogfl.sim.runner import Progress
 
 
@@ -121,6 +121,7 @@ def sim(
     with _progress(len(experiment.variants)) as progress:
         output = run_experiment(experiment, out_dir, workers, progress, plots=not no_plots)
     console.print(summary_table(output.results))
+    _print_problems(console, output.results)
     console.print(
         f"done in {time.monotonic() - started:.1f} s; history.csv, clients.csv, summary.json"
         f"{'' if no_plots else ' and plots'} in [bold]{out_dir}[/]",
@@ -146,6 +147,7 @@ def report(
     results = read_results(directory)
     console = _console()
     console.print(summary_table(results))
+    _print_problems(console, results)
     if not no_plots:
         from fogfl.sim.plots import render
 
@@ -167,6 +169,7 @@ def summary_table(results: Results) -> Table:
     metric = results.metric
     label = METRIC_LABELS.get(metric, metric)
     summaries = {v.name: summarize(v, results.target, metric) for v in results.variants}
+    index_of = {v.name: i for i, v in enumerate(results.variants)}
     compared = results.baselines
     title = results.title
     if results.target is not None:
@@ -182,6 +185,9 @@ def summary_table(results: Results) -> Table:
         columns += ["target at", "updates to it", "cloud bytes to it"]
     if compared:
         columns += ["updates saved", "cloud bytes saved"]
+    marked = any(v.problems for v in results.variants)
+    if marked:
+        columns.append("marked rounds")
     for index, name in enumerate(columns):
         if index == 0:
             table.add_column(name, overflow="fold")
@@ -216,8 +222,31 @@ def summary_table(results: Results) -> Table:
                 if share is None:
                     share = saved.get(cost)
                 cells.append("" if share is None else f"{round(share, 2) + 0.0:.0%}")
-        table.add_row(*cells)
+        if marked:
+            cells.append(_marked(results.variants[index_of[name]].problems))
+        table.add_row(*cells, style="red" if marked and cells[-1] else None)
     return table
+
+
+def _marked(problems: list[RoundProblem]) -> str:
+    """The rounds with problems, by kind: ``failed regions 3, 4; long 5``."""
+    labels = {"failed": "failed regions", "long": "long"}
+    parts = []
+    for kind, label in labels.items():
+        rounds = sorted({p.round for p in problems if p.kind == kind})
+        if rounds:
+            parts.append(f"{label} {', '.join(map(str, rounds))}")
+    return "; ".join(parts)
+
+
+def _print_problems(console: Console, results: Results) -> None:
+    """Every failure in words, below the table, so that no failed region goes unseen."""
+    problems = results.problems
+    if not problems:
+        return
+    console.print(f"[bold red]{len(problems)} problems:[/]", highlight=False)
+    for problem in problems:
+        console.print(f"  [red]✗[/] {problem}", highlight=False)
 
 
 def _console() -> Console:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,11 @@ METRIC_LABELS = {
 }
 
 Row = dict[str, float | None]
+# A round of a `fogfl up` run is long when it took this many times the run's median and at
+# least LONG_ROUND_EXCESS_S more, or this share of the server's round timeout.
+LONG_ROUND_FACTOR = 3.0
+LONG_ROUND_EXCESS_S = 5.0
+NEAR_TIMEOUT_SHARE = 0.8
 
 
 def higher_is_better(metric: str) -> bool:
@@ -51,8 +57,26 @@ class VariantHistory:
     name: str
     rows: list[Row]
 
+    problems: list[RoundProblem] = field(default_factory=list)
+
     def values(self, column: str) -> list[float | None]:
         return [row.get(column) for row in self.rows]
+
+    def problem_rounds(self, kind: str) -> set[int]:
+        return {p.round for p in self.problems if p.kind == kind}
+
+
+@dataclass(frozen=True)
+class RoundProblem:
+    """Something a reader of the results must not miss: a round in which regions failed
+    (`failed`) or one that took far longer than the others (`long`)."""
+
+    round: int
+    kind: Literal["failed", "long"]
+    what: str
+
+    def __str__(self) -> str:
+        return f"round {self.round}: {self.what}"
 
 
 @dataclass
@@ -100,6 +124,54 @@ class Results:
     baselines: dict[str, str] = field(default_factory=dict)
     clients: list[dict[str, str]] = field(default_factory=list)
     centralized: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    round_timeout_s: float | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """Every failure and marked round, in words, variant by variant."""
+        found = list(self.failures)
+        for variant in self.variants:
+            where = f"{variant.name}: " if len(self.variants) > 1 else ""
+            found += [f"{where}{problem}" for problem in variant.problems]
+        return found
+
+
+def round_problems(
+    rows: Sequence[Row], round_timeout_s: float | None = None, timed: bool = True
+) -> list[RoundProblem]:
+    """The rounds with failed regions and, when `timed` (the durations are a network's,
+    not a simulation's compute), the rounds far longer than the run's median or near the
+    server's round timeout."""
+    problems = []
+    durations = [
+        seconds
+        for row in rows
+        if (row.get("round") or 0) >= 1 and (seconds := row.get("round_seconds")) is not None
+    ]
+    median = statistics.median(durations) if durations else None
+    for row in rows:
+        number = int(row.get("round") or 0)
+        if number < 1:
+            continue
+        failed = int(row.get("failed_regions") or 0)
+        if failed:
+            answered = int(row.get("regions") or 0)
+            what = f"{failed} of {failed + answered} regions failed"
+            problems.append(RoundProblem(number, "failed", what))
+        seconds = row.get("round_seconds")
+        if not timed or seconds is None or median is None:
+            continue
+        if round_timeout_s is not None and seconds >= NEAR_TIMEOUT_SHARE * round_timeout_s:
+            problems.append(
+                RoundProblem(
+                    number, "long", f"took {seconds:.0f} s of the {round_timeout_s:g} s timeout"
+                )
+            )
+        elif seconds >= LONG_ROUND_FACTOR * median and seconds - median >= LONG_ROUND_EXCESS_S:
+            what = f"took {seconds:.0f} s, the median round {median:.1f} s"
+            problems.append(RoundProblem(number, "long", what))
+    return problems
 
 
 def summarize(history: VariantHistory, target: float | None, metric: str) -> VariantSummary:
@@ -193,7 +265,10 @@ def _read_simulation(directory: Path) -> Results:
             order.append(name)
         by_variant.setdefault(name, []).append(parse_row(row))
     summary = _read_json(directory / SUMMARY_FILE)
-    variants = [VariantHistory(name, by_variant[name]) for name in order]
+    variants = [
+        VariantHistory(name, by_variant[name], round_problems(by_variant[name], timed=False))
+        for name in order
+    ]
     metric = str(summary.get("metric") or default_metric(_filled(rows)))
     centralized = {
         str(v["name"]): dict(v["centralized"])
@@ -231,6 +306,10 @@ def _read_run(directory: Path) -> Results:
         values["client_updates"] = None if clients is None else clients * edge_rounds
         parsed.append(values)
     name = str(summary.get("run_id") or directory.name)
+    server = config.get("server") if isinstance(config.get("server"), dict) else {}
+    timeout = (server or {}).get("round_timeout_s")
+    round_timeout = float(timeout) if isinstance(timeout, int | float) else None
+    problems = round_problems(parsed, round_timeout)
     return Results(
         directory=directory,
         kind="up",
@@ -238,8 +317,27 @@ def _read_run(directory: Path) -> Results:
         metric=default_metric(_filled(rows)),
         target=None,
         baseline="",
-        variants=[VariantHistory(name, parsed)],
+        variants=[VariantHistory(name, parsed, problems)],
+        failures=_run_failures(summary),
+        round_timeout_s=round_timeout,
     )
+
+
+def _run_failures(summary: Mapping[str, Any]) -> list[str]:
+    """What summary.json says went wrong: the server's failure, the rounds short of
+    min_regions, and a run that stopped before its last round."""
+    found = []
+    failure = summary.get("failure")
+    if failure:
+        found.append(f"the server stopped: {failure}")
+    # The server writes each as "round 3: 1 of 2 regions", 2 being min_regions.
+    found += [
+        f"{entry}, fewer than min_regions" for entry in summary.get("short_rounds") or [] if entry
+    ]
+    rounds, completed = summary.get("rounds"), summary.get("completed_rounds")
+    if isinstance(rounds, int) and isinstance(completed, int) and completed < rounds:
+        found.append(f"completed {completed} of {rounds} rounds")
+    return found
 
 
 def _meets(value: float, target: float, metric: str) -> bool:

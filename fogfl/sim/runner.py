@@ -6,7 +6,8 @@ OUT/
   history.csv       one row per variant and round (metrics.csv's columns, client updates)
   clients.csv       per variant and client: scenario, central and federated test metrics
   summary.json      per variant: final metrics, totals, the target reached, savings
-  *.png             metric per round, central vs federated per client, communication
+  *.png             metric per round, central vs federated per client, communication,
+                    rounds (earlier runs' PNGs are removed first)
   experiment.yaml   the experiment file as given
   variants/NAME/    each variant as a run directory (config.yaml, metrics.csv, final model)
 ```
@@ -98,7 +99,7 @@ def run_experiment(
     plots: bool = True,
 ) -> ExperimentOutput:
     """Simulate every variant of `experiment` and write the output folder `out_dir`."""
-    from fogfl.sim.plots import render
+    from fogfl.sim.plots import remove_plots, render
 
     started = time.monotonic()
     progress = progress or _Silent()
@@ -148,6 +149,8 @@ def run_experiment(
     results = read_results(out_dir)
     if plots:
         render(results, out_dir)
+    else:
+        remove_plots(out_dir)  # an earlier run's plots would pass for this one's
     return ExperimentOutput(out_dir, results, summary, runs, time.monotonic() - started)
 
 

@@ -110,3 +110,96 @@ def test_an_invalid_experiment_is_one_line_naming_the_key(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "training.local_epochs" in result.stderr and "Traceback" not in result.stderr
+
+
+METRICS_HEADER = (
+    "round,clients,regions,failed_regions,train_loss,eval_loss,eval_mae,eval_rmse,"
+    "eval_accuracy,bytes_up,bytes_down,bytes_edge,bytes_cloud,round_seconds\n"
+)
+
+
+def write_run(directory: Path, *, failed_round: int = 2, seconds: float = 180.0) -> Path:
+    """A `fogfl up` run directory by hand: 4 rounds over 2 regions, one of which failed in
+    `failed_round`, which took `seconds` where the others took about 2 s."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = ["0,,,,,0.12,0.30,0.33,,,,,,"]
+    for number in range(1, 5):
+        failed = int(number == failed_round)
+        took = seconds if number == failed_round else 2.0 + number / 10
+        traffic = "150000,130000,250000,40000" if not failed else "75000,65000,125000,20000"
+        mae = 0.3 - 0.04 * number
+        rows.append(
+            f"{number},{6 - 3 * failed},{2 - failed},{failed},0.1,0.08,{mae},0.2,,{traffic},{took}"
+        )
+    (directory / "metrics.csv").write_text(METRICS_HEADER + "\n".join(rows) + "\n")
+    summary = {
+        "run_id": "demo",
+        "rounds": 4,
+        "regions": ["north", "south"],
+        "short_rounds": [f"round {failed_round}: 1 of 2 regions"],
+        "completed_rounds": 4,
+        "failure": None,
+    }
+    (directory / "summary.json").write_text(json.dumps(summary))
+    (directory / "config.yaml").write_text("server: {round_timeout_s: 240}\n")
+    return directory
+
+
+def test_report_names_a_failed_region_and_a_long_round(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    result = CliRunner().invoke(app, ["report", str(run), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "failed regions 2; long 2" in result.output  # the table's marked rounds
+    assert "round 2: 1 of 2 regions failed" in result.output
+    assert "round 2: 1 of 2 regions, fewer than min_regions" in result.output
+    assert "round 2: took 180 s" in result.output
+
+
+def test_report_of_a_healthy_run_marks_nothing(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", failed_round=0, seconds=2.0)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "short_rounds": []}))
+    result = CliRunner().invoke(app, ["report", str(run), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "problems" not in result.output and "marked rounds" not in result.output
+
+
+def test_a_round_near_the_timeout_is_long_and_a_stopped_server_is_said(tmp_path: Path) -> None:
+    from fogfl.sim.results import read_results
+
+    run = write_run(tmp_path / "run", failed_round=3, seconds=200.0)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(completed_rounds=3, failure="round 4: 0 of 2 regions answered")
+    (run / "summary.json").write_text(json.dumps(summary))
+    results = read_results(run)
+    assert [str(p) for p in results.variants[0].problems] == [
+        "round 3: 1 of 2 regions failed",
+        "round 3: took 200 s of the 240 s timeout",
+    ]
+    assert "the server stopped: round 4: 0 of 2 regions answered" in results.failures
+    assert "completed 3 of 4 rounds" in results.failures
+
+
+def test_report_removes_the_plots_of_an_earlier_run(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    stale = run / "clients_central_vs_federated.png"  # this run has no clients.csv
+    stale.write_bytes(b"an earlier run's plot")
+    (run / "metric_per_round.png").write_bytes(b"an earlier run's plot")
+    (run / "mine.png").write_bytes(b"the user's own")
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists()
+    assert (run / "metric_per_round.png").read_bytes().startswith(b"\x89PNG")
+    assert (run / "rounds.png").exists()
+    assert (run / "mine.png").read_bytes() == b"the user's own"
+
+
+def test_sim_without_plots_removes_the_plots_of_an_earlier_run(tmp_path: Path) -> None:
+    experiment = next(p for p in EXPERIMENTS if p.stem == "hierfavg")
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "communication.png").write_bytes(b"an earlier run's plot")
+    flags = [*shrink(experiment), "--no-plots", "--only", "kappa=1"]
+    result = CliRunner().invoke(app, ["sim", "-c", str(experiment), "--out", str(out), *flags])
+    assert result.exit_code == 0, result.output
+    assert not list(out.glob("*.png"))
