@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 
 def sim(
     config: Annotated[
-        Path,
+        Optional[Path],  # noqa: UP045
         typer.Option(
             "--config",
             "-c",
-            help="Experiment file (configs/experiments/*.yaml).",
+            help="An experiment file (configs/experiments/*.yaml), or a fogfl configuration "
+            "for one plain run [default: one plain run of the configuration defaults].",
             show_default=False,
         ),
-    ],
+    ] = None,
     out: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -91,11 +92,20 @@ def sim(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no PNGs.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
 ) -> None:
-    """Simulate an experiment's variants in one process (the hierarchy without MQTT)."""
+    """Simulate an experiment's variants, or one plain run, in one process (the hierarchy
+    without MQTT)."""
+    import os
     import time
 
     from fogfl.logs import setup_logging
-    from fogfl.sim.experiment import Reshape, load_experiment, select
+    from fogfl.sim.experiment import (
+        Reshape,
+        configuration_variables,
+        is_experiment_file,
+        load_experiment,
+        plain_experiment,
+        select,
+    )
     from fogfl.sim.runner import default_out_dir, run_experiment
 
     setup_logging(log_level.upper())
@@ -109,12 +119,30 @@ def sim(
         data_dir=data_dir,
         settings=_settings(set_values or []),
     )
-    experiment = select(load_experiment(config, reshape), only or [])
-    out_dir = out or default_out_dir(experiment.name)
     console = _console()
+    variables = configuration_variables(os.environ)
+    if config is not None and is_experiment_file(config):
+        loaded = load_experiment(config, reshape)
+        if variables:
+            # An experiment is its file and its flags, so that it reruns the same anywhere.
+            console.print(
+                f"[yellow]fogfl sim: ignoring {', '.join(variables)}[/]: an experiment file "
+                "is not changed by FOGFL_* variables; use --set KEY=VALUE",
+                highlight=False,
+            )
+    else:
+        loaded = plain_experiment(config, reshape)  # the environment applies, as in `fogfl up`
+        if variables:
+            console.print(
+                f"fogfl sim: configuration from the environment: {', '.join(variables)}",
+                highlight=False,
+            )
+    experiment = select(loaded, only or [])
+    out_dir = out or default_out_dir(experiment.name)
     console.print(
         f"fogfl sim: experiment [bold]{experiment.name}[/], {len(experiment.variants)} "
-        f"variants, {max(workers, 0)} workers, outputs in {out_dir}",
+        f"variant{'' if len(experiment.variants) == 1 else 's'}, {max(workers, 0)} workers, "
+        f"outputs in {out_dir}",
         highlight=False,
     )
     started = time.monotonic()

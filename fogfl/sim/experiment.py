@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fogfl.config import FogflConfig, load_config, region_names
+from fogfl.config import ENV_PREFIX, FogflConfig, load_config, region_names
 from fogfl.errors import ConfigError
 
 Metric = Literal["eval_loss", "eval_mae", "eval_rmse", "eval_accuracy"]
@@ -353,3 +354,54 @@ def _label(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return json.dumps(value, separators=(",", ":")).replace('"', "")
+
+
+def is_experiment_file(path: Path) -> bool:
+    """Whether `path` holds an experiment (name, base, variants, …) rather than a fogfl
+    configuration (mqtt, federation, training, …); ConfigError if it mixes the two."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        return False
+    experiment = sorted(set(raw) & set(ExperimentFile.model_fields))
+    configuration = sorted(set(raw) & set(FogflConfig.model_fields))
+    if experiment and configuration:
+        raise ConfigError(
+            f"{path} mixes experiment keys {experiment} with configuration keys "
+            f"{configuration}; put the configuration under `base:`"
+        )
+    return bool(experiment)
+
+
+def plain_experiment(
+    path: Path | None, reshape: Reshape, environ: Mapping[str, str] | None = None
+) -> Experiment:
+    """One variant from the configuration as `fogfl up` builds it — defaults ← the YAML
+    file `path` ← the FOGFL_* variables of `environ` (the process's by default) — with
+    the command line's `reshape` over it."""
+    config = load_config(path, environ=environ)
+    task = reshape.task or config.task.name
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]+", "-", task.rsplit(":", 1)[-1])[:80] or "run"
+    raw = {"name": name, "base": config.model_dump(mode="json"), "variants": [{"name": name}]}
+    return build_experiment(raw, reshape, source=str(path) if path else "")
+
+
+def configuration_variables(environ: Mapping[str, str]) -> list[str]:
+    """The FOGFL_* variables in `environ` that change the configuration `fogfl up` would
+    run with (an invalid one counts)."""
+    plain = load_config(None, environ={})
+    found = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        try:
+            changed = load_config(None, environ={name: value}) != plain
+        except ConfigError:
+            changed = True
+        if changed:
+            found.append(name)
+    return found

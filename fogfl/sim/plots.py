@@ -133,12 +133,15 @@ def _rounds(results: Results) -> Any:
             _mark_points(regions_axes, variant, [float(n) for n in numbers], [float(v) for v in ok])
         else:
             regions_axes.bar(numbers, ok, color=colour, label="regions that answered")
-            regions_axes.bar(
-                numbers, failed, bottom=ok, color=FAILED_COLOUR, label="failed regions"
-            )
+            if any(failed):
+                regions_axes.bar(
+                    numbers, failed, bottom=ok, color=FAILED_COLOUR, label="failed regions"
+                )
     if durations and max(durations) / min(durations) > 30:
         seconds_axes.set_yscale("log")
         _plain_ticks(seconds_axes.yaxis)
+    else:
+        seconds_axes.set_ylim(bottom=0)
     if results.round_timeout_s is not None:
         seconds_axes.axhline(
             results.round_timeout_s,

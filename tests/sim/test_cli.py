@@ -203,3 +203,60 @@ def test_sim_without_plots_removes_the_plots_of_an_earlier_run(tmp_path: Path) -
     result = CliRunner().invoke(app, ["sim", "-c", str(experiment), "--out", str(out), *flags])
     assert result.exit_code == 0, result.output
     assert not list(out.glob("*.png"))
+
+
+QUICK = ["--clients", "4", "--rounds", "2", "--local-epochs", "1", "--workers", "0"]
+QUICK += ["--set", "task.options.duration_s=30", "--no-plots"]
+
+
+def test_sim_without_an_experiment_file_runs_one_plain_variant(tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    # The environment applies as in `fogfl up` (defaults ← YAML ← FOGFL_* ← flags).
+    env = {"FOGFL_FEDERATION__EDGE_ROUNDS": "2", "FOGFL_FEDERATION__ROUNDS": "7"}
+    arguments = ["sim", "--task", "qoe", "--regions", "2", "--out", str(out), *QUICK]
+    result = CliRunner().invoke(app, arguments, env=env)
+    assert result.exit_code == 0, result.output
+    assert "configuration from the environment: FOGFL_FEDERATION__EDGE_ROUNDS" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (variant,) = summary["variants"]
+    assert variant["name"] == "qoe"
+    assert variant["settings"]["edge_rounds"] == 2  # from the environment
+    assert variant["settings"]["rounds"] == 2  # the flag beats FOGFL_FEDERATION__ROUNDS
+    assert variant["settings"]["clients"] == 4 and variant["settings"]["regions"] == 2
+    assert variant["client_updates"] == 4 * 2 * 2  # clients × rounds × κ
+
+
+def test_sim_runs_a_plain_configuration_file(tmp_path: Path) -> None:
+    config = tmp_path / "fogfl.yaml"
+    config.write_text(
+        "federation: {rounds: 1, regions: [a, b, c], clients_per_region: 1}\n"
+        "training: {local_epochs: 1}\ntask: {options: {duration_s: 30}}\n"
+    )
+    out = tmp_path / "out"
+    arguments = ["sim", "--config", str(config), "--workers", "0", "--no-plots", "--out", str(out)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (variant,) = json.loads((out / "summary.json").read_text())["variants"]
+    assert variant["settings"]["regions"] == 3 and variant["settings"]["rounds"] == 1
+
+
+def test_sim_of_an_experiment_file_says_it_ignores_the_environment(tmp_path: Path) -> None:
+    experiment = next(p for p in EXPERIMENTS if p.stem == "hierfavg")
+    out = tmp_path / "sim"
+    flags = [*shrink(experiment), "--no-plots", "--only", "kappa=1"]
+    env = {"FOGFL_FEDERATION__EDGE_ROUNDS": "3", "FOGFL_DATA_DIR": str(tmp_path)}
+    arguments = ["sim", "-c", str(experiment), "--out", str(out), *flags]
+    result = CliRunner().invoke(app, arguments, env=env)
+    assert result.exit_code == 0, result.output
+    assert "ignoring FOGFL_FEDERATION__EDGE_ROUNDS" in result.output
+    assert "FOGFL_DATA_DIR" not in result.output  # a task's own variable, not a setting
+    (variant,) = json.loads((out / "summary.json").read_text())["variants"]
+    assert variant["settings"]["edge_rounds"] == 1
+
+
+def test_a_file_mixing_experiment_and_configuration_keys_is_refused(tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("name: x\nfederation: {rounds: 2}\n")
+    result = CliRunner().invoke(app, ["sim", "--config", str(mixed), "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "put the configuration under `base:`" in str(result.exception or result.output)
