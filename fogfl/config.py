@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fogfl.errors import ConfigError, WireError
+from fogfl.plugins import IMPORT_PATH
 
 ENV_PREFIX = "FOGFL_"
 ENV_NESTING = "__"
@@ -188,12 +189,22 @@ class BridgeSettings(_Section):
     )
 
 
+BUILTIN_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
+_JsonScalar = bool | int | Annotated[float, Field(allow_inf_nan=False)] | str | None
+StrategyOption = _JsonScalar | list[_JsonScalar]
+
+
 class ServerSettings(_Section):
     address: str = "0.0.0.0:8080"
     run_dir: Path | None = Field(None, description="default: runs/<run id>")
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg"] = "fedavg"
-    strategy_options: dict[str, float] = Field(
-        default_factory=dict, description="the Flower strategy's own parameters (eta, beta, …)"
+    strategy: str = Field(
+        "fedavg",
+        description="one of BUILTIN_STRATEGIES, or a Flower Strategy as package.module:ClassName",
+    )
+    strategy_options: dict[str, StrategyOption] = Field(
+        default_factory=dict,
+        description="the Flower strategy's own keyword arguments (eta, beta, …): JSON scalars "
+        "or lists of them",
     )
     round_timeout_s: float = Field(
         240.0, gt=0, description="Flower's limit on one region's answer; > bridge.partial_timeout_s"
@@ -201,6 +212,16 @@ class ServerSettings(_Section):
     region_wait_s: float = Field(
         30.0, ge=0, description="how long a round waits for a region's bridge before failing it"
     )
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_or_import_path(cls, strategy: str) -> str:
+        if strategy in BUILTIN_STRATEGIES or IMPORT_PATH.fullmatch(strategy):
+            return strategy
+        raise ValueError(
+            f"unknown strategy {strategy!r}; use one of {', '.join(BUILTIN_STRATEGIES)}, or a "
+            "Flower Strategy subclass as package.module:ClassName"
+        )
 
 
 class TaskSettings(_Section):
@@ -219,6 +240,11 @@ class FogflConfig(_Section):
     bridge: BridgeSettings = BridgeSettings()
     server: ServerSettings = ServerSettings()
     task: TaskSettings = TaskSettings()
+    python_path: list[Path] = Field(
+        default_factory=list,
+        description="directories searched first for a task or strategy named by import path; "
+        "in a config file, relative to the file's directory",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
@@ -261,6 +287,7 @@ def load_config(
     origins: dict[str, str] = {}
     if path is not None:
         file_data = _read_yaml(path)
+        resolve_python_path(file_data, path.parent)
         _merge(data, file_data)
         origins.update({key: str(path) for key in _dotted_keys(file_data)})
     env = os.environ if environ is None else environ
@@ -280,6 +307,17 @@ def load_config(
 def dump_config(config: FogflConfig) -> str:
     """The resolved configuration as YAML, loadable again with `load_config`."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_python_path(data: dict[str, Any], base: Path) -> None:
+    """Make a config file's relative `python_path` entries relative to `base`, the file's
+    directory, so that every process started from it (by `fogfl up`, anywhere) finds the
+    same code."""
+    entries = data.get("python_path")
+    if isinstance(entries, list):
+        data["python_path"] = [
+            str((base / entry).resolve()) if isinstance(entry, str) else entry for entry in entries
+        ]
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

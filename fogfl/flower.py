@@ -15,14 +15,16 @@ still answers that round.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NoReturn, Protocol, TypeVar, get_args
 
 import numpy as np
@@ -68,8 +70,9 @@ from flwr.server.strategy import (  # noqa: E402
 )
 from flwr.server.superlink.fleet.grpc_bidi.grpc_bridge import GrpcBridgeClosed  # noqa: E402
 
-from fogfl.config import FogflConfig  # noqa: E402
-from fogfl.errors import FogflError  # noqa: E402
+from fogfl.config import BUILTIN_STRATEGIES, FogflConfig, StrategyOption  # noqa: E402
+from fogfl.errors import ConfigError, FogflError  # noqa: E402
+from fogfl.plugins import import_object, is_import_path  # noqa: E402
 from fogfl.processes import wait_for_port  # noqa: E402
 
 Arrays = list[npt.NDArray[Any]]
@@ -782,13 +785,14 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
 }
+assert tuple(STRATEGIES) == BUILTIN_STRATEGIES, "config.BUILTIN_STRATEGIES names these"
 
 # The state FedOpt strategies (FedAdam) carry from round to round; FedAvg, FedProx,
 # FedMedian and FedTrimmedAvg carry none.
 _FEDOPT_STATE = ("current_weights", "m_t", "v_t")
 
 
-def strategy_options(config: FogflConfig) -> dict[str, float]:
+def strategy_options(config: FogflConfig) -> dict[str, StrategyOption]:
     """The configured strategy's own parameters, FedProx's μ taken from the training."""
     options = dict(config.server.strategy_options)
     if config.server.strategy == "fedprox":
@@ -798,17 +802,23 @@ def strategy_options(config: FogflConfig) -> dict[str, float]:
 
 
 def make_strategy(
-    name: str, initial: Arrays, min_regions: int, options: Mapping[str, float] | None = None
-) -> FedAvg:
-    """One of Flower's strategies over the regions, each region weighted by the weight its
-    partial reports (its examples, or its clients under uniform weighting). `options` are
-    the strategy's own parameters (FedAdam's eta, FedTrimmedAvg's beta, FedProx's
-    proximal_mu, …)."""
-    if name not in STRATEGIES:
-        raise FogflError(
-            f"server.strategy: unknown strategy {name!r}; use one of {sorted(STRATEGIES)}"
-        )
-    settings: dict[str, Any] = {
+    name: str,
+    initial: Arrays,
+    min_regions: int,
+    options: Mapping[str, Any] | None = None,
+    python_path: Sequence[Path | str] = (),
+) -> Strategy:
+    """The strategy over the regions: one of Flower's by name, or any Flower `Strategy`
+    subclass by import path (``mypkg.strat:MyFedAvg``). Each region is one Flower client
+    whose `num_examples` is the weight its partial reports (its examples, or its clients
+    under uniform weighting). `options` are the strategy's own keyword arguments (FedAdam's
+    eta, FedTrimmedAvg's beta, FedProx's proximal_mu, …) and win over fogfl's.
+
+    fogfl passes the initial global model as `initial_parameters` (a custom strategy must
+    accept it) and, where the constructor accepts them, full participation of the regions
+    (`fraction_fit`, `min_fit_clients`, … of `FedAvg`) and a fit-metrics aggregator.
+    """
+    fogfl_arguments: dict[str, Any] = {
         "fraction_fit": 1.0,
         "fraction_evaluate": 0.0,
         "min_fit_clients": min_regions,
@@ -816,12 +826,57 @@ def make_strategy(
         "min_available_clients": min_regions,
         "initial_parameters": ndarrays_to_parameters(initial),
         "fit_metrics_aggregation_fn": _no_metrics,
-        **dict(options or {}),
     }
+    if name in STRATEGIES:
+        strategy_class: type[Strategy] = STRATEGIES[name]
+        arguments = fogfl_arguments
+    elif is_import_path(name):
+        strategy_class = _strategy_class(name, python_path)
+        arguments = _accepted(strategy_class, fogfl_arguments, name)
+    else:
+        raise ConfigError(
+            f"server.strategy: unknown strategy {name!r}; use one of {sorted(STRATEGIES)} or a "
+            "Flower Strategy subclass as package.module:ClassName"
+        )
     try:
-        return STRATEGIES[name](**settings)
-    except TypeError as exc:
-        raise FogflError(f"server.strategy_options do not fit {name}: {exc}") from None
+        return strategy_class(**{**arguments, **dict(options or {})})
+    except Exception as exc:  # the strategy's own check of its arguments, whatever it raises
+        raise ConfigError(
+            f"server.strategy {name!r} refused server.strategy_options {dict(options or {})}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _strategy_class(path: str, python_path: Sequence[Path | str]) -> type[Strategy]:
+    key = f"server.strategy {path!r}"
+    candidate = import_object(path, key, python_path)
+    if not (isinstance(candidate, type) and issubclass(candidate, Strategy)):
+        raise ConfigError(f"{key}: is not a subclass of flwr.server.strategy.Strategy")
+    abstract = sorted(getattr(candidate, "__abstractmethods__", ()))
+    if abstract:
+        raise ConfigError(
+            f"{key}: {candidate.__qualname__} lacks {', '.join(m + '()' for m in abstract)}"
+        )
+    return candidate
+
+
+def _accepted(
+    strategy_class: type[Strategy], arguments: dict[str, Any], path: str
+) -> dict[str, Any]:
+    """The arguments of `arguments` that `strategy_class`'s constructor takes; it must take
+    `initial_parameters`, the model every region starts from."""
+    parameters = inspect.signature(strategy_class).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return arguments
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    if "initial_parameters" not in names:
+        others = ", ".join(a for a in arguments if a != "initial_parameters")
+        raise ConfigError(
+            f"server.strategy {path!r}: {strategy_class.__qualname__}.__init__ must accept the "
+            "keyword argument initial_parameters (fogfl passes the initial global model; it "
+            f"also passes, when accepted, {others})"
+        )
+    return {name: value for name, value in arguments.items() if name in names}
 
 
 def strategy_state(strategy: Strategy) -> StrategyState:

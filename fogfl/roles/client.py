@@ -36,7 +36,7 @@ class FederatedClient:
         self.region = region
         self.log = role_logger(ROLE, region, client_id)
         self.rejections = Rejections(self.log)
-        self.task = load_task(config.task.name, config.task.options)
+        self.task = load_task(config.task.name, config.task.options, config.python_path)
         self.data = self.task.load_partition(client_id, config.federation.seed)
         self.model = self.task.build_model(config.federation.seed)
         self.schema = ModelSchema.of(model_tensors(self.model))

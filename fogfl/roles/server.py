@@ -45,7 +45,7 @@ from fogfl.run_dir import (
 )
 from fogfl.schedules import final_population, round_participants
 from fogfl.tasks import load_task
-from fogfl.tasks.base import model_tensors
+from fogfl.tasks.base import model_tensors, shared_partitions
 from fogfl.wire import Envelope, ModelSchema, encode
 
 ROLE = "server"
@@ -56,8 +56,10 @@ class Server:
         self.config = config
         self.rounds = config.federation.rounds
         self.min_regions = config.federation.required_regions
-        task = load_task(config.task.name, config.task.options)
+        task = load_task(config.task.name, config.task.options, config.python_path)
         self.initial = model_tensors(task.build_model(config.federation.seed))
+        population = [c for ids in config.federation.client_ids().values() for c in ids]
+        self.shared_partitions = shared_partitions(task, population)
         self.schema = ModelSchema.of(self.initial)
         self.checkpoint: Checkpoint | None = None
         if resume:
@@ -126,11 +128,19 @@ class Server:
                 self.schema.num_values,
                 self.config.server.address,
             )
+            for key, clients in self.shared_partitions.items():
+                self.log.warning(
+                    "clients %s would train on the same data (%s); give each client its own "
+                    "number (north-01…north-03, south-04…)",
+                    ", ".join(clients),
+                    key,
+                )
         inner = flower.make_strategy(
             self.config.server.strategy,
             self.global_model,
             self.min_regions,
             flower.strategy_options(self.config),
+            self.config.python_path,
         )
         flower.restore_strategy_state(inner, self.strategy_state)
         strategy = flower.HierarchicalStrategy(

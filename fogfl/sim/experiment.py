@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fogfl.config import ENV_PREFIX, FogflConfig, load_config, region_names
+from fogfl.config import ENV_PREFIX, FogflConfig, load_config, region_names, resolve_python_path
 from fogfl.errors import ConfigError
 
 Metric = Literal["eval_loss", "eval_mae", "eval_rmse", "eval_accuracy"]
@@ -185,6 +185,8 @@ def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
         raise ConfigError(f"experiment file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"experiment file {path} must hold a mapping of name, base, variants…")
+    if isinstance(raw.get("base"), dict):
+        resolve_python_path(raw["base"], path.parent)
     return build_experiment(raw, reshape or Reshape(), source=str(path))
 
 

@@ -104,7 +104,7 @@ class _Hierarchy:
         self.key = TaskKey.of(config)
         self.codec = config.wire.codec
         self.max_bytes = config.wire.max_payload_bytes
-        task = load_task(config.task.name, config.task.options)
+        task = load_task(config.task.name, config.task.options, config.python_path)
         self.initial = model_tensors(task.build_model(config.federation.seed))
         self.schema = ModelSchema.of(self.initial)
         self.population = config.federation.client_ids()
@@ -117,6 +117,7 @@ class _Hierarchy:
             self.schema.ordered(self.initial),
             config.federation.required_regions,
             flower.strategy_options(config),
+            config.python_path,
         )
 
     def run(self, on_round: RoundDone) -> SimulatedRun:

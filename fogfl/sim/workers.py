@@ -47,11 +47,13 @@ class TaskKey:
     name: str
     options: str
     seed: int
+    python_path: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, config: FogflConfig) -> TaskKey:
         options = json.dumps(config.task.options, sort_keys=True, default=str)
-        return cls(config.task.name, options, config.federation.seed)
+        python_path = tuple(str(d) for d in config.python_path)
+        return cls(config.task.name, options, config.federation.seed, python_path)
 
 
 @dataclass
@@ -205,7 +207,7 @@ def _task_state(key: TaskKey) -> _TaskState:
         from fogfl.tasks import load_task
         from fogfl.tasks.base import model_tensors
 
-        task = load_task(key.name, json.loads(key.options))
+        task = load_task(key.name, json.loads(key.options), key.python_path)
         model = task.build_model(key.seed)
         task.warm_up(model)
         state = _STATE[key] = _TaskState(task, model, ModelSchema.of(model_tensors(model)))

@@ -7,7 +7,7 @@ import hashlib
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -48,10 +48,27 @@ class Partition:
 
 
 class Task(ABC):
-    """A workload fogfl can federate."""
+    """A workload fogfl can federate (docs/tasks.md describes each promise).
+
+    A task is built with its `task.options` mapping; this default takes none. Every
+    process of a run builds its own instance from the same options and seed, so whatever a
+    task derives (model, data, training) must follow from them alone.
+    """
 
     name: ClassVar[str]
     problem: ClassVar[Literal["regression", "classification"]]
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        if options:
+            raise ConfigError(
+                f"task {self.name!r} takes no options, got task.options {sorted(options)}"
+            )
+
+    def partition_key(self, client_id: str) -> str:
+        """What decides which data `client_id` gets: clients with equal keys train on the
+        same data, and fogfl warns about them. The default, the whole id, fits a task whose
+        data follow from `client_seed`."""
+        return client_id
 
     @abstractmethod
     def build_model(self, seed: int) -> nn.Module:
@@ -85,19 +102,38 @@ def parse_options(model: type[OptionsT], options: Mapping[str, Any], task: str) 
         raise ConfigError(f"invalid options for task {task!r}: {problems}") from None
 
 
+def client_seed(client_id: str) -> int:
+    """A stable 64-bit number from the whole client id (SHA-256, the same in every process
+    and on every machine): the seed of a client's own data and training, so that
+    ``north-01`` and ``south-01`` differ."""
+    return int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:8], "little")
+
+
 def client_ordinal(client_id: str) -> int:
-    """A stable number for a client: its trailing digits, else a hash of its id."""
+    """A client's number, for tasks that hand out data by position (a share of a fixed data
+    set, scenarios cycled over clients): the id's trailing digits, else a hash of the id.
+    ``north-01`` and ``south-01`` have the same number; use `client_seed` for what must
+    differ between clients."""
     match = re.search(r"(\d+)$", client_id)
     if match:
         return int(match.group(1))
     return int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:4], "little")
 
 
+def shared_partitions(task: Task, client_ids: Iterable[str]) -> dict[str, list[str]]:
+    """The clients that would train on the same data, by their partition key (only keys
+    held by two clients or more)."""
+    holders: dict[str, list[str]] = {}
+    for client_id in client_ids:
+        holders.setdefault(task.partition_key(client_id), []).append(client_id)
+    return {key: ids for key, ids in holders.items() if len(ids) > 1}
+
+
 def training_seed(seed: int, server_round: int, client_id: str, edge_round: int = 1) -> int:
     """The seed of one client's local training in one (edge) round: the runtime and the
     simulation derive it the same way, so they train identically."""
     return (
-        seed * 1_000_003 + server_round * 7919 + edge_round * 104_729 + client_ordinal(client_id)
+        seed * 1_000_003 + server_round * 7919 + edge_round * 104_729 + client_seed(client_id)
     ) % 2**63
 
 

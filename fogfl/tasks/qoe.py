@@ -19,6 +19,7 @@ from fogfl.tasks.base import (
     SupervisedTask,
     TaskOptions,
     client_ordinal,
+    client_seed,
     parse_options,
 )
 
@@ -233,8 +234,10 @@ class QoETask(SupervisedTask):
         return QoEModel()
 
     def load_partition(self, client_id: str, seed: int) -> Partition:
+        # The base scenario cycles with the client's number, so each region gets a mix; its
+        # variation and trace follow from the whole id, so north-01 and south-01 differ.
         ordinal = client_ordinal(client_id)
-        rng = np.random.default_rng([seed, ordinal])
+        rng = np.random.default_rng([seed, client_seed(client_id)])
         scenario = client_scenario(
             ordinal,
             rng,

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from fogfl.config import TrainingSettings
-from fogfl.tasks.base import Partition, Task, TaskOptions, client_ordinal, parse_options
+from fogfl.tasks.base import Partition, Task, TaskOptions, client_seed, parse_options
 
 
 class SyntheticOptions(TaskOptions):
@@ -47,7 +47,7 @@ class SyntheticTask(Task):
         return model
 
     def load_partition(self, client_id: str, seed: int) -> Partition:
-        rng = np.random.default_rng([seed, client_ordinal(client_id)])
+        rng = np.random.default_rng([seed, client_seed(client_id)])
         examples = self.options.examples + int(rng.integers(0, max(1, self.options.examples // 10)))
         x = rng.normal(size=(examples, 1)).astype(np.float32)
         return Partition(x, x[:, 0], x[:10], x[:10, 0], f"{examples} random examples")
