@@ -192,6 +192,7 @@ class RegionRound:
                 "updates_bytes": self.updates_bytes,
                 "region_bytes": self.region_bytes,
                 "weight": weight,
+                "expected": self.expected,
                 "rejected": dict(rejected),
             },
             final=self.final,

@@ -9,6 +9,7 @@ wrote. The embedded broker keeps everything in memory: a restart loses it all.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
@@ -125,6 +126,25 @@ def mosquitto_conf(
     return "\n".join(lines)
 
 
+def local_broker_problem(mode: BrokerMode) -> str:
+    """Why `start_broker(mode)` could not start a local broker here, or "" if it can."""
+    if mode == "external":
+        return ""
+    if mode in ("auto", "mosquitto") and mosquitto_binary() is not None:
+        return ""
+    if mode == "mosquitto":
+        return (
+            "--broker mosquitto, but no mosquitto binary is on PATH; install it "
+            "(apt-get install mosquitto) or use --broker embedded"
+        )
+    if importlib.util.find_spec("amqtt") is None:
+        return (
+            "no mosquitto binary is on PATH and the embedded broker's amqtt is not installed; "
+            "install mosquitto (apt-get install mosquitto) or amqtt (pip install amqtt)"
+        )
+    return ""
+
+
 def start_broker(
     mode: BrokerMode,
     workdir: Path,
@@ -138,12 +158,10 @@ def start_broker(
         if port is None:
             raise BrokerError("--broker external needs --mqtt-port (and --mqtt-host)")
         return LocalBroker("external", host, port)
+    problem = local_broker_problem(mode)
+    if problem:
+        raise BrokerError(problem)
     binary = mosquitto_binary()
-    if mode == "mosquitto" and binary is None:
-        raise BrokerError(
-            "--broker mosquitto, but no mosquitto binary is on PATH; install it "
-            "(apt-get install mosquitto) or use --broker embedded"
-        )
     if mode in ("auto", "mosquitto") and binary is not None:
         return _start_mosquitto(binary, workdir, host, port, session_expiry_s)
     return _start_embedded(workdir, host, port)

@@ -18,7 +18,7 @@ from rich.console import Console
 from fogfl import __version__
 from fogfl.config import FogflConfig, load_config
 from fogfl.dissemination.cli import dissemination
-from fogfl.errors import FogflError
+from fogfl.errors import ConfigError, FogflError
 from fogfl.logs import setup_logging
 from fogfl.mqtt import Topics
 
@@ -37,26 +37,84 @@ class HealthCheck(str, enum.Enum):
     tcp = "tcp"
 
 
+BUILT_IN = FogflConfig()
+# Configuration key -> the flag that sets it, so that an invalid value names its flag.
+FLAG_OF_KEY: dict[str, str] = {}
+
+
+def setting(flag: str, key: str, help: str, shown: str | None = None) -> Any:
+    """A flag that sets configuration `key`. Its value is None unless given, so that the
+    file and the environment show through; `--help` shows the key's built-in default (or
+    `shown`) instead of that None."""
+    FLAG_OF_KEY[key] = flag.split("/")[0]
+    default = _built_in(key) if shown is None else shown
+    if default:
+        help = f"{help} [default: {default}]"
+    return typer.Option(flag, help=help, show_default=False)
+
+
+def _built_in(key: str) -> str:
+    value: Any = BUILT_IN
+    for part in key.split("."):
+        value = getattr(value, part)
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 # Typer reads annotations at runtime, hence Optional[...] rather than `X | None` in places.
 ConfigFile = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--config", "-c", help="YAML configuration file.", envvar="FOGFL_CONFIG"),
+    typer.Option(
+        "--config", "-c", help="YAML configuration file.", envvar="FOGFL_CONFIG", show_default=False
+    ),
 ]
-MqttHost = Annotated[Optional[str], typer.Option(help="MQTT broker host.")]  # noqa: UP045
-MqttPort = Annotated[Optional[int], typer.Option(help="MQTT broker port.")]  # noqa: UP045
-MqttUsername = Annotated[Optional[str], typer.Option(help="MQTT username.")]  # noqa: UP045
-MqttPassword = Annotated[Optional[str], typer.Option(help="MQTT password.")]  # noqa: UP045
+MqttHost = Annotated[Optional[str], setting("--mqtt-host", "mqtt.host", "MQTT broker host.")]  # noqa: UP045
+MqttPort = Annotated[Optional[int], setting("--mqtt-port", "mqtt.port", "MQTT broker port.")]  # noqa: UP045
+MqttUsername = Annotated[
+    Optional[str],  # noqa: UP045
+    setting("--mqtt-username", "mqtt.username", "MQTT username [default: none: anonymous]."),
+]
+MqttPassword = Annotated[
+    Optional[str],  # noqa: UP045
+    setting("--mqtt-password", "mqtt.password", "MQTT password."),
+]
 Tls = Annotated[
     Optional[bool],  # noqa: UP045
-    typer.Option("--tls/--no-tls", help="Connect to the broker over TLS."),
+    setting("--tls/--no-tls", "mqtt.tls.enabled", "Connect to the broker over TLS.", "no-tls"),
 ]
-TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate for TLS.")]  # noqa: UP045
-TlsCert = Annotated[Optional[Path], typer.Option(help="Client certificate for TLS.")]  # noqa: UP045
-TlsKey = Annotated[Optional[Path], typer.Option(help="Client key for TLS.")]  # noqa: UP045
-LogLevel = Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING or ERROR.")]  # noqa: UP045
-Task = Annotated[Optional[str], typer.Option(help="Workload to federate (e.g. qoe).")]  # noqa: UP045
+TlsCa = Annotated[
+    Optional[Path],  # noqa: UP045
+    setting("--tls-ca", "mqtt.tls.ca_file", "CA certificate for TLS [default: the system's]."),
+]
+TlsCert = Annotated[
+    Optional[Path],  # noqa: UP045
+    setting("--tls-cert", "mqtt.tls.cert_file", "Client certificate for TLS."),
+]
+TlsKey = Annotated[
+    Optional[Path],  # noqa: UP045
+    setting("--tls-key", "mqtt.tls.key_file", "Client key for TLS."),
+]
+LogLevel = Annotated[
+    Optional[str],  # noqa: UP045
+    setting("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR."),
+]
+Task = Annotated[
+    Optional[str],  # noqa: UP045
+    setting(
+        "--task",
+        "task.name",
+        "Workload to federate: qoe, ecg5000, synthetic, a name installed under the fogfl.tasks "
+        "entry point, or your own class as package.module:ClassName (docs/tasks.md).",
+    ),
+]
 Region = Annotated[
-    str, typer.Option(help="The region (fog site) this process serves.", envvar="FOGFL_REGION")
+    str,
+    typer.Option(
+        help="The region (fog site) this process serves.",
+        envvar="FOGFL_REGION",
+        show_default=False,
+    ),
 ]
 Serve = Annotated[
     bool,
@@ -95,7 +153,13 @@ class Settings:
 
     def load(self, overrides: dict[str, Any] | None = None) -> FogflConfig:
         """The validated configuration, with logging set up to its level."""
-        config = load_config(self.config_file, {**self.overrides, **(overrides or {})})
+        given = {**self.overrides, **(overrides or {})}
+        sources = {
+            key: FLAG_OF_KEY[key] if "password" in key else f"{FLAG_OF_KEY[key]} {value}"
+            for key, value in given.items()
+            if key in FLAG_OF_KEY and value is not None
+        }
+        config = load_config(self.config_file, given, sources=sources)
         setup_logging(config.log_level)
         return config
 
@@ -133,7 +197,10 @@ def client(
     id: Annotated[
         str,
         typer.Option(
-            "--id", help="This client's id, unique in the federation.", envvar="FOGFL_CLIENT_ID"
+            "--id",
+            help="This client's id, unique in the federation.",
+            envvar="FOGFL_CLIENT_ID",
+            show_default=False,
         ),
     ],
     region: Region,
@@ -154,16 +221,26 @@ def client(
 @with_shared_flags
 def fog_broker(
     region: Region,
-    expected: Annotated[OptionalInt, typer.Option(help="Updates that close a round.")] = None,
+    expected: Annotated[
+        OptionalInt,
+        setting(
+            "--expected",
+            "fog.expected_updates",
+            "Updates that close a round.",
+            "federation.clients_per_region, or the round's announced participants",
+        ),
+    ] = None,
     deadline: Annotated[
-        OptionalFloat, typer.Option(help="Seconds after which a round may close.")
+        OptionalFloat,
+        setting("--deadline", "fog.deadline_s", "Seconds after which a round may close."),
     ] = None,
     min_updates: Annotated[
-        OptionalInt, typer.Option(help="Updates needed to close at the deadline.")
+        OptionalInt,
+        setting("--min-updates", "fog.min_updates", "Updates needed to close at the deadline."),
     ] = None,
     state_dir: Annotated[
         OptionalPath,
-        typer.Option(help="Where the open round is kept across restarts [default: .fogfl/state]."),
+        setting("--state-dir", "fog.state_dir", "Where the open round is kept across restarts."),
     ] = None,
     serve: Serve = False,
     *,
@@ -196,9 +273,21 @@ def fog_broker(
 @with_shared_flags
 def fog_bridge(
     region: Region,
-    server: Annotated[OptionalStr, typer.Option(help="Flower server address, HOST:PORT.")] = None,
+    server: Annotated[
+        OptionalStr,
+        setting("--server", "bridge.server_address", "Flower server address, HOST:PORT."),
+    ] = None,
     timeout: Annotated[
-        OptionalFloat, typer.Option(help="Seconds to wait for a round's partial.")
+        OptionalFloat,
+        setting("--timeout", "bridge.partial_timeout_s", "Seconds to wait for a round's partial."),
+    ] = None,
+    server_wait: Annotated[
+        OptionalFloat,
+        setting(
+            "--server-wait",
+            "bridge.server_wait_s",
+            "Seconds to wait for the Flower server to listen (at start and after it went away).",
+        ),
     ] = None,
     serve: Serve = False,
     *,
@@ -206,7 +295,13 @@ def fog_bridge(
 ) -> None:
     """Hand the region's partial aggregates to the Flower server as one Flower client; rejoin
     a server that restarts."""
-    config = settings.load({"bridge.server_address": server, "bridge.partial_timeout_s": timeout})
+    config = settings.load(
+        {
+            "bridge.server_address": server,
+            "bridge.partial_timeout_s": timeout,
+            "bridge.server_wait_s": server_wait,
+        }
+    )
     from fogfl.roles import fog_bridge as role
 
     _exit(role.run(config, region, config.bridge.server_address, serve))
@@ -215,18 +310,32 @@ def fog_bridge(
 @app.command()
 @with_shared_flags
 def server(
-    rounds: Annotated[OptionalInt, typer.Option(help="Federated rounds.")] = None,
+    rounds: Annotated[
+        OptionalInt, setting("--rounds", "federation.rounds", "Federated rounds.")
+    ] = None,
     min_regions: Annotated[
         OptionalInt,
-        typer.Option(
-            help="Regions each round needs; a round with fewer fails the run [default: all]."
+        setting(
+            "--min-regions",
+            "federation.min_regions",
+            "Regions each round needs; a round with fewer fails the run.",
+            "all",
         ),
     ] = None,
     address: Annotated[
-        OptionalStr, typer.Option(help="Flower server listen address, HOST:PORT.")
+        OptionalStr,
+        setting("--address", "server.address", "Flower server listen address, HOST:PORT."),
     ] = None,
-    run_dir: Annotated[OptionalPath, typer.Option(help="Where to write the run's outputs.")] = None,
-    run_id: Annotated[OptionalStr, typer.Option(help="Run id (default: time + random).")] = None,
+    run_dir: Annotated[
+        OptionalPath,
+        setting(
+            "--run-dir", "server.run_dir", "Where to write the run's outputs.", "runs/<run id>"
+        ),
+    ] = None,
+    run_id: Annotated[
+        OptionalStr,
+        setting("--run-id", "federation.run_id", "Run id.", "the time and a random suffix"),
+    ] = None,
     task: Task = None,
     resume: Annotated[
         bool,
@@ -239,7 +348,9 @@ def server(
     *,
     settings: Settings,
 ) -> None:
-    """Run Flower's FedAvg over the regions and publish each global model over MQTT."""
+    """Run the configured Flower strategy over the regions (server.strategy: fedavg, fedprox,
+    fedadam, fedmedian, fedtrimmedavg or an import path) and publish each global model over
+    MQTT."""
     if resume and settings.config_file is None and run_dir is not None:
         from fogfl.run_dir import CONFIG_FILE
 
@@ -264,12 +375,20 @@ def server(
 @with_shared_flags
 def monitor(
     filter: Annotated[
-        OptionalStr, typer.Option("--filter", help="Topic filter (default <prefix>/#).")
+        OptionalStr,
+        typer.Option("--filter", help="Topic filter [default: <prefix>/#].", show_default=False),
     ] = None,
     json_lines: Annotated[
         bool, typer.Option("--json", help="One JSON object per message, no live view.")
     ] = False,
-    duration: Annotated[OptionalFloat, typer.Option(help="Stop after this many seconds.")] = None,
+    duration: Annotated[
+        OptionalFloat,
+        typer.Option(
+            help="Stop after this many seconds, the wait for the broker included "
+            "[default: run until stopped].",
+            show_default=False,
+        ),
+    ] = None,
     *,
     settings: Settings,
 ) -> None:
@@ -283,7 +402,7 @@ def monitor(
     from fogfl.views import monitor_view
 
     config = settings.load()
-    state = MonitorState(config.expected_updates)
+    state = MonitorState()
     messages = watch(config, filter, duration)
     if json_lines:
         for seen in messages:
@@ -301,14 +420,25 @@ def monitor(
 @app.command()
 @with_shared_flags
 def up(
-    rounds: Annotated[OptionalInt, typer.Option(help="Federated rounds [default: 5].")] = None,
-    regions: Annotated[OptionalInt, typer.Option(help="Regions (fog sites) [default: 2].")] = None,
+    rounds: Annotated[
+        OptionalInt, setting("--rounds", "federation.rounds", "Federated rounds.")
+    ] = None,
+    regions: Annotated[
+        OptionalInt,
+        typer.Option(
+            help="Regions (fog sites), named north, south, east, west, then region1, … "
+            f"[default: {len(BUILT_IN.federation.regions)}]",
+            show_default=False,
+        ),
+    ] = None,
     clients_per_region: Annotated[
-        OptionalInt, typer.Option(help="Clients per region [default: 3].")
+        OptionalInt,
+        setting("--clients-per-region", "federation.clients_per_region", "Clients per region."),
     ] = None,
     task: Task = None,
     run_dir: Annotated[
-        OptionalPath, typer.Option(help="Output directory [default: runs/<run id>].")
+        OptionalPath,
+        typer.Option(help="Output directory [default: runs/<run id>].", show_default=False),
     ] = None,
     broker: Annotated[
         str,
@@ -327,7 +457,7 @@ def up(
     from rich.live import Live
 
     from fogfl.config import region_names
-    from fogfl.roles.launcher import Federation
+    from fogfl.roles.launcher import Federation, preflight
     from fogfl.run_dir import new_run_id
     from fogfl.views import rounds_table, up_view
 
@@ -335,10 +465,12 @@ def up(
         raise typer.BadParameter(
             "must be auto, mosquitto, embedded or external", param_hint="--broker"
         )
+    if regions is not None and regions < 1:
+        raise ConfigError(f"--regions {regions}: a federation needs at least one region")
     config = settings.load(
         {
             "federation.rounds": rounds,
-            "federation.regions": region_names(regions) if regions else None,
+            "federation.regions": region_names(regions) if regions is not None else None,
             "federation.clients_per_region": clients_per_region,
             "task.name": task,
         }
@@ -346,6 +478,7 @@ def up(
     plan = config.federation
     plan.run_id = plan.run_id or new_run_id()
     directory = run_dir or config.server.run_dir or Path("runs") / plan.run_id
+    preflight(config, broker)  # type: ignore[arg-type]
     # SIGTERM (e.g. from a test harness or `kill`) stops the federation like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     out = Console()
@@ -384,8 +517,12 @@ def up(
 @app.command()
 @with_shared_flags
 def health(
-    check: Annotated[HealthCheck, typer.Argument(help="mqtt: the broker; tcp: HOST:PORT.")],
-    address: Annotated[OptionalStr, typer.Argument(help="HOST:PORT, for tcp.")] = None,
+    check: Annotated[
+        HealthCheck, typer.Argument(help="mqtt: the broker; tcp: HOST:PORT.", show_default=False)
+    ],
+    address: Annotated[
+        OptionalStr, typer.Argument(help="HOST:PORT, for tcp.", show_default=False)
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to keep trying before giving up.")] = 3.0,
     *,
     settings: Settings,
@@ -434,7 +571,7 @@ def main() -> None:
     try:
         app()
     except FogflError as error:
-        console.print(f"[bold red]fogfl:[/] {error}", highlight=False)
+        console.print(f"[bold red]fogfl:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -72,6 +72,7 @@ from flwr.server.superlink.fleet.grpc_bidi.grpc_bridge import GrpcBridgeClosed  
 
 from fogfl.config import BUILTIN_STRATEGIES, FogflConfig, StrategyOption  # noqa: E402
 from fogfl.errors import ConfigError, FogflError  # noqa: E402
+from fogfl.logs import WaitProgress  # noqa: E402
 from fogfl.plugins import import_object, is_import_path  # noqa: E402
 from fogfl.processes import wait_for_port  # noqa: E402
 
@@ -289,14 +290,21 @@ def run_region_client(
 def _wait_for_server(
     host: str, port: int, address: str, wait_s: float, serve: bool, lost: bool, log: Log
 ) -> None:
-    while not wait_for_port(host, port, wait_s):
-        if not serve:
+    """Return once the Flower server listens, saying after a second and every few seconds
+    what this waits for; FogflError after `wait_s` (with `serve`, wait forever)."""
+    started = time.monotonic()
+    progress = WaitProgress(log, f"waiting for the Flower server at {address}", started)
+    why = "it went away" if lost else "nothing listens there yet"
+    while not wait_for_port(host, port, 1.0):
+        if not serve and time.monotonic() - started >= wait_s:
             what = "came back" if lost else "answered"
             raise FogflError(
-                f"no Flower server at {address} {what} within {wait_s:.0f} s; start "
-                "`fogfl server` (or resume it with --resume), or check --server"
+                f"no Flower server at {address} {what} within {wait_s:.0f} s "
+                "(bridge.server_wait_s, --server-wait); start `fogfl server` (or resume it "
+                "with --resume), or check --server"
             )
-        log.info("no Flower server at %s yet; still waiting", address)
+        progress.report(why)
+    progress.finish(f"the Flower server at {address} answers")
 
 
 def _rpc_reason(exc: grpc.RpcError) -> str:

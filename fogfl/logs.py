@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from typing import Any
 from fogfl.errors import FogflError, WireError
 
 FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+FIRST_PROGRESS_S = 1.0
+PROGRESS_EVERY_S = 5.0
 
 
 def setup_logging(level: str) -> None:
@@ -70,3 +73,32 @@ class Rejections:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+class WaitProgress:
+    """Says at INFO what a wait is for: after a second, then every few seconds
+    ("waiting for the MQTT broker at H:P (6 s): Connection refused")."""
+
+    def __init__(
+        self, log: logging.Logger | logging.LoggerAdapter[Any], waiting_for: str, started: float
+    ) -> None:
+        self.log = log
+        self.waiting_for = waiting_for
+        self.started = started
+        self.last_said: float | None = None
+
+    def report(self, reason: str) -> None:
+        now = time.monotonic()
+        due = (
+            self.started + FIRST_PROGRESS_S
+            if self.last_said is None
+            else self.last_said + PROGRESS_EVERY_S
+        )
+        if now >= due:
+            self.log.info("%s (%.0f s): %s", self.waiting_for, now - self.started, reason)
+            self.last_said = now
+
+    def finish(self, done: str) -> None:
+        """Say that the wait is over, if it was long enough to have been mentioned."""
+        if self.last_said is not None:
+            self.log.info("%s after %.0f s", done, time.monotonic() - self.started)

@@ -31,14 +31,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fogfl.config import MqttSettings
 from fogfl.errors import BrokerError
+from fogfl.logs import WaitProgress
 
 QOS = 1
 MAX_PAYLOAD_BYTES = 268_435_455  # the MQTT limit on one message
 # CONNACK reasons that retrying cannot change: bad protocol, client id, login, ban, auth method.
 _FINAL_REFUSALS = frozenset({132, 133, 134, 135, 138, 140})
 _SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT: another connection took this client id
-_FIRST_PROGRESS_S = 1.0
-_PROGRESS_EVERY_S = 5.0
 
 Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
@@ -236,7 +235,7 @@ class MqttSession:
         timeout = self.settings.connect_timeout_s
         started = time.monotonic()
         deadline = started + timeout
-        progress = _Progress(self.log, f"waiting for the MQTT broker at {self._where}", started)
+        progress = WaitProgress(self.log, f"waiting for the MQTT broker at {self._where}", started)
         while True:
             try:
                 self._client.connect(
@@ -558,31 +557,6 @@ class MqttSession:
             return any(paho.topic_matches_sub(wanted, topic) for wanted in self._subscriptions)
         except (TypeError, ValueError):  # a topic that is not UTF-8: let the check below say so
             return True
-
-
-class _Progress:
-    """Says at INFO what a wait is for: after a second, then every few seconds."""
-
-    def __init__(self, log: Logger, waiting_for: str, started: float) -> None:
-        self.log = log
-        self.waiting_for = waiting_for
-        self.started = started
-        self.last_said: float | None = None
-
-    def report(self, reason: str) -> None:
-        now = time.monotonic()
-        due = (
-            self.started + _FIRST_PROGRESS_S
-            if self.last_said is None
-            else self.last_said + _PROGRESS_EVERY_S
-        )
-        if now >= due:
-            self.log.info("%s (%.0f s): %s", self.waiting_for, now - self.started, reason)
-            self.last_said = now
-
-    def finish(self, done: str) -> None:
-        if self.last_said is not None:
-            self.log.info("%s after %.0f s", done, time.monotonic() - self.started)
 
 
 def _path(value: object) -> str | None:

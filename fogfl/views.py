@@ -84,7 +84,7 @@ def monitor_view(state: MonitorState, recent: Sequence[Observation]) -> Renderab
         regions.add_row(
             name,
             str(progress.round),
-            f"{progress.updates}/{progress.expected}",
+            f"{progress.updates}/{'?' if progress.expected is None else progress.expected}",
             str(progress.partials),
             str(progress.last_partial_examples),
         )

@@ -16,7 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fogfl.broker import BrokerMode, LocalBroker, start_broker
+import yaml
+from pydantic import ValidationError
+
+from fogfl.broker import BrokerMode, LocalBroker, local_broker_problem, start_broker
 from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
 from fogfl.errors import FogflError
 from fogfl.logs import role_logger
@@ -39,6 +42,40 @@ class Status:
     @property
     def ok(self) -> bool:
         return self.finished and not self.failure
+
+
+PREFLIGHT_BROKER_WAIT_S = 3.0
+
+
+def preflight(config: FogflConfig, broker_mode: BrokerMode) -> None:
+    """Refuse a run that cannot work, before anything is started or written: the broker
+    (an external one answers; a local one can be started), the task and its options, and
+    the configuration as every role will read it. Raises FogflError saying what to fix."""
+    from fogfl.health import Unhealthy, check_mqtt
+    from fogfl.tasks import load_task
+    from fogfl.tasks.base import shared_partitions
+
+    problem = local_broker_problem(broker_mode)
+    if problem:
+        raise FogflError(problem)
+    if broker_mode == "external":
+        probe = config.model_copy(deep=True)
+        probe.mqtt.connect_timeout_s = min(config.mqtt.connect_timeout_s, PREFLIGHT_BROKER_WAIT_S)
+        try:
+            check_mqtt(probe)
+        except Unhealthy as error:
+            raise FogflError(f"--broker external: {error}") from None
+    # Options are checked; no data is read.
+    task = load_task(config.task.name, config.task.options, config.python_path)
+    population = [c for ids in config.federation.client_ids().values() for c in ids]
+    for key, clients in shared_partitions(task, population).items():
+        role_logger(ROLE).warning(
+            "clients %s would train on the same data (%s)", ", ".join(clients), key
+        )
+    try:
+        FogflConfig.model_validate(yaml.safe_load(dump_config(config)))
+    except ValidationError as exc:
+        raise FogflError(f"the resolved configuration does not load back: {exc}") from None
 
 
 class Federation:

@@ -7,10 +7,12 @@ current run only. torch-free.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeGuard
 
 from fogfl.config import FogflConfig
 from fogfl.errors import WireError
@@ -37,6 +39,10 @@ class Observation:
     num_examples: int | None = None
     final: bool = False
     error: str = ""
+    # What the federation says a region expects: a partial's `expected` (its fog broker's
+    # count) and a round announcement's participants per region (under a schedule).
+    expected: int | None = None
+    participants: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -46,7 +52,7 @@ class Observation:
 class RegionProgress:
     round: int = 0
     updates: int = 0
-    expected: int = 0
+    expected: int | None = None  # None: nothing has said yet
     partials: int = 0
     last_partial_examples: int = 0
     senders: set[str] = field(default_factory=set)
@@ -60,10 +66,13 @@ class MonitorState:
     first tagged message). An announcement of another run starts the table afresh;
     messages of other runs — retained partials of an earlier run, a straggler — are
     counted in `other_runs` and change nothing else.
+
+    The expected count is the federation's own word, never a default of the monitor's: the
+    participants a round announcement names for the region (participation schedules), else
+    what the region's fog broker put in its last partial; None until either says.
     """
 
-    def __init__(self, expected_per_region: int) -> None:
-        self.expected = expected_per_region
+    def __init__(self) -> None:
         self.regions: dict[str, RegionProgress] = {}
         self.run_id = ""
         self.round = 0
@@ -79,6 +88,9 @@ class MonitorState:
         if seen.kind == "round" and seen.run_id and seen.round is not None:
             if seen.run_id != self.run_id:
                 self.run_id, self.round, self.regions = seen.run_id, seen.round, {}
+            if seen.round >= self.round and seen.participants is not None:
+                for name, count in seen.participants.items():
+                    self.regions.setdefault(name, RegionProgress()).expected = count
             self.round = max(self.round, seen.round)
             return
         if seen.run_id and not self.run_id:
@@ -89,7 +101,7 @@ class MonitorState:
         region_name = seen.region or topics.region_of(seen.topic)
         if not region_name or seen.round is None:
             return
-        region = self.regions.setdefault(region_name, RegionProgress(expected=self.expected))
+        region = self.regions.setdefault(region_name, RegionProgress())
         if seen.round > region.round:
             region.round, region.updates, region.senders = seen.round, 0, set()
         if (
@@ -102,6 +114,8 @@ class MonitorState:
         if seen.kind == "partial":
             region.partials += 1
             region.last_partial_examples = seen.num_examples or 0
+            if seen.expected is not None and seen.round >= self.round:
+                region.expected = seen.expected
 
 
 def observe(received: Received) -> Observation:
@@ -122,6 +136,17 @@ def observe(received: Received) -> Observation:
     seen.region = meta.get("region", "")[:MAX_SHOWN]
     seen.num_examples = _count_or_none(meta, "num_examples")
     seen.final = meta.get("final") == "true"
+    if seen.kind == "partial":
+        expected = _json_object(meta, "stats").get("expected")
+        seen.expected = expected if _is_count(expected) else None
+    elif seen.kind == "round":
+        chosen = _json_object(meta, "config").get("participants")
+        if isinstance(chosen, dict):
+            seen.participants = {
+                str(region)[:MAX_SHOWN]: len(ids)
+                for region, ids in chosen.items()
+                if isinstance(ids, list)
+            }
     return seen
 
 
@@ -133,9 +158,14 @@ def watch(
     anything unexpected while reading it is logged and shown as undecodable."""
     log = role_logger(ROLE)
     rejections = Rejections(log)
-    session = MqttSession(config.mqtt, f"fogfl-monitor-{os.getpid()}", log, persistent=False)
-    session.connect([topic_filter or session.topics.everything])
     ends = None if duration_s is None else time.monotonic() + duration_s
+    settings = config.mqtt
+    if duration_s is not None:
+        # The wait for the broker is part of the watch, not in front of it.
+        connect_s = max(min(settings.connect_timeout_s, duration_s), 0.1)
+        settings = settings.model_copy(update={"connect_timeout_s": connect_s})
+    session = MqttSession(settings, f"fogfl-monitor-{os.getpid()}", log, persistent=False)
+    session.connect([topic_filter or session.topics.everything])
     try:
         while ends is None or time.monotonic() < ends:
             wait = 0.25 if ends is None else max(0.0, min(0.25, ends - time.monotonic()))
@@ -153,6 +183,19 @@ def watch(
             )
     finally:
         session.close()
+
+
+def _json_object(meta: dict[str, str], key: str) -> dict[str, Any]:
+    """The JSON object in a metadata field, or {} when it is absent or anything else."""
+    try:
+        value = json.loads(meta.get(key, "{}"))
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _count_or_none(meta: dict[str, str], key: str) -> int | None:

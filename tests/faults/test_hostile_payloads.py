@@ -174,7 +174,7 @@ class Roles:
         self.announcement_brokers: list[FogBroker] = []
         self.client = FederatedClient(self.config, CLIENT_ID, REGION)
         self.bridge = FogBridge(self.config, REGION)
-        self.monitor = MonitorState(expected_per_region=3)
+        self.monitor = MonitorState()
 
     def fog_broker(self, name: str) -> FogBroker:
         config = self.config.model_copy(deep=True)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from fogfl.aggregation import RegionRound
 from fogfl.broker import LocalBroker
 from fogfl.mqtt import Received, Topics
 from fogfl.roles.monitor import MonitorState, Observation, observe
 from fogfl.views import monitor_view
-from fogfl.wire import Envelope, encode
+from fogfl.wire import Envelope, ModelSchema, encode
 from tests.integration.harness import publisher
 
 pytestmark = pytest.mark.integration
@@ -83,7 +84,7 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
 
 
 def test_monitor_state_counts_updates_per_region() -> None:
-    state = MonitorState(expected_per_region=3)
+    state = MonitorState()
     topics = Topics("fl")
 
     def seen(kind: str, round_: int, sender: str, region: str = "north") -> Observation:
@@ -107,7 +108,7 @@ def test_monitor_state_counts_updates_per_region() -> None:
     for sender in ("a", "b", "b"):
         state.add(seen("update", 1, sender), topics)
     state.add(Observation(time=0, topic="fl/updates/north", bytes=3, error="malformed"), topics)
-    assert state.regions["north"].updates == 2 and state.regions["north"].expected == 3
+    assert state.regions["north"].updates == 2
     state.add(seen("update", 2, "a"), topics)
     assert (state.regions["north"].round, state.regions["north"].updates) == (2, 1)
     assert state.undecodable == 1 and state.round == 1
@@ -130,7 +131,7 @@ def test_observe_is_total() -> None:
 
 
 def test_monitor_shows_the_current_run_only() -> None:
-    state = MonitorState(expected_per_region=2)
+    state = MonitorState()
 
     def add(kind: str, run_id: str, round_: int, sender: str, topic: str, **extra: object) -> None:
         message = Envelope(kind=kind, run_id=run_id, round=round_, sender=sender, **extra)  # type: ignore[arg-type]
@@ -154,3 +155,52 @@ def test_monitor_shows_the_current_run_only() -> None:
     assert (
         "run new · round 2 · 7 messages · 0 undecodable · 2 of other runs" in console.export_text()
     )
+
+
+def test_the_expected_count_is_what_the_federation_says() -> None:
+    """Not a default of the monitor's: "?" until a fog broker's partial or a round
+    announcement's participants say how many updates a region expects."""
+    state = MonitorState()
+
+    def add(message: Envelope, topic: str) -> None:
+        state.add(observe(Received(topic, encode(message), False)), TOPICS)
+
+    def shown() -> str:
+        console = Console(width=160, record=True)
+        console.print(monitor_view(state, []))
+        return console.export_text()
+
+    def update(round_: int, sender: str) -> Envelope:
+        return Envelope(kind="update", run_id="r", round=round_, sender=sender, region="north")
+
+    add(Envelope(kind="round", run_id="r", round=1, sender="server"), TOPICS.round_announcement)
+    add(update(1, "north-01"), TOPICS.updates("north"))
+    assert state.regions["north"].expected is None
+    assert "1/?" in shown()
+    # The fog broker closes round 1 and says it expected 4 (its --expected, not ours).
+    partial = RegionRound(
+        run_id="r",
+        round=1,
+        phase="fit",
+        schema=ModelSchema.of({}),
+        deadline=0.0,
+        expected=4,
+        participants=None,
+        uniform=False,
+        edge_rounds=1,
+        config={},
+        model=None,
+    ).partial("north", {})
+    add(partial, TOPICS.partial("north"))
+    add(Envelope(kind="round", run_id="r", round=2, sender="server"), TOPICS.round_announcement)
+    add(update(2, "north-01"), TOPICS.updates("north"))
+    assert "1/4" in shown()
+    # Under a schedule the announcement names this round's participants: they win.
+    chosen = {"participants": {"north": ["north-01", "north-02"], "south": ["south-03"]}}
+    add(
+        Envelope(kind="round", run_id="r", round=3, sender="server", config=chosen),
+        TOPICS.round_announcement,
+    )
+    assert (state.regions["north"].expected, state.regions["south"].expected) == (2, 1)
+    add(update(3, "north-02"), TOPICS.updates("north"))
+    assert "1/2" in shown()

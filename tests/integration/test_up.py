@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,7 @@ def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> No
         "client-south-04.log",
     } <= logs
     assert "eval loss" in output and "done in" in output
+    assert warnings_in_logs(run_dir) == []
     assert up.leftovers == []
 
 
@@ -97,27 +99,81 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 
 def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    env = {**os.environ, "FOGFL_MQTT__CONNECT_TIMEOUT_S": "2"}
-    closed_port = str(free_port())
+    # The options are valid, so the run starts; the clients find no data and fail.
+    env = {**os.environ, "FOGFL_TASK__OPTIONS__DATA_DIR": str(tmp_path / "no-data")}
     up = fogfl_up(
-        "--broker", "external", "--mqtt-port", closed_port, "--run-dir", str(run_dir), env=env
+        "--task", "ecg5000", "--clients-per-region", "1", "--run-dir", str(run_dir), env=env
     )
     output = up.output
     assert up.returncode == 1
-    assert "fogfl up failed:" in output and "exited with code 2" in output
-    assert "cannot reach the MQTT broker" in output
+    assert "fogfl up failed: client-north-01 exited with code 2" in output
+    assert "no ECG5000 data in" in output
     assert up.leftovers == []
 
 
-def test_bad_flag_value_is_one_readable_line(tmp_path: Path) -> None:
+def fogfl_up_refused(run_dir: Path, *arguments: str, **env: str) -> str:
+    """`fogfl up` that must refuse before starting anything: its one line of stderr."""
     result = subprocess.run(
-        [sys.executable, "-m", "fogfl", "up", "--rounds", "0", "--run-dir", str(tmp_path / "r")],
+        [sys.executable, "-m", "fogfl", "up", "--run-dir", str(run_dir), *arguments],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **env},
     )
-    assert result.returncode == 2
-    assert "federation.rounds" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert not run_dir.exists()
+    assert "fogfl up: run" not in result.stdout  # nothing was started
+    [line] = result.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env", "said"),
+    [
+        (["--rounds", "0"], {}, "--rounds 0: federation.rounds: Input should be greater"),
+        (["--regions", "0"], {}, "--regions 0: a federation needs at least one region"),
+        (["--clients-per-region", "0"], {}, "--clients-per-region 0: federation.clients_per"),
+        ([], {"FOGFL_FEDERATION__ROUNDS": "0"}, "FOGFL_FEDERATION__ROUNDS=0: federation.rounds"),
+        (["--task", "nope"], {}, "unknown task 'nope'"),
+        ([], {"FOGFL_TASK__OPTIONS__DURATION_S": "1"}, "task.options.duration_s"),
+    ],
+)
+def test_a_run_that_cannot_work_is_refused_before_anything_starts(
+    tmp_path: Path, arguments: list[str], env: dict[str, str], said: str
+) -> None:
+    assert said in fogfl_up_refused(tmp_path / "run", *arguments, **env)
+
+
+def test_an_external_broker_that_is_not_there_is_refused_naming_its_address(
+    tmp_path: Path,
+) -> None:
+    closed_port = free_port()
+    line = fogfl_up_refused(
+        tmp_path / "run",
+        "--broker",
+        "external",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(closed_port),
+    )
+    assert f"--broker external: cannot reach the MQTT broker at 127.0.0.1:{closed_port}" in line
+
+
+def warnings_in_logs(run_dir: Path) -> list[str]:
+    """Every WARNING or ERROR line any process of the run logged (roles, Mosquitto, amqtt).
+    Run as root (a container), fogfl keeps Mosquitto root so that it can write its
+    persistence in the run directory, and Mosquitto says once that it should not be root:
+    advice about the machine, not news of the run."""
+    alarming = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^\d+: (Warning|Error)")
+    as_root = "Warning: Mosquitto should not be run as root" if os.geteuid() == 0 else None
+    return [
+        f"{log.name}: {line}"
+        for log in sorted((run_dir / "logs").glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if alarming.search(line) and not (as_root and as_root in line)
+    ]
 
 
 def test_up_runs_on_the_embedded_broker(tmp_path: Path) -> None:
@@ -138,4 +194,5 @@ def test_up_runs_on_the_embedded_broker(tmp_path: Path) -> None:
     assert "broker: embedded" in output
     rows = read_metrics(run_dir / METRICS_FILE)
     assert [row["clients"] for row in rows[1:]] == ["2", "2"]
+    assert warnings_in_logs(run_dir) == []
     assert up.leftovers == []
