@@ -47,8 +47,8 @@ def scenario_config() -> FogflConfig:
             "federation.clients_per_region": CLIENTS_PER_REGION,
             "federation.seed": 11,
             "federation.run_id": "faults",
-            "training.local_epochs": 1,
-            "task.options": {"duration_s": 90},
+            "training.local_epochs": 25,
+            "task.options": {"duration_s": 900},
             "fog.deadline_s": 60,
             "bridge.partial_timeout_s": 60,
             "server.round_timeout_s": 90,
@@ -60,7 +60,7 @@ def scenario_config() -> FogflConfig:
 
 def reference_model(config: FogflConfig) -> Tensors:
     """The final global model of an undisturbed run, computed in-process."""
-    with ClientPool(0) as pool:
+    with ClientPool(2) as pool:
         return simulate(config, pool).final_tensors()
 
 
