@@ -219,6 +219,9 @@ def _closed_form_load(params: StudyParams, n_nodes: int) -> list[Row]:
 def run_failure(params: StudyParams, advance: Advance) -> ExperimentResult:
     """Coverage of alive nodes when nodes, links and the broker fail."""
     rows: list[Row] = []
+    # Per rate and protocol, every trial's coverage: MQTT's is bimodal (the broker is up or
+    # not), which a mean hides; the plot shows them all.
+    per_trial: dict[str, dict[str, list[float]]] = {}
     rounds = gossip_rounds(params.nodes, params.alpha)
     for rate_index, rate in enumerate(params.failure_rates):
         broker_failure = rate if params.broker_failure is None else params.broker_failure
@@ -234,6 +237,7 @@ def run_failure(params: StudyParams, advance: Advance) -> ExperimentResult:
             row[f"{protocol}_coverage_mean"] = mean
             row[f"{protocol}_coverage_p10"] = p10
             row[f"{protocol}_coverage_p90"] = p90
+        per_trial[str(rate)] = {p: list(columns[p]) for p in ("gossip", "mqtt", "coap")}
         row["gossip_rounds_to_last_median"] = median(columns["rounds_to_last"])
         row["gossip_messages_mean"] = spread(columns["gossip_messages"])[0]
         rows.append(row)
@@ -246,6 +250,7 @@ def run_failure(params: StudyParams, advance: Advance) -> ExperimentResult:
             }
             for row in rows
         },
+        "coverage_per_trial": per_trial,
     }
     highlights = [
         (

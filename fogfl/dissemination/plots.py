@@ -51,6 +51,26 @@ def _figure(columns: int, title: str, width: float = 5.2, height: float = 4.2) -
     return figure, axes
 
 
+def _plain_log_ticks(axis: Any, minor: bool = False) -> None:
+    """A log axis labelled 1, 2, 4, 60 rather than 2⁰, 2¹, 6×10¹ (`minor`: label the
+    ticks between powers of ten too, for an axis that spans about one decade)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain if minor else FuncFormatter(lambda value, _: ""))
+
+
+def _byte_ticks(axis: Any) -> None:
+    """Byte counts as B / kB / MB (powers of 1000)."""
+    from matplotlib.ticker import FuncFormatter
+
+    from fogfl.views import human_bytes
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: human_bytes(value)))
+    axis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+
+
 def _column(rows: Sequence[Row], key: str) -> np.ndarray:
     return np.asarray([float(row[key]) for row in rows])
 
@@ -88,6 +108,12 @@ def plot_load(result: ExperimentResult, params: StudyParams, path: Path) -> None
     redundancy.set(
         xscale="log", xlabel="nodes N", ylabel="update copies per node reached", ylim=(0, None)
     )
+    for ax in (messages, volume, redundancy):
+        _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(messages.yaxis)
+    _byte_ticks(volume.yaxis)
+    volume.legend(fontsize=8)
+    redundancy.legend(fontsize=8)
     messages.legend(fontsize=8, title="MQTT ≈ CoAP Observe (N vs N−1)", title_fontsize=8)
     figure.savefig(path, dpi=DPI)
 
@@ -100,36 +126,71 @@ def plot_failure(result: ExperimentResult, params: StudyParams, path: Path) -> N
     )
     figure, (ax,) = _figure(
         1,
-        f"Coverage under failures (N={params.nodes}, links fail with "
-        f"p={params.link_failure:g}, broker {broker})",
-        width=7.5,
-        height=4.8,
+        f"Coverage under failures (N={params.nodes}, {params.trials} trials per rate, links "
+        f"fail with p={params.link_failure:g}, broker {broker})",
+        width=8.5,
+        height=5.0,
     )
-    rates = _column(result.rows, "failure_rate")
-    for protocol in ("mqtt", "coap", "gossip"):
+    draw_failure(ax, result, params.seed)
+    figure.savefig(path, dpi=DPI)
+
+
+def draw_failure(ax: Any, result: ExperimentResult, seed: int = 0) -> None:
+    """Every trial's coverage as a dot, per failure rate and protocol, with the median and
+    the mean marked: MQTT's coverage is all or nothing (the broker is up or it is not), so
+    its mean lies where no trial is."""
+    per_trial = result.summary.get("coverage_per_trial", {})
+    rates = [float(row["failure_rate"]) for row in result.rows]
+    protocols = ("mqtt", "coap", "gossip")
+    width = 0.8 / len(protocols)
+    jitter = np.random.default_rng(seed)
+    for offset, protocol in enumerate(protocols):
         colour = COLOURS[protocol]
-        ax.plot(
-            rates,
-            _column(result.rows, f"{protocol}_coverage_mean"),
-            marker="o",
-            color=colour,
-            label=f"{LABELS[protocol]}, mean",
-        )
-        ax.fill_between(
-            rates,
-            _column(result.rows, f"{protocol}_coverage_p10"),
-            _column(result.rows, f"{protocol}_coverage_p90"),
-            color=colour,
-            alpha=0.15,
-            label=f"{LABELS[protocol]}, p10–p90",
-        )
+        for index, rate in enumerate(rates):
+            values = np.asarray(per_trial.get(str(rate), {}).get(protocol, []), dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                continue
+            centre = index + (offset - (len(protocols) - 1) / 2) * width
+            xs = centre + jitter.uniform(-0.35, 0.35, values.size) * width
+            first = index == 0
+            ax.scatter(
+                xs,
+                values,
+                s=9,
+                color=colour,
+                alpha=0.35,
+                linewidths=0,
+                label=f"{LABELS[protocol]}, one trial" if first else None,
+                gid=f"trials-{protocol}",
+            )
+            ax.hlines(
+                float(np.median(values)),
+                centre - width / 2,
+                centre + width / 2,
+                color=colour,
+                linewidth=2.5,
+                label="median" if first and offset == 0 else None,
+            )
+            ax.scatter(
+                [centre],
+                [float(np.mean(values))],
+                marker="D",
+                s=36,
+                color="white",
+                edgecolors=colour,
+                linewidths=1.5,
+                zorder=5,
+                label="mean" if first and offset == 0 else None,
+            )
+    ax.set_xticks(range(len(rates)), [f"{rate:g}" for rate in rates])
     ax.set(
         xlabel="share of nodes failed",
         ylabel="coverage (share of alive nodes reached)",
-        ylim=(0, 1.05),
+        ylim=(-0.03, 1.05),
     )
-    ax.legend(fontsize=8, loc="lower left")
-    figure.savefig(path, dpi=DPI)
+    # Below the axes: inside, it would cover the trials near 0 coverage.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=3)
 
 
 def plot_partition(result: ExperimentResult, params: StudyParams, path: Path) -> None:
@@ -191,8 +252,13 @@ def plot_balance(result: ExperimentResult, params: StudyParams, path: Path) -> N
     )
     lorenz.legend(fontsize=8)
     means = [result.summary[p]["gini_mean"] for p in protocols]
-    low = [m - result.summary[p]["gini_p10"] for m, p in zip(means, protocols, strict=True)]
-    high = [result.summary[p]["gini_p90"] - m for m, p in zip(means, protocols, strict=True)]
+    # A skewed spread can put the mean outside p10–p90: the bar then has no error on that side.
+    low = [
+        max(m - result.summary[p]["gini_p10"], 0.0) for m, p in zip(means, protocols, strict=True)
+    ]
+    high = [
+        max(result.summary[p]["gini_p90"] - m, 0.0) for m, p in zip(means, protocols, strict=True)
+    ]
     bars.bar(
         [LABELS[p] for p in protocols],
         means,
@@ -241,10 +307,14 @@ def plot_fog(result: ExperimentResult, params: StudyParams, path: Path) -> None:
     for ax in (load, backhaul, coverage):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("fog brokers B (each serving N/B nodes)")
+        _plain_log_ticks(ax.xaxis)
     load.set(yscale="log", ylabel="sends by the busiest broker or node, per event")
+    _plain_log_ticks(load.yaxis, minor=True)
     backhaul.set(yscale="log", ylabel="bytes per event crossing fog ↔ cloud")
+    _byte_ticks(backhaul.yaxis)
     coverage.set(ylabel="coverage when one broker fails (mean, p10–p90)", ylim=(0, 1.05))
-    load.legend(fontsize=8)
+    for ax in (load, backhaul, coverage):
+        ax.legend(fontsize=8)
     figure.savefig(path, dpi=DPI)
 
 

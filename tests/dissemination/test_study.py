@@ -85,3 +85,30 @@ def test_command_reports_a_bad_flag_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--failure-rates '0,x': give comma-separated numbers" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_failure_plot_shows_every_trial_not_only_the_mean() -> None:
+    from matplotlib.figure import Figure
+
+    from fogfl.dissemination.experiments import run_failure
+    from fogfl.dissemination.plots import draw_failure
+
+    params = StudyParams(
+        nodes=40, trials=12, failure_rates=(0.0, 0.3), broker_failure=0.5, fog_brokers=(1, 2)
+    )
+    result = run_failure(params, lambda done: None)
+    per_trial = result.summary["coverage_per_trial"]
+    mqtt = [c for rate in per_trial.values() for c in rate["mqtt"]]
+    # The broker fails in some trials and not in others: MQTT reaches all or almost none.
+    assert min(mqtt) < 0.1 and max(mqtt) > 0.7
+    axes = Figure().subplots()
+    draw_failure(axes, result)
+    dots = sum(
+        len(collection.get_offsets())
+        for collection in axes.collections
+        if str(collection.get_gid()).startswith("trials-")
+    )
+    assert dots == 3 * 12 * 2  # every protocol's every trial at every rate
+    labels = axes.get_legend_handles_labels()[1]
+    assert "median" in labels and "mean" in labels
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "0.3"]

@@ -260,3 +260,54 @@ def test_a_file_mixing_experiment_and_configuration_keys_is_refused(tmp_path: Pa
     result = CliRunner().invoke(app, ["sim", "--config", str(mixed), "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "put the configuration under `base:`" in str(result.exception or result.output)
+
+
+def test_the_plots_mark_the_failed_round_and_read_at_a_glance(tmp_path: Path) -> None:
+    from fogfl.sim.plots import (
+        COMMUNICATION_PLOT,
+        FAILED_LABEL,
+        LONG_LABEL,
+        METRIC_PLOT,
+        ROUNDS_PLOT,
+        figures,
+    )
+    from fogfl.sim.results import read_results
+
+    drawn = figures(read_results(write_run(tmp_path / "run")))
+    (metric,) = drawn[METRIC_PLOT].axes
+    for figure in drawn.values():
+        figure.canvas.draw()  # tick labels exist once drawn
+    labels = metric.get_legend().get_texts()
+    assert {FAILED_LABEL, LONG_LABEL} <= {t.get_text() for t in labels}
+    rounds = [t.get_text() for t in metric.get_xticklabels() if t.get_text()]
+    assert all(label.lstrip("−-").isdigit() for label in rounds), rounds
+    updates, edge, cloud = drawn[COMMUNICATION_PLOT].axes
+    assert all(panel.get_legend() is not None for panel in (updates, edge, cloud))
+    ticks = [t.get_text() for t in edge.get_xticklabels() if t.get_text()]
+    assert ticks and all(t.endswith(("B", "kB", "MB", "GB")) for t in ticks), ticks
+    assert FAILED_LABEL in {t.get_text() for t in cloud.get_legend().get_texts()}
+    seconds, regions = drawn[ROUNDS_PLOT].axes
+    assert seconds.get_yscale() == "log"  # 2 s rounds beside a 180 s one
+    assert any("timeout" in t.get_text() for t in seconds.get_legend().get_texts())
+    region_ticks = [t.get_text() for t in regions.get_yticklabels() if t.get_text()]
+    assert all(t.isdigit() for t in region_ticks), region_ticks
+
+
+def test_each_centralized_line_names_its_variants(tmp_path: Path) -> None:
+    from fogfl.sim.plots import METRIC_PLOT, figures
+    from fogfl.sim.results import Results, VariantHistory
+
+    rows = [{"round": float(r), "eval_mae": 0.3 - 0.05 * r} for r in range(3)]
+    results = Results(
+        directory=tmp_path,
+        kind="sim",
+        title="t",
+        metric="eval_mae",
+        target=None,
+        baseline="",
+        variants=[VariantHistory(name, list(rows)) for name in ("few", "many", "more")],
+        centralized={"few": {"eval_mae": 0.04}, "many": {"eval_mae": 0.02}},
+    )
+    (axes,) = figures(results)[METRIC_PLOT].axes
+    texts = {t.get_text() for t in axes.get_legend().get_texts()}
+    assert "centralized (few): 0.04" in texts and "centralized (many): 0.02" in texts
