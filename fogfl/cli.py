@@ -515,6 +515,24 @@ def up(
 
 
 @app.command()
+def new(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the project: a new or empty directory.")
+    ],
+) -> None:
+    """Write a starter project: a task of your own (digits_task.py), a fogfl.yaml that names
+    it and a README; `fogfl up --config DIRECTORY/fogfl.yaml` runs it."""
+    from fogfl.templates import write_starter
+
+    written = write_starter(directory)
+    Console().print(
+        f"wrote {', '.join(path.name for path in written)} to {directory}\n"
+        f"next: pip install scikit-learn && fogfl up --config {directory / 'fogfl.yaml'}",
+        highlight=False,
+    )
+
+
+@app.command()
 @with_shared_flags
 def health(
     check: Annotated[

@@ -8,10 +8,11 @@ as YAML scalars (``10``, ``true``, ``0.5``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -190,8 +191,16 @@ class BridgeSettings(_Section):
 
 
 BUILTIN_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")
-_JsonScalar = bool | int | Annotated[float, Field(allow_inf_nan=False)] | str | None
+_JsonScalar = bool | int | float | str | None
 StrategyOption = _JsonScalar | list[_JsonScalar]
+
+
+def _json_safe(value: object, nested: bool = False) -> bool:
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, list) and not nested and all(_json_safe(v, True) for v in value)
 
 
 class ServerSettings(_Section):
@@ -201,7 +210,7 @@ class ServerSettings(_Section):
         "fedavg",
         description="one of BUILTIN_STRATEGIES, or a Flower Strategy as package.module:ClassName",
     )
-    strategy_options: dict[str, StrategyOption] = Field(
+    strategy_options: dict[str, Any] = Field(
         default_factory=dict,
         description="the Flower strategy's own keyword arguments (eta, beta, …): JSON scalars "
         "or lists of them",
@@ -212,6 +221,16 @@ class ServerSettings(_Section):
     region_wait_s: float = Field(
         30.0, ge=0, description="how long a round waits for a region's bridge before failing it"
     )
+
+    @field_validator("strategy_options")
+    @classmethod
+    def _options_are_json_safe(cls, options: dict[str, Any]) -> dict[str, StrategyOption]:
+        for key, value in options.items():
+            if not _json_safe(value):
+                raise ValueError(
+                    f"{key}: {value!r} is not a finite number, bool, string, null or a list of them"
+                )
+        return options
 
     @field_validator("strategy")
     @classmethod
