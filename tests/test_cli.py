@@ -63,7 +63,7 @@ def test_fog_broker_never_imports_torch() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "health"])
+@pytest.mark.parametrize("command", [*COMMANDS, "health", "sim", "report", "dissemination"])
 def test_help_shows_each_default_once_and_never_none(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

@@ -36,7 +36,7 @@ def dissemination(
     ] = 1234,
     out: Annotated[
         Optional[Path],  # noqa: UP045
-        typer.Option(help="Output folder (default: a new folder under runs/)."),
+        typer.Option(help="Output folder (default: a new folder under runs/).", show_default=False),
     ] = None,
     message_bytes: Annotated[int, typer.Option(help="Size of a message carrying the update.")] = 50,
     request_bytes: Annotated[
@@ -52,33 +52,46 @@ def dissemination(
     load_nodes: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
-            help="N values of the load experiment, comma-separated [default: 10,25,…,10000]."
+            help="N values of the load experiment, comma-separated [default: 10,25,…,10000].",
+            show_default=False,
         ),
     ] = None,
     failure_rates: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Node failure rates, comma-separated [default: 0,0.1,…,0.5]."),
+        typer.Option(
+            help="Node failure rates, comma-separated [default: 0,0.1,…,0.5].", show_default=False
+        ),
     ] = None,
     link_failure: Annotated[float, typer.Option(help="Probability that a link is down.")] = 0.1,
     broker_failure: Annotated[
         Optional[float],  # noqa: UP045
-        typer.Option(help="Probability that the broker is down [default: the node failure rate]."),
+        typer.Option(
+            help="Probability that the broker is down [default: the node failure rate].",
+            show_default=False,
+        ),
     ] = None,
     partition_rounds: Annotated[int, typer.Option(help="Rounds the two halves gossip apart.")] = 6,
     merge_rounds: Annotated[int, typer.Option(help="Rounds after the partition heals.")] = 12,
     healing_links: Annotated[int, typer.Option(help="Links that heal the partition.")] = 3,
     publishers: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="Publishers in the balance experiment [default: 25, at most N]."),
+        typer.Option(
+            help="Publishers in the balance experiment [default: 25, at most N].",
+            show_default=False,
+        ),
     ] = None,
     fog_brokers: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Fog broker counts B, comma-separated [default: 1,2,4,…,64]."),
+        typer.Option(
+            help="Fog broker counts B, comma-separated [default: 1,2,4,…,64].", show_default=False
+        ),
     ] = None,
     mqtt_host: Annotated[str, typer.Option(help="live: host of an existing broker.")] = "127.0.0.1",
     mqtt_port: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(help="live: port of an existing broker (default: start Mosquitto)."),
+        typer.Option(
+            help="live: port of an existing broker (default: start Mosquitto).", show_default=False
+        ),
     ] = None,
     live_timeout: Annotated[float, typer.Option(help="live: seconds before giving up.")] = 60.0,
     no_plots: Annotated[

@@ -159,7 +159,10 @@ def sim(
 
 def report(
     directory: Annotated[
-        Path, typer.Argument(help="A `fogfl sim` output folder or a `fogfl up` run directory.")
+        Path,
+        typer.Argument(
+            help="A `fogfl sim` output folder or a `fogfl up` run directory.", show_default=False
+        ),
     ],
     out: Annotated[
         Optional[Path],  # noqa: UP045

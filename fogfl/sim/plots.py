@@ -142,7 +142,11 @@ def _rounds(results: Results) -> Any:
         _plain_ticks(seconds_axes.yaxis)
     else:
         seconds_axes.set_ylim(bottom=0)
-    if results.round_timeout_s is not None:
+    timeout = results.round_timeout_s
+    if timeout is not None and durations and timeout > 3 * max(durations):
+        # Far above every round: a line there would squash the rounds or fall off the axes.
+        seconds_axes.set_title(f"server round timeout {timeout:g} s, far above", fontsize=9)
+    elif timeout is not None:
         seconds_axes.axhline(
             results.round_timeout_s,
             color="black",
