@@ -5,6 +5,7 @@ weighted by their examples; and the one-line errors when it does not fit."""
 from __future__ import annotations
 
 import itertools
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,21 @@ def test_config_takes_a_strategy_by_name_or_import_path_and_json_safe_options(
         (key,) = bad
         assert f"server.strategy_options: Value error, {key}: " in str(caught.value)
         assert "is not a finite number, bool, string, null or a list of them" in str(caught.value)
+
+
+def test_the_strategy_docs_tasks_md_shows_runs_as_it_says(tmp_path: Path) -> None:
+    markdown = (Path(__file__).resolve().parents[2] / "docs" / "tasks.md").read_text()
+    section = markdown.split("\n## Your own strategy\n", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    name = f"doc_strategies_{next(_modules)}"
+    (tmp_path / f"{name}.py").write_text(code)
+    initial = [np.zeros(3, np.float32)]
+    inner = flower.make_strategy(f"{name}:DampedFedAvg", initial, 2, {"step": 0.5}, [tmp_path])
+    cloud = flower.HierarchicalStrategy(inner, Hooks(), num_rounds=3, min_regions=2)
+    results = [region_result("north", 0.1, 7), region_result("south", 0.7, 3)]
+    first, _ = cloud.aggregate_fit(1, results, [])
+    second, _ = cloud.aggregate_fit(2, results, [])
+    mean = (0.1 * 7 + 0.7 * 3) / 10
+    assert first is not None and second is not None
+    np.testing.assert_allclose(parameters_to_ndarrays(first)[0], 0.5 * mean, rtol=1e-6)
+    np.testing.assert_allclose(parameters_to_ndarrays(second)[0], 0.75 * mean, rtol=1e-6)
