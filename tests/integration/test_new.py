@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from fogfl.broker import mosquitto_binary
-from fogfl.run_dir import METRICS_FILE, read_metrics
+from fogfl.config import load_config
+from fogfl.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
+from fogfl.sim.hierarchy import simulate
+from fogfl.sim.workers import ClientPool
+from fogfl.wire import decode
 from tests.reaper import run_reaped
+from tests.sim.helpers import assert_same_model
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +95,13 @@ def test_a_new_project_runs_with_fogfl_up(tmp_path: Path) -> None:
     # The project's strategy ran in the server, the regions weighted by their examples.
     assert marker.read_text().splitlines() == ["1 [240, 240]", "2 [240, 240]"]
     assert up.leftovers == []
+    # fogfl sim finds the same task and strategy (in a worker process) and agrees.
+    config = load_config(run_dir / CONFIG_FILE, environ={})
+    with ClientPool(1) as pool:
+        simulated = simulate(config, pool)
+    runtime_model = decode((run_dir / MODEL_FILE).read_bytes(), kinds={"global"}, max_bytes=10**8)
+    assert_same_model(simulated.final_tensors(), runtime_model.tensors, tolerance=1e-6)
+    assert simulated.records[2].eval_accuracy == pytest.approx(float(rows[2]["eval_accuracy"]))
 
 
 def test_fogfl_new_refuses_a_directory_that_holds_anything(tmp_path: Path) -> None:
