@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,12 @@ def module(tmp_path: Path) -> str:
     name = f"user_strategies_{next(_modules)}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(STRATEGIES))
     return name
+
+
+@pytest.fixture(autouse=True)
+def _own_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading user code puts its python_path on sys.path; keep that to each test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
 
 def make(path: str, tmp_path: Path, **options: object) -> Any:

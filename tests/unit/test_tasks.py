@@ -34,6 +34,12 @@ class {name}(SyntheticTask):
 """
 
 
+@pytest.fixture(autouse=True)
+def _own_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading a task puts its python_path on sys.path; keep that to each test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
 def write_module(directory: Path, source: str) -> str:
     """A module of `source` in `directory` under a fresh name (imports are cached)."""
     name = f"user_task_{next(_modules)}"
@@ -269,3 +275,24 @@ def test_clients_holding_the_same_ecg5000_share_are_reported() -> None:
     }
     numbered = [c for members in FederationSettings().client_ids().values() for c in members]
     assert shared_partitions(task, numbered) == {}
+
+
+def test_the_server_and_fogfl_up_warn_of_clients_sharing_a_partition(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fogfl.roles.launcher import preflight
+    from fogfl.roles.server import Server
+
+    shared = {
+        "task": {"name": "ecg5000", "options": {"num_clients": 4}},
+        "federation": {"clients": {"north": ["north-01"], "south": ["south-01", "south-02"]}},
+    }
+    config = load_config(overrides=shared, environ={})
+    assert Server(config).shared_partitions == {"ECG5000 share 1": ["north-01", "south-01"]}
+    with caplog.at_level("WARNING", logger="fogfl"):
+        preflight(config, "embedded")
+    assert [r.getMessage() for r in caplog.records] == [
+        "launcher clients north-01, south-01 would train on the same data (ECG5000 share 1)"
+    ]
+    numbered = load_config(overrides={"task": shared["task"]}, environ={})
+    assert Server(numbered).shared_partitions == {}

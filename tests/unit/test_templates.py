@@ -4,6 +4,7 @@ fogfl's own loader, reads a CSV of the user's, and is the example docs/tasks.md 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,12 @@ from fogfl.templates import STARTER_FILES, starter_text, write_starter
 ROOT = Path(__file__).resolve().parents[2]
 STARTER = ROOT / "fogfl" / "templates" / "starter"
 TRAINING = TrainingSettings(local_epochs=2, batch_size=32, learning_rate=0.01)
+
+
+@pytest.fixture(autouse=True)
+def _own_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading user code puts its python_path on sys.path; keep that to each test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
 
 def starter_task(options: dict[str, object] | None = None) -> Task:
