@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from fogfl.broker import mosquitto_binary
 from fogfl.config import load_config
 from fogfl.run_dir import CONFIG_FILE, METRICS_FILE, MODEL_FILE, read_metrics
 from fogfl.sim.hierarchy import simulate
 from fogfl.sim.workers import ClientPool
 from fogfl.wire import decode
-from tests.reaper import run_reaped
+from tests.integration.test_up import broker_mode, fogfl_up
 from tests.sim.helpers import assert_same_model
 
 pytestmark = pytest.mark.integration
@@ -66,25 +65,18 @@ def test_a_new_project_runs_with_fogfl_up(tmp_path: Path) -> None:
         "FOGFL_SERVER__STRATEGY": "marking_strategy:MarkingFedAvg",
         "FOGFL_SERVER__STRATEGY_OPTIONS": f"{{marker: '{marker}'}}",
     }
-    up = run_reaped(
-        [
-            sys.executable,
-            "-m",
-            "fogfl",
-            "up",
-            "--config",
-            str(project / "fogfl.yaml"),
-            "--rounds",
-            "2",
-            "--clients-per-region",
-            "1",
-            "--run-dir",
-            str(run_dir),
-            "--broker",
-            "mosquitto" if mosquitto_binary() else "embedded",
-        ],
+    up = fogfl_up(
+        "--config",
+        str(project / "fogfl.yaml"),
+        "--rounds",
+        "2",
+        "--clients-per-region",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--broker",
+        broker_mode(),
         env=env,
-        timeout=180,
     )
     assert up.returncode == 0, up.output
     rows = read_metrics(run_dir / METRICS_FILE)
