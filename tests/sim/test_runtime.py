@@ -94,4 +94,8 @@ def test_report_reads_a_runtime_run_directory(
     result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "MAE" in result.output and "client updates" in result.output
-    assert {p.name for p in tmp_path.glob("*.png")} == {"metric_per_round.png", "communication.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == {
+        "metric_per_round.png",
+        "communication.png",
+        "rounds.png",
+    }
