@@ -104,9 +104,10 @@ def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
     up = fogfl_up(
         "--task", "ecg5000", "--clients-per-region", "1", "--run-dir", str(run_dir), env=env
     )
-    output = up.output
-    assert up.returncode == 1
-    assert "fogfl up failed: client-north-01 exited with code 2" in output
+    output = " ".join(up.output.split())  # rich may wrap long lines
+    assert up.returncode == 1, output
+    # Both clients fail alike; whichever the launcher notices first is named.
+    assert re.search(r"fogfl up failed: client-(north-01|south-02) exited with code 2", output)
     assert "no ECG5000 data in" in output
     assert up.leftovers == []
 
