@@ -106,8 +106,11 @@ def test_failure_names_the_failing_role_and_cleans_up(tmp_path: Path) -> None:
     )
     output = " ".join(up.output.split())  # rich may wrap long lines
     assert up.returncode == 1, output
-    # Both clients fail alike; whichever the launcher notices first is named.
-    assert re.search(r"fogfl up failed: client-(north-01|south-02) exited with code 2", output)
+    # Every role that loads the data fails alike; whichever the launcher notices first is
+    # named, with the last lines of its own log.
+    named = re.search(r"fogfl up failed: (\S+) exited with code 2", output)
+    assert named, output
+    assert "no ECG5000 data in" in (run_dir / "logs" / f"{named.group(1)}.log").read_text()
     assert "no ECG5000 data in" in output
     assert up.leftovers == []
 
