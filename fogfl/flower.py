@@ -413,8 +413,12 @@ class RegionRoster(ClientManager):
             if client.cid in self._connections:
                 return False
             self._connections[client.cid] = connection
+            ending = self._ending
+        # A bridge that arrives while the run ends missed Flower's farewell to the others:
+        # give it the same, so it leaves as after any run's end (or waits for the next).
+        welcome = self._say_the_run_ended if ending else self._identify
         threading.Thread(
-            target=self._identify, args=(connection,), name="fogfl-identify", daemon=True
+            target=welcome, args=(connection,), name="fogfl-identify", daemon=True
         ).start()
         return True
 
@@ -529,6 +533,10 @@ class RegionRoster(ClientManager):
             name="fogfl-supersede",
             daemon=True,
         ).start()
+
+    def _say_the_run_ended(self, connection: _Connection) -> None:
+        with contextlib.suppress(Exception):  # the server may be closing its port already
+            connection.reconnect(ReconnectIns(seconds=None), NOTICE_TIMEOUT_S, None)
 
     def _refuse(self, connection: _Connection, why: str) -> None:
         self.log.warning("refused a Flower client: %s", why)

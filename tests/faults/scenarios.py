@@ -152,9 +152,10 @@ def client_kill(federation: FaultyFederation, watcher: Recorder) -> str:
 
 
 def second_bridge(federation: FaultyFederation, watcher: Recorder) -> str:
-    watcher.wait_for(120, kind="update", round="2")
+    # Spawned as round 1 begins: a bridge takes a few seconds to start and connect.
+    watcher.wait_for(120, kind="round", round="1")
     federation.spawn("fog-bridge-north-2", ["fog-bridge", "--region", "north"])
-    return "a second bridge for north joins in round 2"
+    return "a second bridge for north started as round 1 began, joins mid-run"
 
 
 def hostile_flood(federation: FaultyFederation, watcher: Recorder) -> str:
