@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fogfl.errors import FogflError
 from fogfl.run_dir import write_atomic
 
 RoundKey = tuple[str, int, str]
@@ -70,6 +73,10 @@ class RoundJournal:
     def open(self, key: RoundKey, announcement: bytes | bytearray) -> Restored:
         """Start (or resume) the round `key` that `announcement` opened; returns what was
         accepted before a crash."""
+        with self._writing():
+            return self._open_round(key, announcement)
+
+    def _open_round(self, key: RoundKey, announcement: bytes | bytearray) -> Restored:
         self._drop_other_rounds(key)
         self._open = key
         restored = Restored()
@@ -90,21 +97,24 @@ class RoundJournal:
     def accept(self, payload: bytes | bytearray) -> None:
         """Keep an update the open round has just accepted."""
         assert self._open is not None, "no round is open"
-        write_atomic(self._folder(self._open) / f"{self._count}.msg", bytes(payload))
+        with self._writing():
+            write_atomic(self._folder(self._open) / f"{self._count}.msg", bytes(payload))
         self._count += 1
 
     def next_edge_round(self, edge_round: int, region_bytes: int) -> None:
         """The open round moved on to `edge_round`: its earlier updates are folded in."""
         assert self._open is not None, "no round is open"
         folder = self._folder(self._open)
-        self._write_round(self._open, edge_round, region_bytes)
-        for path in folder.glob("*.msg"):
-            path.unlink(missing_ok=True)
+        with self._writing():
+            self._write_round(self._open, edge_round, region_bytes)
+            for path in folder.glob("*.msg"):
+                path.unlink(missing_ok=True)
         self._count = 0
 
     def close(self, key: RoundKey) -> None:
         """The round's partial is out: remember that, forget its updates."""
-        write_atomic(self.directory / _CLOSED, json.dumps(list(key)).encode())
+        with self._writing():
+            write_atomic(self.directory / _CLOSED, json.dumps(list(key)).encode())
         shutil.rmtree(self._folder(key), ignore_errors=True)
         self._open = None
         self._count = 0
@@ -115,6 +125,18 @@ class RoundJournal:
             shutil.rmtree(self._folder(self._open), ignore_errors=True)
         self._open = None
         self._count = 0
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A journal that cannot be written ends the fog broker: acknowledging an update
+        it could not keep would lose it on the next restart."""
+        try:
+            yield
+        except OSError as exc:
+            raise FogflError(
+                f"cannot write the fog broker's round journal in {self.directory}: {exc}; "
+                "is the disk full or read-only (fog.state_dir)?"
+            ) from None
 
     def _folder(self, key: RoundKey) -> Path:
         run_id, round_, phase = key

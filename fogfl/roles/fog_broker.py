@@ -19,7 +19,7 @@ import time
 
 from fogfl.aggregation import Phase, RegionRound, WeightedModelMean
 from fogfl.config import FogflConfig, read_round_plan
-from fogfl.errors import FogflError, WireError
+from fogfl.errors import WireError
 from fogfl.fog_state import RoundJournal, RoundKey
 from fogfl.logs import Rejections, RoleLogger, role_logger
 from fogfl.mqtt import MqttSession, Received, role_client_id
@@ -69,8 +69,6 @@ class FogBroker:
             self.connected = False
             self.handle(Received(self.topics.round_announcement, reopened, True))
         self.session.connect([self.topics.round_announcement, self.topics.updates(self.region)])
-        self.connected = True
-        self._close_if_complete()
         self.log.info(
             "ready: closing rounds at %d updates, or after %.0f s with at least %d",
             self.expected_updates,
@@ -78,6 +76,8 @@ class FogBroker:
             self.min_updates,
         )
         try:
+            self.connected = True
+            self._close_if_complete()
             while not self.finished or self.serve:
                 if self.finished:
                     self.finished = False
@@ -169,12 +169,7 @@ class FogBroker:
         """Fold in what this broker had accepted of the round before it was restarted."""
         current = self.current
         assert current is not None
-        try:
-            restored = self.journal.open(key, announcement)
-        except OSError as exc:
-            raise FogflError(
-                f"cannot use the fog state in {self.journal.directory}: {exc}"
-            ) from None
+        restored = self.journal.open(key, announcement)
         if restored.edge_round > 1:
             current.edge_round = restored.edge_round
             current.region_bytes = restored.region_bytes
@@ -259,7 +254,7 @@ class FogBroker:
         if update.num_examples <= 0:
             raise WireError("no-examples", f"{who} reports num_examples={update.num_examples}")
         if not restoring:
-            self._keep(message)
+            self.journal.accept(message.payload)
         current.add(update)
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
         self._close_if_complete()
@@ -268,14 +263,6 @@ class FogBroker:
         current = self.current
         if self.connected and current is not None and len(current.contributors) >= current.expected:
             self._close("all expected updates are in")
-
-    def _keep(self, message: Received) -> None:
-        try:
-            self.journal.accept(message.payload)
-        except OSError as exc:
-            raise FogflError(
-                f"cannot keep an update in {self.journal.directory}: {exc}; is the disk full?"
-            ) from None
 
     def _seconds_to_wait(self) -> float:
         """How long to wait for the next message: until the deadline, at most a second;

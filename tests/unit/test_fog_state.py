@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from fogfl.errors import FogflError
 from fogfl.fog_state import RoundJournal
 
 
@@ -64,3 +67,11 @@ def test_a_hostile_run_id_stays_inside_the_state_directory(tmp_path: Path) -> No
     journal.accept(b"update")
     assert [p for p in tmp_path.iterdir()] == [state]
     assert RoundJournal(state).open(("..", 1, "fit"), b"announcement").payloads == [b"update"]
+
+
+def test_a_journal_that_cannot_be_written_is_an_error_that_names_it(tmp_path: Path) -> None:
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")
+    journal = RoundJournal(blocked / "fog-north")
+    with pytest.raises(FogflError, match="cannot write the fog broker's round journal"):
+        journal.open(("r", 1, "fit"), b"announcement")
