@@ -1,0 +1,1 @@
+"""Credentials, certificates, signatures and broker access rules (secure by default)."""
