@@ -4,8 +4,6 @@ throughput, buffer, latency, loss, quality ratio and rebuffering."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -14,6 +12,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from fogfl.links.scenarios import (  # noqa: F401  (re-exported: the QoE task's scenarios)
+    BASE_SCENARIOS,
+    SCENARIO_NAMES,
+    NetworkScenario,
+    client_scenario,
+)
 from fogfl.tasks.base import (
     Partition,
     SupervisedTask,
@@ -26,28 +30,6 @@ from fogfl.tasks.base import (
 FloatArray = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
-class NetworkScenario:
-    """A link's statistics and the video played over it (rates in kbit/s)."""
-
-    name: str
-    throughput_kbps: float
-    throughput_std: float
-    bitrate_kbps: float
-    latency_ms: float
-    latency_std: float
-    loss_rate: float
-    loss_std: float
-    initial_buffer_s: float
-    rebuffer_threshold_s: float = 0.5
-
-
-BASE_SCENARIOS: tuple[NetworkScenario, ...] = (
-    NetworkScenario("home_stable", 6500.0, 450.0, 4200.0, 32.0, 6.0, 0.008, 0.003, 24.0),
-    NetworkScenario("rural_unstable", 2800.0, 900.0, 3600.0, 85.0, 20.0, 0.035, 0.012, 18.0),
-    NetworkScenario("vehicular_variable", 4200.0, 1400.0, 3800.0, 115.0, 28.0, 0.022, 0.009, 14.0),
-)
-SCENARIO_NAMES = tuple(s.name for s in BASE_SCENARIOS)
 FEATURES = (
     "throughput_kbps",
     "buffer_level_s",
@@ -101,31 +83,6 @@ class QoEOptions(TaskOptions):
 
     def base_scenarios(self) -> list[NetworkScenario]:
         return [NetworkScenario(**s.model_dump()) for s in self.scenarios]
-
-
-def client_scenario(
-    ordinal: int,
-    rng: np.random.Generator,
-    bases: Sequence[NetworkScenario] = BASE_SCENARIOS,
-    pinned: str | None = None,
-    variation: float = 1.0,
-) -> NetworkScenario:
-    """The base scenario for a client (round robin by its number), varied at random."""
-    names = [s.name for s in bases]
-    base = bases[names.index(pinned)] if pinned else bases[(ordinal - 1) % len(bases)]
-    jitter = variation * rng.normal(0.0, 1.0, size=9)
-    return replace(
-        base,
-        name=f"{base.name}_v{ordinal}",
-        throughput_kbps=base.throughput_kbps * (1 + 0.08 * jitter[0]),
-        throughput_std=base.throughput_std * (1 + 0.15 * jitter[1]),
-        bitrate_kbps=base.bitrate_kbps * (1 + 0.05 * jitter[2]),
-        latency_ms=base.latency_ms * (1 + 0.12 * jitter[3]),
-        latency_std=max(5.0, base.latency_std * (1 + 0.2 * jitter[4])),
-        loss_rate=float(np.clip(base.loss_rate * (1 + 0.25 * jitter[5]), 0.002, 0.2)),
-        loss_std=float(np.clip(base.loss_std * (1 + 0.25 * jitter[6]), 0.0005, 0.2)),
-        initial_buffer_s=max(4.0, base.initial_buffer_s * (1 + 0.1 * jitter[7])),
-    )
 
 
 def simulate_trace(
