@@ -32,3 +32,7 @@ class BrokerError(FogflError):
 
 class TaskError(FogflError):
     """A workload (task) cannot load its data or build its model."""
+
+
+class LinkError(FogflError):
+    """An emulated link is misconfigured: a bad trace file, an unknown scenario, a bad spec."""
