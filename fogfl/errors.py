@@ -36,3 +36,7 @@ class TaskError(FogflError):
 
 class LinkError(FogflError):
     """An emulated link is misconfigured: a bad trace file, an unknown scenario, a bad spec."""
+
+
+class BandwidthError(FogflError):
+    """A bandwidth trace, a saved predictor or agent, or a controller's input is unusable."""
