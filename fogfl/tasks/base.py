@@ -3,9 +3,7 @@ supervised-learning loop most tasks share."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from torch import nn
 
 from fogfl.config import TrainingSettings
 from fogfl.errors import ConfigError
+from fogfl.identity import client_ordinal, client_seed  # noqa: F401  (re-exported for tasks)
 from fogfl.wire import Tensors
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -100,24 +99,6 @@ def parse_options(model: type[OptionsT], options: Mapping[str, Any], task: str) 
             ".".join(["task.options", *map(str, e["loc"])]) + f": {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid options for task {task!r}: {problems}") from None
-
-
-def client_seed(client_id: str) -> int:
-    """A stable 64-bit number from the whole client id (SHA-256, the same in every process
-    and on every machine): the seed of a client's own data and training, so that
-    ``north-01`` and ``south-01`` differ."""
-    return int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:8], "little")
-
-
-def client_ordinal(client_id: str) -> int:
-    """A client's number, for tasks that hand out data by position (a share of a fixed data
-    set, scenarios cycled over clients): the id's trailing digits, else a hash of the id.
-    ``north-01`` and ``south-01`` have the same number; use `client_seed` for what must
-    differ between clients."""
-    match = re.search(r"(\d+)$", client_id)
-    if match:
-        return int(match.group(1))
-    return int.from_bytes(hashlib.sha256(client_id.encode()).digest()[:4], "little")
 
 
 def shared_partitions(task: Task, client_ids: Iterable[str]) -> dict[str, list[str]]:
