@@ -24,6 +24,25 @@ from fogfl.errors import BrokerError
 from fogfl.processes import ChildProcess, free_port, wait_for_port
 
 BrokerMode = Literal["auto", "mosquitto", "embedded", "external"]
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What the broker enforces: logins (a password file, or with `tls` client
+    certificates whose common name is the user) and the ACL; see fogfl/security."""
+
+    password_file: Path
+    acl_file: Path
+    tls: tuple[Path, Path, Path] | None = None  # CA, certificate, key
+
+    @classmethod
+    def of_bundle(cls, directory: Path, tls: bool) -> BrokerSecurity:
+        """The broker's files in a credentials directory written by `fogfl certs`."""
+        broker = (directory / "broker").resolve()
+        certificates = (broker / "ca.crt", broker / "broker.crt", broker / "broker.key")
+        return cls(broker / "passwd", broker / "acl", certificates if tls else None)
+
+
 STARTUP_TIMEOUT_S = 15.0
 STOP_GRACE_S = 10.0  # Mosquitto saves its database on SIGTERM; large retained models take a while
 AUTOSAVE_INTERVAL_S = 2  # what a SIGKILL can lose at most
@@ -98,11 +117,30 @@ def mosquitto_conf(
     *,
     autosave_interval_s: int = AUTOSAVE_INTERVAL_S,
     session_expiry_s: int = 3600,
+    security: BrokerSecurity | None = None,
 ) -> str:
-    """A Mosquitto configuration for one local, anonymous listener; with `persistence_dir`,
-    what it holds survives a restart, and MQTT 3.1.1 persistent sessions of clients that
-    went away expire after `session_expiry_s` (rounded up to hours, as Mosquitto counts)."""
-    lines = [f"listener {port} {host}", "allow_anonymous true"]
+    """A Mosquitto configuration for one local listener: with `security`, logins and the
+    ACL enforced (over TLS with client certificates if it says so), else anonymous. With
+    `persistence_dir`, what it holds survives a restart, and MQTT 3.1.1 persistent sessions
+    of clients that went away expire after `session_expiry_s` (rounded up to hours, as
+    Mosquitto counts)."""
+    lines = [f"listener {port} {host}"]
+    if security is None:
+        lines.append("allow_anonymous true")
+    else:
+        lines += ["allow_anonymous false", f"acl_file {security.acl_file}"]
+        if security.tls is None:
+            lines.append(f"password_file {security.password_file}")
+        else:
+            ca, cert, key = security.tls
+            lines += [
+                f"cafile {ca}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "tls_version tlsv1.2",
+            ]
     if persistence_dir is None:
         lines.append("persistence false")
     else:
@@ -152,8 +190,10 @@ def start_broker(
     host: str = "127.0.0.1",
     port: int | None = None,
     session_expiry_s: int = 3600,
+    security: BrokerSecurity | None = None,
 ) -> LocalBroker:
-    """Start (or, for `external`, just describe) the broker a local federation talks to."""
+    """Start (or, for `external`, just describe) the broker a local federation talks to;
+    with `security`, it admits only the identities and topics that says."""
     if mode == "external":
         if port is None:
             raise BrokerError("--broker external needs --mqtt-port (and --mqtt-host)")
@@ -163,12 +203,17 @@ def start_broker(
         raise BrokerError(problem)
     binary = mosquitto_binary()
     if mode in ("auto", "mosquitto") and binary is not None:
-        return _start_mosquitto(binary, workdir, host, port, session_expiry_s)
-    return _start_embedded(workdir, host, port)
+        return _start_mosquitto(binary, workdir, host, port, session_expiry_s, security)
+    return _start_embedded(workdir, host, port, security)
 
 
 def _start_mosquitto(
-    binary: str, workdir: Path, host: str, port: int | None, session_expiry_s: int
+    binary: str,
+    workdir: Path,
+    host: str,
+    port: int | None,
+    session_expiry_s: int,
+    security: BrokerSecurity | None,
 ) -> LocalBroker:
     workdir.mkdir(parents=True, exist_ok=True)
     data = (workdir / PERSISTENCE_DIR).resolve()
@@ -177,7 +222,9 @@ def _start_mosquitto(
     for _attempt in range(3):
         chosen = port or free_port(host)
         conf = workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(chosen, host, data, session_expiry_s=session_expiry_s))
+        conf.write_text(
+            mosquitto_conf(chosen, host, data, session_expiry_s=session_expiry_s, security=security)
+        )
         argv = [binary, "-c", str(conf)]
         process = ChildProcess("mosquitto", argv, log_path)
         if _wait_ready(process, host, chosen):
@@ -188,9 +235,19 @@ def _start_mosquitto(
     raise BrokerError(f"mosquitto did not start; see {log_path}")
 
 
-def _start_embedded(workdir: Path, host: str, port: int | None) -> LocalBroker:
+def _start_embedded(
+    workdir: Path, host: str, port: int | None, security: BrokerSecurity | None
+) -> LocalBroker:
     chosen = port or free_port(host)
     argv = [sys.executable, "-m", "fogfl.embedded_broker", "--host", host, "--port", str(chosen)]
+    if security is not None:
+        if security.tls is not None:
+            raise BrokerError(
+                "the embedded broker does not do TLS with client certificates; install "
+                "Mosquitto (apt-get install mosquitto) for --tls"
+            )
+        argv += ["--password-file", str(security.password_file)]
+        argv += ["--acl-file", str(security.acl_file)]
     log_path = workdir / "embedded-broker.log"
     process = ChildProcess("embedded-broker", argv, log_path)
     if not _wait_ready(process, host, chosen):

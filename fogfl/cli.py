@@ -73,27 +73,41 @@ MqttHost = Annotated[Optional[str], setting("--mqtt-host", "mqtt.host", "MQTT br
 MqttPort = Annotated[Optional[int], setting("--mqtt-port", "mqtt.port", "MQTT broker port.")]  # noqa: UP045
 MqttUsername = Annotated[
     Optional[str],  # noqa: UP045
-    setting("--mqtt-username", "mqtt.username", "MQTT username [default: none: anonymous]."),
+    setting(
+        "--mqtt-username",
+        "mqtt.username",
+        "MQTT username [default: the identity in --credentials].",
+    ),
 ]
 MqttPassword = Annotated[
     Optional[str],  # noqa: UP045
     setting("--mqtt-password", "mqtt.password", "MQTT password."),
 ]
+Credentials = Annotated[
+    Optional[Path],  # noqa: UP045
+    setting(
+        "--credentials",
+        "security.credentials",
+        "The credentials `fogfl certs DIR` wrote: DIR, or this role's own directory in it.",
+    ),
+]
 Tls = Annotated[
     Optional[bool],  # noqa: UP045
-    setting("--tls/--no-tls", "mqtt.tls.enabled", "Connect to the broker over TLS.", "no-tls"),
+    setting(
+        "--tls/--no-tls",
+        "security.tls",
+        "MQTT over TLS with client certificates, and TLS on the Flower channel.",
+        "no-tls",
+    ),
 ]
-TlsCa = Annotated[
-    Optional[Path],  # noqa: UP045
-    setting("--tls-ca", "mqtt.tls.ca_file", "CA certificate for TLS [default: the system's]."),
-]
-TlsCert = Annotated[
-    Optional[Path],  # noqa: UP045
-    setting("--tls-cert", "mqtt.tls.cert_file", "Client certificate for TLS."),
-]
-TlsKey = Annotated[
-    Optional[Path],  # noqa: UP045
-    setting("--tls-key", "mqtt.tls.key_file", "Client key for TLS."),
+Insecure = Annotated[
+    Optional[bool],  # noqa: UP045
+    setting(
+        "--insecure",
+        "security.insecure",
+        "Run open, for experiments only: no logins, no TLS, no signatures.",
+        "off",
+    ),
 ]
 LogLevel = Annotated[
     Optional[str],  # noqa: UP045
@@ -136,10 +150,9 @@ SHARED_FLAGS: dict[str, tuple[Any, str]] = {
     "mqtt_port": (MqttPort, "mqtt.port"),
     "mqtt_username": (MqttUsername, "mqtt.username"),
     "mqtt_password": (MqttPassword, "mqtt.password"),
-    "tls": (Tls, "mqtt.tls.enabled"),
-    "tls_ca": (TlsCa, "mqtt.tls.ca_file"),
-    "tls_cert": (TlsCert, "mqtt.tls.cert_file"),
-    "tls_key": (TlsKey, "mqtt.tls.key_file"),
+    "credentials": (Credentials, "security.credentials"),
+    "tls": (Tls, "security.tls"),
+    "insecure": (Insecure, "security.insecure"),
     "log_level": (LogLevel, "log_level"),
 }
 
@@ -165,8 +178,9 @@ class Settings:
 
 
 def with_shared_flags(command: Callable[..., None]) -> Callable[..., None]:
-    """Give `command` the flags every command takes (`--config`, `--mqtt-*`, `--tls*`,
-    `--log-level`); it receives them as one `settings: Settings` argument."""
+    """Give `command` the flags every command takes (`--config`, `--mqtt-*`,
+    `--credentials`, `--tls`, `--insecure`, `--log-level`); it receives them as one
+    `settings: Settings` argument."""
     hints = typing.get_type_hints(command, include_extras=True)
     own = [
         parameter.replace(annotation=hints[name])

@@ -180,6 +180,26 @@ class FogSettings(_Section):
         Path(".fogfl/state"),
         description="where a fog broker keeps its open round, to survive a restart",
     )
+    aggregation: Literal["mean", "median", "trimmed_mean", "clipped_mean"] = Field(
+        "mean", description="how a fog broker combines its region's updates (docs/security.md)"
+    )
+    trim_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=0.5,
+        allow_inf_nan=False,
+        description="trimmed_mean: the share of the weight cut from each end, per coordinate",
+    )
+    clip_norm: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="clipped_mean: the largest L2 norm of a client's change to the model; "
+        "default: the median of the round's update norms",
+    )
+    max_examples_per_client: int | None = Field(
+        None, ge=1, description="cap on the num_examples an update may claim; default: none"
+    )
 
 
 class BridgeSettings(_Section):
@@ -243,6 +263,31 @@ class ServerSettings(_Section):
         )
 
 
+class SecuritySettings(_Section):
+    """Secure by default: every role logs in as its own identity, and models are signed."""
+
+    credentials: Path | None = Field(
+        None,
+        description="the credentials from `fogfl certs DIR` (DIR, or this role's own directory "
+        "in it); required unless insecure",
+    )
+    tls: bool = Field(
+        False,
+        description="MQTT over TLS with client certificates, and TLS on the Flower channel",
+    )
+    insecure: bool = Field(
+        False,
+        description="run open: no logins, no TLS, no signatures, any Flower client is a region "
+        "(experiments only)",
+    )
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SecuritySettings:
+        if self.insecure and self.tls:
+            raise ValueError("insecure and tls exclude each other")
+        return self
+
+
 class TaskSettings(_Section):
     name: str = "qoe"
     options: dict[str, Any] = Field(default_factory=dict, description="task-specific settings")
@@ -258,6 +303,7 @@ class FogflConfig(_Section):
     fog: FogSettings = FogSettings()
     bridge: BridgeSettings = BridgeSettings()
     server: ServerSettings = ServerSettings()
+    security: SecuritySettings = SecuritySettings()
     task: TaskSettings = TaskSettings()
     python_path: list[Path] = Field(
         default_factory=list,

@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import os
+import secrets
 import sys
 import threading
 import time
@@ -75,6 +76,9 @@ from fogfl.errors import ConfigError, FogflError  # noqa: E402
 from fogfl.logs import WaitProgress  # noqa: E402
 from fogfl.plugins import import_object, is_import_path  # noqa: E402
 from fogfl.processes import wait_for_port  # noqa: E402
+from fogfl.security.identities import bridge_identity  # noqa: E402
+from fogfl.security.role import RoleSecurity  # noqa: E402
+from fogfl.security.signing import Signer, TrustPolicy  # noqa: E402
 
 Arrays = list[npt.NDArray[Any]]
 Config = dict[str, Scalar]
@@ -99,6 +103,9 @@ _flower_log.addFilter(_DropDeprecationNotices())
 REGION_PROPERTY = "fogfl_region"
 NOTICE_PROPERTY = "fogfl_notice"
 REASON_PROPERTY = "fogfl_reason"
+# Region authentication: the server sends a fresh challenge, the bridge signs its claim.
+CHALLENGE_PROPERTY = "fogfl_challenge"
+PROOF_PROPERTY = "fogfl_proof"
 Notice = Literal["superseded", "refused"]
 
 # Flower 1.42's legacy status codes are OK and four *_NOT_IMPLEMENTED; serde turns any other
@@ -161,16 +168,56 @@ class PartialSource(Protocol):
         """The server ended its run (not: went away); what was kept for it can go."""
 
 
+def region_claim(region: str, challenge: str) -> str:
+    """What a bridge signs to prove to the server that it speaks for `region`."""
+    return f"fogfl-region-v1\n{region}\n{challenge}"
+
+
+@dataclass(frozen=True)
+class BridgeCredentials:
+    """What a bridge shows the server: the signing key behind its region claim, and the
+    CA the server's TLS certificate must chain to (None: plaintext gRPC)."""
+
+    signer: Signer | None = None
+    root_certificates: bytes | None = None
+
+    @classmethod
+    def of(cls, security: RoleSecurity) -> BridgeCredentials:
+        if security.credentials is None:
+            return cls()
+        root = security.credentials.ca_bytes() if security.tls else None
+        return cls(security.signer, root)
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    """What the server asks of bridges (a region claim signed by `bridge-<region>`'s key)
+    and presents to them (CA, certificate, key for TLS; None: plaintext gRPC)."""
+
+    trust: TrustPolicy | None = None
+    certificates: tuple[bytes, bytes, bytes] | None = None
+
+    @classmethod
+    def of(cls, security: RoleSecurity) -> ServerCredentials:
+        if security.credentials is None:
+            return cls()
+        certificates = security.credentials.flower_certificates() if security.tls else None
+        return cls(security.verify, certificates)
+
+
 class ServerWatch:
     """Notices the Flower server going away while a fit waits for its partial: Flower's
     client reads its stream only between requests, so a server killed mid-round would go
     unnoticed until the fit returned. A channel of its own to the same address sees it."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, root_certificates: bytes | None = None) -> None:
         # No idle timeout: the watch's channel carries no calls and must stay connected.
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.client_idle_timeout_ms", 2**31 - 1)]
-        )
+        options = [("grpc.client_idle_timeout_ms", 2**31 - 1)]
+        if root_certificates is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
         self._ready = False
         self.losses = 0
         self._channel.subscribe(self._on_state, try_to_connect=True)
@@ -194,9 +241,15 @@ class RegionClient(flwr.client.Client):
     a region with no partial in time answers with a failure status and its reason. Says
     which region it is when asked, and keeps what the server tells it (`notice`)."""
 
-    def __init__(self, source: PartialSource, watch: ServerWatch | None = None) -> None:
+    def __init__(
+        self,
+        source: PartialSource,
+        watch: ServerWatch | None = None,
+        signer: Signer | None = None,
+    ) -> None:
         self.source = source
         self.watch = watch
+        self.signer = signer
         self.notice: tuple[Notice, str] | None = None
 
     def _server_gone(self) -> Callable[[], bool]:
@@ -206,7 +259,12 @@ class RegionClient(flwr.client.Client):
         notice = ins.config.get(NOTICE_PROPERTY)
         if notice in ("superseded", "refused"):
             self.notice = (notice, str(ins.config.get(REASON_PROPERTY, "")))  # type: ignore[assignment]
-        return GetPropertiesRes(Status(Code.OK, "ok"), {REGION_PROPERTY: self.source.region})
+        properties: Config = {REGION_PROPERTY: self.source.region}
+        challenge = ins.config.get(CHALLENGE_PROPERTY)
+        if isinstance(challenge, str) and self.signer is not None:
+            claim = region_claim(self.source.region, challenge)
+            properties[PROOF_PROPERTY] = self.signer.sign_text(claim)
+        return GetPropertiesRes(Status(Code.OK, "ok"), properties)
 
     def fit(self, ins: FitIns) -> FitRes:
         outcome = self.source.region_result(ins.config, False, self._server_gone())
@@ -238,7 +296,12 @@ Departure = Literal["ended", "superseded"]
 
 
 def run_region_client(
-    server_address: str, source: PartialSource, wait_s: float, serve: bool, log: Log
+    server_address: str,
+    source: PartialSource,
+    wait_s: float,
+    serve: bool,
+    log: Log,
+    credentials: BridgeCredentials | None = None,
 ) -> Departure:
     """Serve Flower's requests for `source`'s region; returns why this bridge stops.
 
@@ -254,13 +317,20 @@ def run_region_client(
     if not port.isdigit():
         raise FogflError(f"Flower server address {server_address!r} must be HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
-    client = RegionClient(source)
+    credentials = credentials or BridgeCredentials()
+    root = credentials.root_certificates
+    client = RegionClient(source, signer=credentials.signer)
     lost = False
     while True:
         _wait_for_server(host, int(port), server_address, wait_s, serve, lost, log)
-        client.watch = ServerWatch(server_address)
+        client.watch = ServerWatch(server_address, root)
         try:
-            flwr.client.start_client(server_address=server_address, client=client, insecure=True)
+            flwr.client.start_client(
+                server_address=server_address,
+                client=client,
+                insecure=root is None,
+                root_certificates=root,
+            )
         except grpc.RpcError as exc:
             if client.notice is None:
                 lost = True
@@ -383,9 +453,16 @@ class RegionRoster(ClientManager):
     """Flower's client manager, by region: one `RegionProxy` per configured region, fed by
     whichever bridge connection currently says it serves that region."""
 
-    def __init__(self, regions: list[str], region_wait_s: float, log: Log) -> None:
+    def __init__(
+        self,
+        regions: list[str],
+        region_wait_s: float,
+        log: Log,
+        trust: TrustPolicy | None = None,
+    ) -> None:
         self.region_wait_s = region_wait_s
         self.log = log
+        self.trust = trust
         self._cv = threading.Condition()
         self._connections: dict[str, _Connection] = {}
         self._serving: dict[str, _Connection] = {}
@@ -495,8 +572,10 @@ class RegionRoster(ClientManager):
             self._cv.notify_all()
 
     def _identify(self, connection: _Connection) -> None:
+        challenge = secrets.token_hex(16)
+        asked: Config = {CHALLENGE_PROPERTY: challenge} if self.trust is not None else {}
         try:
-            answer = connection.get_properties(GetPropertiesIns({}), IDENTIFY_TIMEOUT_S, None)
+            answer = connection.get_properties(GetPropertiesIns(asked), IDENTIFY_TIMEOUT_S, None)
         except Exception as exc:  # the connection vanished while asked
             self.log.warning("a Flower client left before saying its region (%s)", exc)
             return
@@ -512,6 +591,18 @@ class RegionRoster(ClientManager):
                 f"region {region!r} is not one of this run's regions {sorted(self.proxies)}",
             )
             return
+        if self.trust is not None:
+            proof = answer.properties.get(PROOF_PROPERTY)
+            signer = bridge_identity(region).name
+            if not isinstance(proof, str) or not self.trust.verify_text(
+                signer, region_claim(region, challenge), proof
+            ):
+                self._refuse(
+                    connection,
+                    f"it claims region {region} but cannot prove it (no valid signature by "
+                    f"{signer}'s key); is it using this federation's credentials?",
+                )
+                return
         with self._cv:
             if connection.closed:
                 return
@@ -925,7 +1016,11 @@ def restore_strategy_state(strategy: Strategy, state: StrategyState) -> None:
 
 
 def serve(
-    address: str, strategy: HierarchicalStrategy, roster: RegionRoster, round_timeout_s: float
+    address: str,
+    strategy: HierarchicalStrategy,
+    roster: RegionRoster,
+    round_timeout_s: float,
+    certificates: tuple[bytes, bytes, bytes] | None = None,
 ) -> None:
     """Run Flower's server for the strategy's remaining rounds; returns when they are done.
 
@@ -939,6 +1034,7 @@ def serve(
         ),
         strategy=strategy,
         client_manager=roster,
+        certificates=certificates,
     )
 
 

@@ -13,8 +13,12 @@ import os
 
 from fogfl.config import FogflConfig
 from fogfl.errors import FogflError
+from fogfl.logs import RoleLogger
 from fogfl.mqtt import MqttSession
 from fogfl.processes import wait_for_port
+from fogfl.security.bundle import own_identity
+from fogfl.security.identities import monitor_identity
+from fogfl.security.role import role_security
 
 
 def check_tcp(address: str, timeout: float) -> str:
@@ -30,8 +34,12 @@ def check_mqtt(config: FogflConfig) -> str:
     the session gave (refused login, unreachable host) if it did not."""
     problems = _FirstProblem()
     try:
+        # Whoever's credentials these are (a container holds its role's only); the
+        # monitor's in a whole bundle.
+        identity = own_identity(config.security.credentials) or monitor_identity()
+        settings = role_security(config, identity, problems.quiet).mqtt
         session = MqttSession(
-            config.mqtt, f"fogfl-health-{os.getpid()}", problems.logger, persistent=False
+            settings, f"fogfl-health-{os.getpid()}", problems.logger, persistent=False
         )
         session.connect()
     except FogflError as error:
@@ -53,6 +61,11 @@ class _FirstProblem(logging.Handler):
         self.logger = logging.getLogger(f"fogfl.health.{id(self)}")
         self.logger.propagate = False
         self.logger.addHandler(self)
+        # For what is no problem of the broker's (running open is the user's choice).
+        silent = logging.getLogger(f"fogfl.health.quiet.{id(self)}")
+        silent.propagate = False
+        silent.addHandler(logging.NullHandler())
+        self.quiet = RoleLogger(silent, {})
 
     def emit(self, record: logging.LogRecord) -> None:
         self.first = self.first or record.getMessage()

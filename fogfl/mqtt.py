@@ -48,8 +48,12 @@ class Topics:
 
     prefix: str = "fl"
 
-    def updates(self, region: str) -> str:
-        return f"{self.prefix}/updates/{region}"
+    def updates(self, region: str, client_id: str) -> str:
+        """One client's own update topic: the broker's ACL lets only that client write it."""
+        return f"{self.prefix}/updates/{region}/{client_id}"
+
+    def region_updates(self, region: str) -> str:
+        return f"{self.prefix}/updates/{region}/+"
 
     def partial(self, region: str) -> str:
         return f"{self.prefix}/partial/{region}"
@@ -59,7 +63,7 @@ class Topics:
 
     @property
     def all_updates(self) -> str:
-        return f"{self.prefix}/updates/+"
+        return f"{self.prefix}/updates/+/+"
 
     @property
     def all_partials(self) -> str:
@@ -79,9 +83,21 @@ class Topics:
 
     def region_of(self, topic: str) -> str:
         """The region a per-region topic belongs to, or "" for the shared topics."""
-        parts = topic[len(self.prefix) + 1 :].split("/")
-        per_region = ("updates", "partial", "region_model")
+        parts = self._parts(topic)
+        if len(parts) == 3 and parts[0] == "updates":
+            return parts[1]
+        per_region = ("partial", "region_model")
         return parts[1] if len(parts) == 2 and parts[0] in per_region else ""
+
+    def client_of(self, topic: str) -> str:
+        """The client whose update topic this is, or "" for any other topic."""
+        parts = self._parts(topic)
+        return parts[2] if len(parts) == 3 and parts[0] == "updates" else ""
+
+    def _parts(self, topic: str) -> list[str]:
+        if not topic.startswith(f"{self.prefix}/"):
+            return []
+        return topic[len(self.prefix) + 1 :].split("/")
 
 
 def role_client_id(settings: MqttSettings, role: str, name: str = "") -> str:

@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, cast, get_args
+from typing import Any, Literal, NoReturn, Protocol, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -255,8 +255,30 @@ class Envelope:
     payload_bytes: int = 0
 
 
-def encode(message: Envelope, codec: Codec | None = None) -> bytes:
-    """Serialise `message` as safetensors bytes; float32 tensors are cast per `codec`."""
+class Signer(Protocol):
+    """Signs encoded payloads (`fogfl.security.signing.Signer`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def placeholder(self) -> str: ...
+
+    def seal(self, payload: bytes) -> bytes: ...
+
+
+class Verifier(Protocol):
+    """Checks a payload's signature against its metadata; raises WireError
+    ``bad-signature`` (`fogfl.security.signing.TrustPolicy`)."""
+
+    def __call__(
+        self, payload: bytes | bytearray | memoryview, meta: Mapping[str, str]
+    ) -> None: ...
+
+
+def encode(message: Envelope, codec: Codec | None = None, signer: Signer | None = None) -> bytes:
+    """Serialise `message` as safetensors bytes; float32 tensors are cast per `codec`;
+    signed by `signer` when given (docs/protocol.md, "Signatures")."""
     chosen = codec or message.codec
     if chosen not in CODECS:
         raise WireError("bad-codec", f"unknown codec {chosen!r}; use one of {CODECS}")
@@ -279,8 +301,12 @@ def encode(message: Envelope, codec: Codec | None = None) -> bytes:
     }
     if message.schema is not None:
         metadata["schema"] = message.schema.to_json()
+    if signer is not None:
+        metadata["signer"] = signer.name
+        metadata["signature"] = signer.placeholder
     tensors = {name: _to_codec(array, chosen) for name, array in message.tensors.items()}
-    return safetensors_save(tensors, metadata=metadata)
+    payload = safetensors_save(tensors, metadata=metadata)
+    return payload if signer is None else signer.seal(payload)
 
 
 def read_metadata(payload: bytes | bytearray | memoryview) -> dict[str, str]:
@@ -310,13 +336,15 @@ def decode(
     max_bytes: int,
     schema: ModelSchema | None = None,
     run_id: str | None = None,
+    verify: Verifier | None = None,
 ) -> Envelope:
     """Parse and validate a payload, or raise WireError with the reason.
 
     Checks the size limits, header structure, protocol version, kind (one of `kinds`), run id
     (when given), identifiers, counts, JSON fields, tensor offsets and dtypes, the tensors
     against `schema` (when given; float16 codec tensors come back as the schema's dtype),
-    and that every float value is finite. Tensors are zero-copy views into `payload`.
+    and that every float value is finite; with `verify`, the signature (before any
+    tensor is read). Tensors are zero-copy views into `payload`.
     """
     header, data_start = _read_header(payload, max_bytes=max_bytes, schema=schema)
     meta = header.pop("__metadata__", None)
@@ -339,6 +367,8 @@ def decode(
     message_run = _identifier(meta, "run_id")
     if run_id is not None and message_run != run_id:
         raise WireError("other-run", f"message is from run {message_run!r}, not {run_id!r}")
+    if verify is not None:
+        verify(payload, meta)
     codec = meta.get("codec", "")
     if codec not in CODECS:
         raise WireError("bad-codec", f"unknown codec {_shown(codec)}; expected one of {CODECS}")

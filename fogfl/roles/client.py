@@ -1,10 +1,12 @@
 """Client: trains on its local data whenever the server publishes a new global model.
 
 Reads ``fl/global_model`` (retained, so a late joiner starts from the current round);
-writes ``fl/updates/<region>``. Each round it evaluates the received global model on its
-test split, trains `local_epochs` on its train split and publishes its weights with its true
-`num_examples` and metrics. On the final model it publishes its evaluation and exits (or,
-with `serve`, waits for the next run).
+writes its own ``fl/updates/<region>/<client id>``, which only it may write. Global and
+region models count only when the server's (or its fog broker's) signature verifies. Each
+round it evaluates the received global model on its test split, trains `local_epochs` on
+its train split and publishes its weights with its true `num_examples` and metrics. On the
+final model it publishes its evaluation and exits (or, with `serve`, waits for the next
+run).
 
 A client follows one run at a time, only forward: the run of the newest global model. A
 region model (edge rounds) counts only if it belongs to that run, so a retained region model
@@ -20,6 +22,8 @@ from fogfl.errors import WireError
 from fogfl.local_round import evaluate_final, train_from
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received, role_client_id
+from fogfl.security.identities import client_identity
+from fogfl.security.role import role_security
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors
 from fogfl.wire import Envelope, ModelSchema, decode, encode
@@ -36,6 +40,7 @@ class FederatedClient:
         self.region = region
         self.log = role_logger(ROLE, region, client_id)
         self.rejections = Rejections(self.log)
+        self.security = role_security(config, client_identity(client_id, region), self.log)
         self.task = load_task(config.task.name, config.task.options, config.python_path)
         self.data = self.task.load_partition(client_id, config.federation.seed)
         self.model = self.task.build_model(config.federation.seed)
@@ -43,7 +48,7 @@ class FederatedClient:
         self.task.warm_up(self.model)
         self.serve = serve
         self.session = MqttSession(
-            config.mqtt, role_client_id(config.mqtt, "client", client_id), self.log
+            self.security.mqtt, role_client_id(config.mqtt, "client", client_id), self.log
         )
         self.topics = self.session.topics
         self.current_run = ""
@@ -136,6 +141,7 @@ class FederatedClient:
             kinds={"global", "region"},
             max_bytes=self.config.wire.max_payload_bytes,
             schema=self.schema,
+            verify=self.security.verify,
         )
         if model.kind == "region" and model.region != self.region:
             raise WireError("wrong-region", f"region model of {model.region} on {self.region}'s")
@@ -154,7 +160,7 @@ class FederatedClient:
             self.config.federation.seed,
         )
         self.session.publish(
-            self.topics.updates(self.region), encode(update, self.config.wire.codec)
+            self.topics.updates(self.region, self.client_id), encode(update, self.config.wire.codec)
         )
         edge = f" (edge round {start.edge_round})" if start.kind == "region" else ""
         metrics = update.metrics
@@ -176,7 +182,7 @@ class FederatedClient:
         report = evaluate_final(
             self.task, self.model, self.data, final_model, self.client_id, self.region
         )
-        self.session.publish(self.topics.updates(self.region), encode(report))
+        self.session.publish(self.topics.updates(self.region, self.client_id), encode(report))
         self.log.info(
             "final model: eval_loss %.4f; run %s is over",
             report.metrics["eval_loss"],

@@ -23,6 +23,8 @@ from fogfl.config import FogflConfig
 from fogfl.errors import WireError
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received
+from fogfl.security.identities import bridge_identity
+from fogfl.security.role import role_security
 from fogfl.wire import Envelope, ModelSchema, decode, metadata_count, read_metadata
 
 ROLE = "fog-bridge"
@@ -50,8 +52,12 @@ class FogBridge:
         # Neither a stable id nor a persistent session: two bridges for one region (a mistake
         # the server resolves) must not take one MQTT session from each other in turn, and a
         # restarted bridge needs no queue: the region's newest partial is retained.
+        self.security = role_security(config, bridge_identity(region), self.log)
         self.session = MqttSession(
-            config.mqtt, f"fogfl-bridge-{region}-{os.getpid()}", self.log, persistent=False
+            self.security.mqtt,
+            f"fogfl-bridge-{region}-{os.getpid()}",
+            self.log,
+            persistent=False,
         )
         self.topic = self.session.topics.partial(region)
         self.waiting: dict[PartialKey, Received] = {}
@@ -67,7 +73,12 @@ class FogBridge:
         )
         try:
             departure = flower.run_region_client(
-                self.server_address, self, self.config.bridge.server_wait_s, self.serve, self.log
+                self.server_address,
+                self,
+                self.config.bridge.server_wait_s,
+                self.serve,
+                self.log,
+                flower.BridgeCredentials.of(self.security),
             )
         finally:
             self.session.close()
@@ -138,6 +149,7 @@ class FogBridge:
                         max_bytes=self.config.wire.max_payload_bytes,
                         schema=schema,
                         run_id=key[0],
+                        verify=self.security.verify,
                     )
                     self.waiting[key] = message  # kept, for a round asked again
                     return partial
@@ -155,6 +167,9 @@ class FogBridge:
             meta = read_metadata(message.payload)
             if "run_id" not in meta:
                 raise WireError("malformed", "unreadable partial: it names no run")
+            if self.security.verify is not None:
+                # Before it is filed: a forged partial must not displace the region's own.
+                self.security.verify(message.payload, meta)
             key = (meta["run_id"], metadata_count(meta, "round"), meta.get("final") == "true")
             self.waiting[key] = message
             for stale in sorted(self.waiting, key=lambda k: k[1])[:-KEPT_PARTIALS]:

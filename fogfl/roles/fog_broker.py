@@ -1,7 +1,9 @@
 """Fog broker: aggregates one region's client updates into a partial aggregate.
 
-Reads ``fl/round`` (the server's round announcements) and ``fl/updates/<region>``; writes
-``fl/partial/<region>``. numpy only: no torch, so it starts fast on small fog hardware.
+Reads ``fl/round`` (the server's round announcements, signed) and ``fl/updates/<region>/+``
+(each client on its own topic, which must match the update's sender); writes
+``fl/partial/<region>``, signed with this region's key. numpy only: no torch, so it starts
+fast on small fog hardware.
 
 A round opens when the server announces it and closes when the expected number of updates
 is in, or at the deadline with at least `min_updates`. Updates are folded into a running
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import time
 
-from fogfl.aggregation import Phase, RegionRound, WeightedModelMean
+from fogfl.aggregation import Phase, RegionRound, model_aggregate
 from fogfl.config import FogflConfig, read_round_plan
 from fogfl.errors import WireError
 from fogfl.fog_state import RoundJournal, RoundKey
 from fogfl.logs import Rejections, RoleLogger, role_logger
 from fogfl.mqtt import MqttSession, Received, role_client_id
+from fogfl.security.identities import fog_identity
+from fogfl.security.role import role_security
 from fogfl.wire import decode, encode
 
 ROLE = "fog-broker"
@@ -47,10 +51,11 @@ class FogBroker:
         self.log: RoleLogger = role_logger(ROLE, region)
         self.rejections = Rejections(self.log)
         self.serve = serve
+        self.security = role_security(config, fog_identity(region), self.log)
         # One stable id per region: the broker keeps its session (and the QoS 1 updates
         # queued in it) across a restart of this process.
         client_id = role_client_id(config.mqtt, "fog", region)
-        self.session = MqttSession(config.mqtt, client_id, self.log, manual_ack=True)
+        self.session = MqttSession(self.security.mqtt, client_id, self.log, manual_ack=True)
         self.topics = self.session.topics
         self.journal = RoundJournal(config.fog.state_dir / f"fog-{region}")
         self.current: RegionRound | None = None
@@ -58,6 +63,7 @@ class FogBroker:
         self.left_runs: set[str] = set()
         self.finished = False
         self.connected = True  # False only while a restart restores its round
+        self.unread_reference: Received | None = None
 
     def run(self) -> int:
         """Serve rounds until the server's final evaluation is aggregated (with `serve`,
@@ -68,7 +74,13 @@ class FogBroker:
             # the round may be complete already, but closing it must wait for the broker.
             self.connected = False
             self.handle(Received(self.topics.round_announcement, reopened, True))
-        self.session.connect([self.topics.round_announcement, self.topics.updates(self.region)])
+        self.session.connect(
+            [
+                self.topics.round_announcement,
+                self.topics.region_updates(self.region),
+                *self._reference_topics(),
+            ]
+        )
         self.log.info(
             "ready: closing rounds at %d updates, or after %.0f s with at least %d",
             self.expected_updates,
@@ -101,12 +113,17 @@ class FogBroker:
         with self.rejections.guard(message.topic):
             if message.topic == self.topics.round_announcement:
                 self._on_announcement(message)
+            elif message.topic in self._reference_topics():
+                self._on_reference(message)
             else:
                 self._on_update(message)
 
     def _on_announcement(self, message: Received) -> None:
         announcement = decode(
-            message.payload, kinds={"round"}, max_bytes=self.config.wire.max_payload_bytes
+            message.payload,
+            kinds={"round"},
+            max_bytes=self.config.wire.max_payload_bytes,
+            verify=self.security.verify,
         )
         if announcement.schema is None:
             raise WireError("bad-field", "round announcement carries no model schema")
@@ -151,7 +168,10 @@ class FogBroker:
             uniform=plan.weighting == "uniform",
             edge_rounds=plan.edge_rounds,
             config=announcement.config,
-            model=None if phase == "evaluate" else WeightedModelMean(announcement.schema),
+            model=None
+            if phase == "evaluate"
+            else model_aggregate(announcement.schema, self.config.fog),
+            fog=self.config.fog,
         )
         what = "final evaluation" if phase == "evaluate" else "round"
         self.log.info(
@@ -164,6 +184,9 @@ class FogBroker:
         if expected == 0 and phase == "fit":
             self.log.warning("round %d: no client of this region takes part", announcement.round)
         self._restore(key, message.payload)
+        if self.unread_reference is not None:
+            with self.rejections.guard(self.unread_reference.topic):
+                self._on_reference(self.unread_reference)
 
     def _restore(self, key: RoundKey, announcement: bytes | bytearray) -> None:
         """Fold in what this broker had accepted of the round before it was restarted."""
@@ -173,9 +196,10 @@ class FogBroker:
         if restored.edge_round > 1:
             current.edge_round = restored.edge_round
             current.region_bytes = restored.region_bytes
+        journal_topic = self.topics.region_updates(self.region)
         for payload in restored.payloads:
-            with self.rejections.guard(self.topics.updates(self.region)):
-                self._on_update(Received(self.topics.updates(self.region), payload, False), True)
+            with self.rejections.guard(journal_topic):
+                self._on_update(Received(journal_topic, payload, False), True)
         if restored.payloads or restored.edge_round > 1:
             self.log.info(
                 "round %d: restored edge round %d with %d updates from before a restart",
@@ -236,6 +260,14 @@ class FogBroker:
             raise WireError(
                 "wrong-region", f"{who} claims region {update.region!r} on {self.region!r}'s topic"
             )
+        # The broker lets only a client itself write its update topic (the ACL), so the
+        # topic says who sent it; the journal replays only what passed this check.
+        sent_by = self.topics.client_of(message.topic)
+        if not restoring and update.sender != sent_by:
+            raise WireError(
+                "impersonation",
+                f"{who} arrived on {message.topic}, the update topic of {sent_by!r}",
+            )
         if update.round < current.round or (update.round == current.round and update.kind != kind):
             raise WireError("late", f"{who} is for round {update.round}, which is closed")
         if update.round > current.round:
@@ -259,10 +291,58 @@ class FogBroker:
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
         self._close_if_complete()
 
+    def _reference_topics(self) -> list[str]:
+        """What clipped_mean clips against: the round's global model, and under edge rounds
+        this broker's own region model (read back after a restart)."""
+        if self.config.fog.aggregation != "clipped_mean":
+            return []
+        return [self.topics.global_model, self.topics.region_model(self.region)]
+
+    def _on_reference(self, message: Received) -> None:
+        """Keep the model the open edge round's clients started from; one that arrives
+        before its round opens waits for it."""
+        current = self.current
+        if current is None or not current.waiting_for_reference:
+            self.unread_reference = message
+            return
+        self.unread_reference = None
+        kind = "global" if message.topic == self.topics.global_model else "region"
+        start = decode(
+            message.payload,
+            kinds={kind},
+            max_bytes=self.config.wire.max_payload_bytes,
+            schema=current.schema,
+            run_id=current.run_id,
+            verify=self.security.verify,
+        )
+        if start.kind == "region" and start.region != self.region:
+            raise WireError("wrong-region", f"region model of {start.region!r} on our topic")
+        position, wanted = (start.round, start.edge_round), (current.round, current.edge_round)
+        if start.final or position != wanted:
+            if position > wanted and not start.final:
+                self.unread_reference = message  # its round has not opened here yet
+            return
+        current.reference = start.tensors
+        self.log.debug("round %d: clipping against the %s model", current.round, kind)
+        self._close_if_complete()
+
     def _close_if_complete(self) -> None:
         current = self.current
         if self.connected and current is not None and len(current.contributors) >= current.expected:
+            if current.waiting_for_reference:
+                self._log_waiting_for_reference(current)
+                return
             self._close("all expected updates are in")
+
+    def _log_waiting_for_reference(self, current: RegionRound) -> None:
+        if not current.deadline_logged:
+            current.deadline_logged = True
+            self.log.warning(
+                "round %d: waiting for the model the clients started from, to clip against; "
+                "may this fog broker read %s?",
+                current.round,
+                self.topics.global_model,
+            )
 
     def _seconds_to_wait(self) -> float:
         """How long to wait for the next message: until the deadline, at most a second;
@@ -277,7 +357,9 @@ class FogBroker:
         current = self.current
         if current is None or time.monotonic() < current.deadline:
             return
-        if len(current.contributors) >= min(self.min_updates, current.expected):
+        if current.waiting_for_reference:
+            self._log_waiting_for_reference(current)
+        elif len(current.contributors) >= min(self.min_updates, current.expected):
             self._close(f"deadline of {self.deadline_s:.0f} s passed")
         elif not current.deadline_logged:
             current.deadline_logged = True
@@ -302,7 +384,7 @@ class FogBroker:
             self._publish_region_model(current, why)
             return
         partial = current.partial(self.region, self.rejections.counts)
-        payload = encode(partial, self.config.wire.codec)
+        payload = encode(partial, self.config.wire.codec, self.security.signer)
         self.session.publish(self.topics.partial(self.region), payload, retain=True)
         self.log.info(
             "%s %d closed (%s): %d updates, %d examples, %d bytes published",
@@ -327,7 +409,7 @@ class FogBroker:
         """End an edge round: the region's mean goes back down to its clients."""
         assert current.model is not None
         region_model = current.region_model(self.region)
-        payload = encode(region_model, self.config.wire.codec)
+        payload = encode(region_model, self.config.wire.codec, self.security.signer)
         self.session.publish(self.topics.region_model(self.region), payload, retain=True)
         current.region_bytes += len(payload) * len(current.contributors)
         self.journal.next_edge_round(current.edge_round + 1, current.region_bytes)
@@ -340,6 +422,11 @@ class FogBroker:
             len(current.contributors),
         )
         current.next_edge_round(time.monotonic() + self.deadline_s)
+        if current.waiting_for_reference:
+            # The clients train from this region model as they decode it.
+            current.reference = decode(
+                payload, kinds={"region"}, max_bytes=len(payload), schema=current.schema
+            ).tensors
 
 
 def _position(key: RoundKey) -> tuple[int, int]:

@@ -19,15 +19,23 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from fogfl.broker import BrokerMode, LocalBroker, local_broker_problem, start_broker
+from fogfl.broker import (
+    BrokerMode,
+    BrokerSecurity,
+    LocalBroker,
+    local_broker_problem,
+    start_broker,
+)
 from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
 from fogfl.errors import FogflError
 from fogfl.logs import role_logger
+from fogfl.mqtt import Topics
 from fogfl.processes import ChildProcess, reserve_port, signals_deferred, stop_all, stop_started
 from fogfl.run_dir import CONFIG_FILE, LOG_DIR, METRICS_FILE, read_metrics, write_atomic
 
 ROLE = "launcher"
 SETTLE_S = 15.0
+SECURITY_DIR = "security"
 
 
 @dataclass
@@ -58,6 +66,15 @@ def preflight(config: FogflConfig, broker_mode: BrokerMode) -> None:
     problem = local_broker_problem(broker_mode)
     if problem:
         raise FogflError(problem)
+    security = config.security
+    if broker_mode == "external" and not security.insecure and security.credentials is None:
+        raise FogflError(
+            "--broker external: fogfl cannot give an external broker the run's logins; pass "
+            "the credentials it knows (--credentials DIR from `fogfl certs DIR`, its broker/ "
+            "files installed in that broker), or run open with --insecure"
+        )
+    if security.tls and broker_mode == "embedded":
+        raise FogflError("--tls needs Mosquitto: the embedded broker does no TLS")
     if broker_mode == "external":
         probe = config.model_copy(deep=True)
         probe.mqtt.connect_timeout_s = min(config.mqtt.connect_timeout_s, PREFLIGHT_BROKER_WAIT_S)
@@ -120,6 +137,7 @@ class Federation:
             logs,
             host=self.config.mqtt.host if self.broker_mode == "external" else "127.0.0.1",
             port=self.config.mqtt.port if self.broker_mode == "external" else None,
+            security=self._provision(),
         )
         # Held until the server binds it, so that nothing else can take it meanwhile.
         self.flower_port = reserve_port()
@@ -149,6 +167,30 @@ class Federation:
             for client_id in members:
                 arguments = ["client", "--id", client_id, "--region", region]
                 self.roles.append(self._spawn(f"client-{client_id}", arguments))
+
+    def _provision(self) -> BrokerSecurity | None:
+        """Every identity of the run gets its credentials (in the run directory, unless the
+        configuration names its own); the broker gets their logins and the ACL."""
+        security = self.config.security
+        if security.insecure:
+            self.log.warning(
+                "running open (--insecure): the broker and the Flower port accept anyone, "
+                "and models are not signed"
+            )
+            return None
+        if self.broker_mode == "external":
+            return None  # the external broker knows the credentials already (preflight)
+        from fogfl.security.bundle import provision
+        from fogfl.security.identities import federation_identities
+
+        directory = (security.credentials or self.run_dir / SECURITY_DIR).resolve()
+        provision(
+            directory,
+            federation_identities(self.config),
+            Topics(self.config.mqtt.topic_prefix),
+        )
+        security.credentials = directory
+        return BrokerSecurity.of_bundle(directory, security.tls)
 
     def poll(self) -> Status:
         """The federation's status now; marks it finished once the server is done."""

@@ -18,7 +18,9 @@ from fogfl.config import FogflConfig
 from fogfl.errors import WireError
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received, Topics
-from fogfl.wire import metadata_count, read_metadata
+from fogfl.security.identities import monitor_identity
+from fogfl.security.role import role_security
+from fogfl.wire import Verifier, metadata_count, read_metadata
 
 ROLE = "monitor"
 MAX_SHOWN = 128  # characters of a tag shown; hostile tags can be megabytes
@@ -118,15 +120,20 @@ class MonitorState:
                 region.expected = seen.expected
 
 
-def observe(received: Received) -> Observation:
-    """What a message says about itself, from its header alone. Total: a message that is
-    not a readable fogfl header becomes an observation with `error` set, whatever it holds."""
+def observe(received: Received, verify: Verifier | None = None) -> Observation:
+    """What a message says about itself, from its header alone (and, with `verify`, whether
+    its signature holds). Total: a message that is not a readable fogfl header becomes an
+    observation with `error` set, whatever it holds."""
     seen = Observation(time=time.time(), topic=received.topic, bytes=len(received.payload))
     try:
         meta = read_metadata(received.payload)
+        if verify is not None:
+            verify(received.payload, meta)
     except WireError as error:
         seen.error = str(error)
-        return seen
+        if error.reason != "bad-signature":
+            return seen
+        meta = read_metadata(received.payload)  # a forgery still shows what it claims
     if "fogfl" not in meta:
         seen.error = "not a fogfl message (no protocol metadata)"
     seen.kind = meta.get("kind", "?")[:MAX_SHOWN]
@@ -159,7 +166,8 @@ def watch(
     log = role_logger(ROLE)
     rejections = Rejections(log)
     ends = None if duration_s is None else time.monotonic() + duration_s
-    settings = config.mqtt
+    security = role_security(config, monitor_identity(), log)
+    settings = security.mqtt
     if duration_s is not None:
         # The wait for the broker is part of the watch, not in front of it.
         connect_s = max(min(settings.connect_timeout_s, duration_s), 0.1)
@@ -174,7 +182,7 @@ def watch(
                 continue
             seen: Observation | None = None
             with rejections.guard(received.topic):
-                seen = observe(received)
+                seen = observe(received, security.verify)
             yield seen or Observation(
                 time=time.time(),
                 topic=received.topic,

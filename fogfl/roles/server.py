@@ -44,6 +44,8 @@ from fogfl.run_dir import (
     write_metrics,
 )
 from fogfl.schedules import final_population, round_participants
+from fogfl.security.identities import server_identity
+from fogfl.security.role import role_security
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors, shared_partitions
 from fogfl.wire import Envelope, ModelSchema, encode
@@ -76,7 +78,10 @@ class Server:
         )
         self.run_dir = config.server.run_dir or Path("runs") / self.run_id
         self.log = role_logger(ROLE, self.run_id)
-        self.session = MqttSession(config.mqtt, role_client_id(config.mqtt, "server"), self.log)
+        self.security = role_security(config, server_identity(), self.log)
+        self.session = MqttSession(
+            self.security.mqtt, role_client_id(config.mqtt, "server"), self.log
+        )
         self.records: dict[int, RoundRecord] = {}
         self.completed = 0
         self.global_model = self.schema.ordered(self.initial)
@@ -150,13 +155,21 @@ class Server:
             min_regions=self.min_regions,
             completed=self.completed,
         )
+        credentials = flower.ServerCredentials.of(self.security)
         roster = flower.RegionRoster(
-            self.config.federation.regions, self.config.server.region_wait_s, self.log
+            self.config.federation.regions,
+            self.config.server.region_wait_s,
+            self.log,
+            credentials.trust,
         )
         try:
             release_held_port()  # `fogfl up` held Flower's port for us until now
             flower.serve(
-                self.config.server.address, strategy, roster, self.config.server.round_timeout_s
+                self.config.server.address,
+                strategy,
+                roster,
+                self.config.server.round_timeout_s,
+                credentials.certificates,
             )
             self._write_outputs()
             self._write_checkpoint(finished=True)
@@ -267,7 +280,7 @@ class Server:
             config=config,
             final=final,
         )
-        payload = encode(model, self.config.wire.codec)
+        payload = encode(model, self.config.wire.codec, self.security.signer)
         limit = self.config.wire.max_payload_bytes
         if len(payload) > limit:
             raise FogflError(
@@ -277,7 +290,9 @@ class Server:
                 "float16"
             )
         self.session.publish(
-            self.session.topics.round_announcement, encode(announcement), retain=True
+            self.session.topics.round_announcement,
+            encode(announcement, signer=self.security.signer),
+            retain=True,
         )
         self.session.publish(self.session.topics.global_model, payload, retain=True)
         if final:
@@ -328,7 +343,9 @@ class Server:
             schema=self.schema,
         )
         self.session.publish(
-            self.session.topics.round_announcement, encode(announcement), retain=True
+            self.session.topics.round_announcement,
+            encode(announcement, signer=self.security.signer),
+            retain=True,
         )
         self.log.info("announced the end of run %s", self.run_id)
 
@@ -415,7 +432,9 @@ class Server:
     def _write_outputs(self, failure: str | None = None) -> None:
         self._write_metrics()
         if self.final_model is not None:
-            write_atomic(self.run_dir / MODEL_FILE, encode(self.final_model))
+            write_atomic(
+                self.run_dir / MODEL_FILE, encode(self.final_model, signer=self.security.signer)
+            )
         summary = {
             "run_id": self.run_id,
             "task": self.config.task.name,
