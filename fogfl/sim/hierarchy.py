@@ -2,7 +2,7 @@
 
 Each round: the server picks the participants (`fogfl.schedules`) and encodes the global
 model; each participant evaluates it and trains (`workers.client_round`); each region's
-fog aggregate folds the updates into the fog broker's running mean (`RegionRound`); under
+fog aggregate combines the updates by the fog broker's rule (`RegionRound`); under
 κ edge rounds the region model goes back to the region's participants κ − 1 times; each
 region's partial goes to the cloud's Flower strategy, exactly as the bridges hand it over.
 After the last round every client evaluates the final model. Traffic is the length of the
@@ -22,7 +22,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server.client_proxy import ClientProxy
 
 from fogfl import flower
-from fogfl.aggregation import MetricsMean, RegionRound, WeightedModelMean, mean_metrics
+from fogfl.aggregation import MetricsMean, RegionRound, mean_metrics, model_aggregate
 from fogfl.config import FogflConfig, RoundPlan
 from fogfl.run_dir import RoundRecord, new_run_id
 from fogfl.schedules import final_population, round_participants
@@ -174,7 +174,8 @@ class _Hierarchy:
                 uniform=federation.weighting == "uniform",
                 edge_rounds=federation.edge_rounds,
                 config=config,
-                model=WeightedModelMean(self.schema),
+                model=model_aggregate(self.schema, self.config.fog),
+                fog=self.config.fog,
             )
             for region, ids in participants.items()
             if ids
@@ -186,6 +187,8 @@ class _Hierarchy:
             if edge_round > 1:
                 starts = {region: self._region_model(region, fog[region]) for region in fog}
             start_models = {r: self._decode(p, "global", "region") for r, p in starts.items()}
+            for region, start in start_models.items():
+                fog[region].reference = start.tensors  # what clipped_mean clips against
             jobs = [
                 self._job(client_id, region, starts[region])
                 for region in fog

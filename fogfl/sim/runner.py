@@ -315,6 +315,7 @@ def _settings(variant: Variant) -> dict[str, Any]:
         "batch_size": config.training.batch_size,
         "proximal_mu": config.training.proximal_mu,
         "strategy": config.server.strategy,
+        "fog_aggregation": config.fog.aggregation,
         "participation": federation.participation.model_dump(),
         "weighting": federation.weighting,
         "edge_rounds": federation.edge_rounds,
