@@ -291,16 +291,16 @@ def test_a_refused_connect_leaves_the_session_of_its_client_id_alone(broker: Bro
     ):
         assert monitor.subscribe("fl/#") == "Granted QoS 1"
         assert client.subscribe("fl/global_model") == "Granted QoS 1"
-        # A mightier user for the same client id, with a will, but not its password:
-        # amqtt 0.11 copies such a CONNECT's user and will into the kept session at once.
-        forger = Peer(broker.port, "server", "guess", client_id="n1", persistent=True)
-        forger.client.will_set("fl/global_model", b"forged will")
-        assert forger.connect() == "Not authorized"
         # A clean-session CONNECT deletes the kept session in amqtt 0.11, refused or not.
         assert Peer(broker.port, "server", "guess", client_id="n1").connect() == "Not authorized"
         # Another user, with its right password, may not take the session over either.
         other = Peer(broker.port, "fog-north", "fog-secret", client_id="n1", persistent=True)
         assert other.connect() == "Not authorized"
+        # Last, a mightier user for the same client id, with a will, but not its password:
+        # amqtt 0.11 copies such a CONNECT's user and will into the kept session at once.
+        forger = Peer(broker.port, "server", "guess", client_id="n1", persistent=True)
+        forger.client.will_set("fl/global_model", b"forged will")
+        assert forger.connect() == "Not authorized"
         client.publish("fl/global_model", b"forged model")
         client.publish(UPDATE, b"update 1")
         assert monitor.wait_for(UPDATE, b"update 1") == [(UPDATE, b"update 1")]
