@@ -613,3 +613,8 @@ from fogfl.sim.cli import report, sim  # noqa: E402
 
 app.command("sim")(sim)
 app.command("report")(report)
+
+from fogfl.bandwidth.cli import agent_app, bandwidth_app  # noqa: E402
+
+app.add_typer(bandwidth_app, name="bandwidth")
+app.add_typer(agent_app, name="agent")
