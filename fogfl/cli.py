@@ -548,6 +548,47 @@ def new(
 
 @app.command()
 @with_shared_flags
+def certs(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to write the credentials.", show_default=False)
+    ],
+    host: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--host",
+            help="A name or address the broker and the Flower server are reached by, besides "
+            "localhost (repeatable), e.g. --host mosquitto --host server.",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    settings: Settings,
+) -> None:
+    """Write a federation's credentials: a CA, broker and server certificates, and per
+    identity a password, a client certificate and a signing key (docs/security.md)."""
+    from fogfl.mqtt import Topics
+    from fogfl.security.bundle import provision
+    from fogfl.security.identities import federation_identities
+
+    config = settings.load()
+    identities = federation_identities(config)
+    new = provision(directory, identities, Topics(config.mqtt.topic_prefix), host or ())
+    kept = len(identities) - len(new)
+    out = Console()
+    out.print(
+        f"{directory}: credentials for {len(new)} new identities"
+        + (f", {kept} kept as they were" if kept else "")
+        + f" (regions {', '.join(config.federation.regions)})"
+    )
+    out.print(
+        f"  broker: {directory / 'broker'} (passwd, acl, certificates); each role: "
+        f"--credentials {directory}",
+        highlight=False,
+    )
+
+
+@app.command()
+@with_shared_flags
 def health(
     check: Annotated[
         HealthCheck, typer.Argument(help="mqtt: the broker; tcp: HOST:PORT.", show_default=False)

@@ -42,7 +42,7 @@ class MqttSettings(_Section):
     username: str | None = None
     password: str | None = None
     tls: TlsSettings = TlsSettings()
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5"] = "5"
     topic_prefix: str = Field("fl", min_length=1, pattern=r"^[^#+]+$")
     keepalive_s: int = Field(30, ge=5, le=3600)
     connect_timeout_s: float = Field(60.0, gt=0, description="keep retrying this long at start")

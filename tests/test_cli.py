@@ -85,7 +85,9 @@ def test_server_help_names_the_strategies() -> None:
 def test_monitor_duration_bounds_the_wait_for_a_missing_broker() -> None:
     port = free_port()
     # connect_timeout_s stays at its 60 s default: the duration, not it, ends the wait.
-    result = fogfl("monitor", "--json", "--duration", "3", "--mqtt-port", str(port))
+    result = fogfl(
+        "monitor", "--json", "--duration", "3", "--mqtt-port", str(port), "--insecure"
+    )
     assert result.returncode == 2
     assert f"waiting for the MQTT broker at localhost:{port} (1 s)" in result.stderr
     assert f"cannot reach the MQTT broker at localhost:{port}" in result.stderr
@@ -101,6 +103,7 @@ def test_a_client_without_a_broker_says_what_it_waits_for() -> None:
         "north",
         "--mqtt-port",
         str(port),
+        "--insecure",
         FOGFL_MQTT__CONNECT_TIMEOUT_S="3",
         FOGFL_TASK__OPTIONS__DURATION_S="10",
     )
@@ -124,6 +127,7 @@ def test_a_bridge_without_a_flower_server_says_what_it_waits_for(
         mqtt_broker.host,
         "--mqtt-port",
         str(mqtt_broker.port),
+        "--insecure",
     )
     assert result.returncode == 2
     assert f"waiting for the Flower server at {flower} (1 s): nothing listens" in result.stderr

@@ -38,8 +38,8 @@ TASK_OPTIONS: dict[str, object] = {"megabytes": 0.0004, "tensors": 3, "examples"
 SCHEMA = ModelSchema(tuple(TensorSpec(f"layers.{i}", (34,), "float32") for i in range(3)))
 TOPICS = Topics("fl")
 _TOPIC_OF_KIND = {
-    "update": TOPICS.updates(REGION),
-    "evaluation": TOPICS.updates(REGION),
+    "update": TOPICS.updates(REGION, CLIENT_ID),
+    "evaluation": TOPICS.updates(REGION, CLIENT_ID),
     "partial": TOPICS.partial(REGION),
     "global": TOPICS.global_model,
     "region": TOPICS.region_model(REGION),

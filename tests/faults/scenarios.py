@@ -29,7 +29,7 @@ from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
 from fogfl.sim.hierarchy import simulate
 from fogfl.sim.workers import ClientPool
 from fogfl.wire import Envelope, Tensors, decode, encode
-from tests.integration.harness import Recorder
+from tests.integration.harness import Recorder, publisher
 
 ROUNDS = 4
 REGIONS = ["north", "south"]
@@ -176,17 +176,31 @@ def hostile_flood(federation: FaultyFederation, watcher: Recorder) -> str:
         b'\x20\x00\x00\x00\x00\x00\x00\x00{"__metadata__":{"round":3}}    ',
         b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"[" * 16,
     ]
+    # Sent with the logins of a client, a fog broker and the server, as if they were
+    # stolen: the broker's ACL lets each through on its own topic, and only the roles'
+    # checks (and the signatures the logins do not carry) stand in the way.
+    credentials = federation.config.security.credentials
+    assert federation.broker is not None and credentials is not None
+    topics = watcher.session.topics
+    logins = {
+        topics.updates("north", "north-01"): "client-north-01",
+        topics.partial("south"): "fog-south",
+        topics.round_announcement: "server",
+    }
     sent = 0
-    for _ in range(40):
-        for payload in garbage:
-            for topic in (
-                watcher.session.topics.updates("north"),
-                watcher.session.topics.partial("south"),
-                watcher.session.topics.round_announcement,
-            ):
-                watcher.session.publish(topic, payload)
-                sent += 1
-    return f"{sent} hostile messages on fl/updates/north, fl/partial/south and fl/round"
+    for topic, identity in logins.items():
+        session = publisher(federation.broker, credentials, identity)
+        try:
+            for _ in range(40):
+                for payload in garbage:
+                    session.publish(topic, payload)
+                    sent += 1
+        finally:
+            session.close()
+    return (
+        f"{sent} hostile messages on fl/updates/north/north-01, fl/partial/south and "
+        "fl/round, with stolen logins"
+    )
 
 
 SCENARIOS: dict[str, Fault] = {
@@ -211,7 +225,11 @@ def run_scenario(name: str, workdir: Path, reference: Tensors) -> Outcome:
     note = ""
     with FaultyFederation(config, "mosquitto", run_dir, RUN_TIMEOUT_S) as federation:
         assert federation.broker is not None
-        watcher = Recorder(federation.broker, [Topics(config.mqtt.topic_prefix).everything])
+        watcher = Recorder(
+            federation.broker,
+            [Topics(config.mqtt.topic_prefix).everything],
+            credentials=federation.config.security.credentials,
+        )
         fault_error = ""
         fault_done = threading.Event()
 

@@ -45,18 +45,17 @@ def test_a_fog_broker_killed_mid_round_closes_it_with_every_update(
     recorder = Recorder(fresh_broker, [TOPICS.partial("north")])
     session = publisher(fresh_broker)
     weights = [100, 250, 400, 50]
-    topic = TOPICS.updates("north")
     with roles(tmp_path / "logs") as started:
         start_fog_broker(started, config, "--expected", "4", "--deadline", "120")
         announce(session, 1)
-        session.publish(topic, update("c1", 1, weights[0], model(1)))
-        session.publish(topic, update("c2", 1, weights[1], model(2)))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, weights[0], model(1)))
+        session.publish(TOPICS.updates("north", "c2"), update("c2", 1, weights[1], model(2)))
         wait_for_files(journal, 2)
         fog = started.children["fog"]
         fog.popen.send_signal(signal.SIGKILL)
         fog.popen.wait()
         # While it is down: queued for it in its persistent session.
-        session.publish(topic, update("c3", 1, weights[2], model(3)))
+        session.publish(TOPICS.updates("north", "c3"), update("c3", 1, weights[2], model(3)))
         started.start(
             "fog-again",
             "fog-broker",
@@ -70,7 +69,7 @@ def test_a_fog_broker_killed_mid_round_closes_it_with_every_update(
             str(config),
         )
         started.wait_for_log("fog-again", "restored")
-        session.publish(topic, update("c4", 1, weights[3], model(4)))
+        session.publish(TOPICS.updates("north", "c4"), update("c4", 1, weights[3], model(4)))
         partial = partial_of(recorder, 1, timeout=30)
         log = started.log("fog-again")
     session.close()
@@ -94,14 +93,19 @@ def test_a_fog_broker_killed_in_an_edge_round_resumes_that_edge_round(
     journal = tmp_path / "fog-state" / "fog-north" / "run-run-fog" / "1-fit"
     recorder = Recorder(fresh_broker, [TOPICS.partial("north"), TOPICS.region_model("north")])
     session = publisher(fresh_broker)
-    topic = TOPICS.updates("north")
     with roles(tmp_path / "logs") as started:
         start_fog_broker(started, config, "--expected", "2")
         announce(session, 1, edge_rounds=2)
-        session.publish(topic, update("c1", 1, 100, model(11), edge_round=1))
-        session.publish(topic, update("c2", 1, 300, model(12), edge_round=1))
+        session.publish(
+            TOPICS.updates("north", "c1"), update("c1", 1, 100, model(11), edge_round=1)
+        )
+        session.publish(
+            TOPICS.updates("north", "c2"), update("c2", 1, 300, model(12), edge_round=1)
+        )
         recorder.wait_for(20, kind="region", edge_round="2")
-        session.publish(topic, update("c1", 1, 100, model(21), edge_round=2))
+        session.publish(
+            TOPICS.updates("north", "c1"), update("c1", 1, 100, model(21), edge_round=2)
+        )
         wait_for_files(journal, 1)
         fog = started.children["fog"]
         fog.popen.send_signal(signal.SIGKILL)
@@ -117,7 +121,9 @@ def test_a_fog_broker_killed_in_an_edge_round_resumes_that_edge_round(
             str(config),
         )
         started.wait_for_log("fog-again", "restored edge round 2 with 1 updates")
-        session.publish(topic, update("c2", 1, 300, model(22), edge_round=2))
+        session.publish(
+            TOPICS.updates("north", "c2"), update("c2", 1, 300, model(22), edge_round=2)
+        )
         partial = partial_of(recorder, 1, timeout=30)
     session.close()
     recorder.close()

@@ -163,6 +163,8 @@ class Roles:
                 "task": {"name": "synthetic", "options": TASK_OPTIONS},
                 "fog": {"state_dir": str(state_dir / "fit")},
                 "bridge": {"partial_timeout_s": 0.001},
+                # Open roles: the mutations must reach every check past the signature's.
+                "security": {"insecure": True},
             }
         )
         self.published = published
@@ -194,7 +196,7 @@ class Roles:
             broker = self.fog_broker("announcements")
             self.announcement_brokers.append(broker)
             yield "FogBroker.handle (announcement)", lambda: broker.handle(message)
-        if case.topic == TOPICS.updates(REGION):
+        if case.topic == TOPICS.updates(REGION, CLIENT_ID):
             yield "FogBroker.handle (update)", lambda: self.fit_broker.handle(message)
             yield "FogBroker.handle (evaluation)", lambda: self.final_broker.handle(message)
         if case.topic in (TOPICS.global_model, TOPICS.region_model(REGION)):
@@ -235,7 +237,7 @@ def roles(
 def test_valid_envelopes_pass_every_handler(roles: Roles) -> None:
     """The harness reaches each handler's deep end: a valid message is accepted."""
     valid = {kind: encode(message) for kind, message in valid_envelopes().items()}
-    topic = TOPICS.updates(REGION)
+    topic = TOPICS.updates(REGION, CLIENT_ID)
     roles.fit_broker.handle(roles.received(topic, valid["update"]))
     roles.final_broker.handle(roles.received(topic, valid["evaluation"]))
     model = roles.client._newest(roles.received(TOPICS.global_model, valid["global"]))

@@ -53,7 +53,7 @@ def test_a_retained_region_model_of_an_earlier_run_does_not_start_work(
     session.publish(TOPICS.region_model("north"), encode(stale_region_model), retain=True)
     session.publish(TOPICS.global_model, global_model("new-run", 1, tensors), retain=True)
     config = write_config(tmp_path / "c.yaml", fresh_broker, task=SYNTHETIC)
-    recorder = Recorder(fresh_broker, [TOPICS.updates("north")])
+    recorder = Recorder(fresh_broker, [TOPICS.region_updates("north")])
     with roles(tmp_path / "logs") as started:
         started.start(
             "client", "client", "--id", "north-01", "--region", "north", "--config", str(config)
@@ -84,7 +84,7 @@ def test_a_fog_broker_started_after_a_run_ended_waits_for_the_next_run(
         )
         started.wait_for_log("fog", "run finished-run is over; waiting for the next run")
         announce(session, 1)
-        session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, 100, model(1)))
         partial = partial_of(recorder, 1)
         log = started.log("fog")
     session.close()
@@ -110,7 +110,7 @@ def test_a_fog_broker_never_goes_back_to_a_run_it_left(
         started.wait_for_log("fog", "round 1 of run run-fog opened")
         announce(session, 3, run="run-a")  # an old server still talking: ignored
         announce(session, 1, run="run-fog")  # the same round again: nothing new
-        session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, 100, model(1)))
         partial = partial_of(recorder, 1)
         log = started.log("fog")
     session.close()
@@ -127,7 +127,7 @@ def test_serve_keeps_a_fog_broker_and_a_client_for_run_after_run(
     schema = ModelSchema.of(tensors)
     session = publisher(fresh_broker)
     config = write_config(tmp_path / "c.yaml", fresh_broker, task=SYNTHETIC)
-    recorder = Recorder(fresh_broker, [TOPICS.partial("north"), TOPICS.updates("north")])
+    recorder = Recorder(fresh_broker, [TOPICS.partial("north"), TOPICS.region_updates("north")])
 
     def announce_round(run: str, round_: int, final: bool = False) -> None:
         message = Envelope(

@@ -23,11 +23,20 @@ from fogfl.wire import read_metadata
 
 
 def write_config(path: Path, broker: LocalBroker, **sections: dict[str, Any]) -> Path:
-    """A config file pointing at `broker`, with the given sections merged in."""
+    """A config file pointing at `broker`, with the given sections merged in. The test
+    brokers are open (tests of the protocol's mechanics), so is the config, unless a
+    `security` section says otherwise (tests/security runs everything secure)."""
     data: dict[str, Any] = {
-        "mqtt": {"host": broker.host, "port": broker.port, "connect_timeout_s": 20},
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "connect_timeout_s": 20,
+            # The embedded fallback broker (no Mosquitto on this machine) speaks 3.1.1 only.
+            "protocol": "3.1.1" if broker.kind == "embedded" else "5",
+        },
         # Each test's fog brokers keep their round journal beside its config.
         "fog": {"state_dir": str(path.parent / "fog-state")},
+        "security": {} if "security" in sections else {"insecure": True},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -91,9 +100,10 @@ class Recorder:
     topics: list[str]
     messages: list[tuple[Received, dict[str, str]]] = field(default_factory=list)
     on_message: Callable[[Received, dict[str, str]], None] | None = None
+    credentials: Path | None = None  # a secure broker: log in as its monitor
 
     def __post_init__(self) -> None:
-        settings = MqttSettings(host=self.broker.host, port=self.broker.port)
+        settings = login(self.broker, self.credentials)
         self.session = MqttSession(
             settings, f"recorder-{id(self)}", logging.getLogger("recorder"), persistent=False
         )
@@ -133,8 +143,22 @@ class Recorder:
         self.session.close()
 
 
-def publisher(broker: LocalBroker) -> MqttSession:
+def login(
+    broker: LocalBroker, credentials: Path | None = None, name: str = "monitor"
+) -> MqttSettings:
+    """Settings for a session with `broker`: anonymous, or as identity `name` from the
+    credentials directory of a secure federation."""
     settings = MqttSettings(host=broker.host, port=broker.port)
+    if credentials is not None:
+        settings.username = name
+        settings.password = (credentials / name / "password").read_text().strip()
+    return settings
+
+
+def publisher(
+    broker: LocalBroker, credentials: Path | None = None, name: str = "monitor"
+) -> MqttSession:
+    settings = login(broker, credentials, name)
     return MqttSession(
         settings,
         f"publisher-{time.monotonic_ns()}",

@@ -115,7 +115,7 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(
     def inject_garbage_mid_run(received: Received, meta: dict[str, str]) -> None:
         if not injected and meta.get("kind") == "update" and meta.get("round") == "2":
             injected.append("yes")
-            intruder.publish(TOPICS.updates("north"), b"\x07\x00\x00\x00\x00\x00\x00\x00{broken")
+            intruder.publish(TOPICS.updates("north", "intruder"), b"\x07\x00\x00\x00\x00\x00\x00\x00{broken")
             wrong = Envelope(
                 kind="update",
                 run_id="itest",
@@ -125,7 +125,7 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(
                 num_examples=50,
                 tensors={"net.0.weight": np.zeros((3, 3), np.float32)},
             )
-            intruder.publish(TOPICS.updates("north"), encode(wrong))
+            intruder.publish(TOPICS.updates("north", "intruder"), encode(wrong))
 
     recorder = Recorder(
         fresh_broker, [TOPICS.all_updates, TOPICS.global_model], on_message=inject_garbage_mid_run

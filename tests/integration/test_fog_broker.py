@@ -88,33 +88,35 @@ def test_partial_is_the_example_weighted_mean_despite_bad_messages(
         start_fog_broker(started, config, "--expected", "3", "--deadline", "60")
         announce(session, 1)
         models, weights = [model(i) for i in (1, 2, 3)], [1440, 300, 2000]
-        topic = TOPICS.updates("north")
-        session.publish(topic, update("c1", 1, weights[0], models[0]))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, weights[0], models[0]))
         wrong_shape = {
             "layer.weight": np.zeros((4, 4), np.float32),
             "layer.bias": np.zeros(8, np.float32),
         }
         nan = model(9)
         nan["layer.bias"][0] = np.nan
-        for bad in (
-            b"\x00garbage that is not safetensors",
-            update("intruder", 1, 10, wrong_shape),
-            update("c1", 1, weights[0], models[0]),  # duplicate
-            update("c9", 1, 10, model(9), run_id="another-run"),
-            update("c9", 2, 10, model(9)),  # future round
-            update("c9", 1, 10, model(9), region="south"),
-            update("c9", 1, 10, nan),
-            update("c9", 1, 0, model(9)),
+        for sender, bad in (
+            ("c9", b"\x00garbage that is not safetensors"),
+            ("intruder", update("intruder", 1, 10, wrong_shape)),
+            ("c1", update("c1", 1, weights[0], models[0])),  # duplicate
+            ("c9", update("c9", 1, 10, model(9), run_id="another-run")),
+            ("c9", update("c9", 2, 10, model(9))),  # future round
+            ("c9", update("c9", 1, 10, model(9), region="south")),
+            ("c9", update("c9", 1, 10, nan)),
+            ("c9", update("c9", 1, 0, model(9))),
+            ("c2", update("c9", 1, 10, model(9))),  # on c2's topic: impersonation
         ):
-            session.publish(topic, bad)
-        session.publish(topic, update("c2", 1, weights[1], models[1]))
-        session.publish(topic, update("c3", 1, weights[2], models[2]))
+            session.publish(TOPICS.updates("north", sender), bad)
+        session.publish(TOPICS.updates("north", "c2"), update("c2", 1, weights[1], models[1]))
+        session.publish(TOPICS.updates("north", "c3"), update("c3", 1, weights[2], models[2]))
         partial = partial_of(recorder, 1)
-        session.publish(topic, update("c4", 1, 5, model(4)))  # after the close: late
+        session.publish(
+            TOPICS.updates("north", "c4"), update("c4", 1, 5, model(4))
+        )  # after the close: late
         announce(session, 1, final=True)
         for sender in ("c1", "c2", "c3"):
             session.publish(
-                topic,
+                TOPICS.updates("north", sender),
                 encode(
                     Envelope(
                         kind="evaluation",
@@ -148,10 +150,11 @@ def test_partial_is_the_example_weighted_mean_despite_bad_messages(
         "wrong-region",
         "not-finite",
         "no-examples",
+        "impersonation",
         "late",
     ):
         assert reason in reasons, f"{reason} not logged; log:\n{log}"
-    assert sum(partial.stats["rejected"].values()) == 8
+    assert sum(partial.stats["rejected"].values()) == 9
     assert "final evaluation 1 closed" in log
 
 
@@ -166,8 +169,8 @@ def test_round_closes_at_the_deadline_with_the_updates_it_has(
             started, config, "--expected", "3", "--deadline", "2", "--min-updates", "2"
         )
         announce(session, 1)
-        session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
-        session.publish(TOPICS.updates("north"), update("c2", 1, 300, model(2)))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, 100, model(1)))
+        session.publish(TOPICS.updates("north", "c2"), update("c2", 1, 300, model(2)))
         partial = partial_of(recorder, 1)
         assert "deadline of 2 s passed" in started.log("fog")
     session.close()
@@ -183,7 +186,7 @@ def test_a_new_run_replaces_the_old_one(fresh_broker: LocalBroker, tmp_path: Pat
         start_fog_broker(started, config, "--expected", "1")
         announce(session, 3, run="old-run")
         announce(session, 1)
-        session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, 100, model(1)))
         partial = partial_of(recorder, 1)
     session.close()
     recorder.close()
@@ -201,10 +204,9 @@ def test_only_announced_participants_count_and_uniform_weighting_weighs_clients_
         announce(
             session, 1, participants={"north": ["c1", "c3"], "south": ["c9"]}, weighting="uniform"
         )
-        topic = TOPICS.updates("north")
-        session.publish(topic, update("c2", 1, 500, model(2)))  # not picked
-        session.publish(topic, update("c1", 1, 100, model(1)))
-        session.publish(topic, update("c3", 1, 900, model(3)))
+        session.publish(TOPICS.updates("north", "c2"), update("c2", 1, 500, model(2)))  # not picked
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, 100, model(1)))
+        session.publish(TOPICS.updates("north", "c3"), update("c3", 1, 900, model(3)))
         partial = partial_of(recorder, 1)
         log = started.log("fog")
     session.close()
@@ -227,7 +229,6 @@ def test_edge_rounds_send_the_region_model_down_and_one_partial_up(
     with roles(tmp_path / "logs") as started:
         start_fog_broker(started, config, "--expected", "2")
         announce(session, 1, edge_rounds=3)
-        topic = TOPICS.updates("north")
         for edge in (1, 2, 3):
             if edge > 1:
                 received, _ = recorder.wait_for(20, kind="region", edge_round=str(edge))
@@ -241,10 +242,17 @@ def test_edge_rounds_send_the_region_model_down_and_one_partial_up(
                     region.tensors["layer.bias"], expected, rtol=1e-6, atol=1e-7
                 )
                 session.publish(
-                    topic, update("c1", 1, 100, model(0), edge_round=edge - 1)
+                    TOPICS.updates("north", "c1"),
+                    update("c1", 1, 100, model(0), edge_round=edge - 1),
                 )  # stale edge round
-            session.publish(topic, update("c1", 1, 100, model(10 * edge + 1), edge_round=edge))
-            session.publish(topic, update("c2", 1, 300, model(10 * edge + 2), edge_round=edge))
+            session.publish(
+                TOPICS.updates("north", "c1"),
+                update("c1", 1, 100, model(10 * edge + 1), edge_round=edge),
+            )
+            session.publish(
+                TOPICS.updates("north", "c2"),
+                update("c2", 1, 300, model(10 * edge + 2), edge_round=edge),
+            )
         partial = partial_of(recorder, 1)
         log = started.log("fog")
     session.close()
@@ -278,7 +286,7 @@ def test_a_fog_broker_waiting_past_its_deadline_does_not_spin(
             started, config, "--expected", "3", "--deadline", "1", "--min-updates", "2"
         )
         announce(session, 1)
-        session.publish(TOPICS.updates("north"), update("c1", 1, 100, model(1)))
+        session.publish(TOPICS.updates("north", "c1"), update("c1", 1, 100, model(1)))
         started.wait_for_log("fog", "deadline passed with 1 updates, 2 needed; still waiting")
         pid = started.children["fog"].pid
         before = cpu_seconds(pid)

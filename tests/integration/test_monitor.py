@@ -59,11 +59,11 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
         num_examples=1440,
         tensors={"w": np.ones(10, np.float32)},
     )
-    session.publish(TOPICS.updates("north"), encode(update))
-    session.publish(TOPICS.updates("north"), b"garbage")
+    session.publish(TOPICS.updates("north", "north-01"), encode(update))
+    session.publish(TOPICS.updates("north", "north-01"), b"garbage")
     session.publish(TOPICS.partial("south"), b"")  # clears a retained message: not shown
-    session.publish(TOPICS.updates("north"), framed(b'{"__metadata__":{"round":3}}'))
-    session.publish(TOPICS.updates("north"), encode(update))
+    session.publish(TOPICS.updates("north", "north-01"), framed(b'{"__metadata__":{"round":3}}'))
+    session.publish(TOPICS.updates("north", "north-01"), encode(update))
     session.close()
     out, err = monitor.communicate(timeout=30)
     assert monitor.returncode == 0, err
@@ -122,11 +122,11 @@ def test_observe_is_total() -> None:
         "huge header length": struct.pack("<Q", 2**63) + b"{}",
     }
     for name, payload in hostile.items():
-        seen = observe(Received(TOPICS.updates("north"), payload, False))
+        seen = observe(Received(TOPICS.updates("north", "north-01"), payload, False))
         assert seen.error, name
     odd = Envelope(kind="update", run_id="r", round=1, sender="c" * 5000, region="north")
     payload = encode(odd).replace(b'"round":"1"', b'"round":"\xd9\xa3"')  # Arabic-Indic 3
-    seen = observe(Received(TOPICS.updates("north"), payload, False))
+    seen = observe(Received(TOPICS.updates("north", "north-01"), payload, False))
     assert seen.round is None and len(seen.sender) <= 128 and not seen.error
 
 
@@ -141,11 +141,17 @@ def test_monitor_shows_the_current_run_only() -> None:
     # A retained partial of the finished run arrives first, then the new run's announcement.
     add("partial", "old", 5, "fog-north", TOPICS.partial("north"), num_examples=9, **north)
     add("round", "new", 1, "server", TOPICS.round_announcement)
-    add("update", "new", 1, "north-01", TOPICS.updates("north"), num_examples=3, **north)
-    add("update", "old", 5, "north-02", TOPICS.updates("north"), num_examples=3, **north)
+    add(
+        "update", "new", 1, "north-01", TOPICS.updates("north", "north-01"), num_examples=3, **north
+    )
+    add(
+        "update", "old", 5, "north-02", TOPICS.updates("north", "north-01"), num_examples=3, **north
+    )
     add("partial", "old", 5, "fog-south", TOPICS.partial("south"), region="south")
     add("round", "new", 2, "server", TOPICS.round_announcement)
-    add("update", "new", 2, "north-02", TOPICS.updates("north"), num_examples=3, **north)
+    add(
+        "update", "new", 2, "north-02", TOPICS.updates("north", "north-01"), num_examples=3, **north
+    )
     assert (state.run_id, state.round, state.other_runs, state.messages) == ("new", 2, 2, 7)
     assert sorted(state.regions) == ["north"]
     north_progress = state.regions["north"]
@@ -174,7 +180,7 @@ def test_the_expected_count_is_what_the_federation_says() -> None:
         return Envelope(kind="update", run_id="r", round=round_, sender=sender, region="north")
 
     add(Envelope(kind="round", run_id="r", round=1, sender="server"), TOPICS.round_announcement)
-    add(update(1, "north-01"), TOPICS.updates("north"))
+    add(update(1, "north-01"), TOPICS.updates("north", "north-01"))
     assert state.regions["north"].expected is None
     assert "1/?" in shown()
     # The fog broker closes round 1 and says it expected 4 (its --expected, not ours).
@@ -193,7 +199,7 @@ def test_the_expected_count_is_what_the_federation_says() -> None:
     ).partial("north", {})
     add(partial, TOPICS.partial("north"))
     add(Envelope(kind="round", run_id="r", round=2, sender="server"), TOPICS.round_announcement)
-    add(update(2, "north-01"), TOPICS.updates("north"))
+    add(update(2, "north-01"), TOPICS.updates("north", "north-01"))
     assert "1/4" in shown()
     # Under a schedule the announcement names this round's participants: they win.
     chosen = {"participants": {"north": ["north-01", "north-02"], "south": ["south-03"]}}
@@ -202,5 +208,5 @@ def test_the_expected_count_is_what_the_federation_says() -> None:
         TOPICS.round_announcement,
     )
     assert (state.regions["north"].expected, state.regions["south"].expected) == (2, 1)
-    add(update(3, "north-02"), TOPICS.updates("north"))
+    add(update(3, "north-02"), TOPICS.updates("north", "north-01"))
     assert "1/2" in shown()

@@ -49,7 +49,9 @@ def through_the_hierarchy(
     which hands it to Flower (`RegionClient.fit`); Flower's FedAvg, as fogfl makes it,
     aggregates the regions."""
     schema = ModelSchema.of(models[0])
-    config = load_config(None, {"bridge.partial_timeout_s": 0.01}, environ={})
+    config = load_config(
+        None, {"bridge.partial_timeout_s": 0.01, "security.insecure": True}, environ={}
+    )
     fit = FitIns(
         ndarrays_to_parameters(schema.ordered(models[0])),
         {"run_id": "agg", "round": 1, "schema": schema.to_json()},

@@ -286,13 +286,17 @@ def test_the_server_and_fogfl_up_warn_of_clients_sharing_a_partition(
     shared = {
         "task": {"name": "ecg5000", "options": {"num_clients": 4}},
         "federation": {"clients": {"north": ["north-01"], "south": ["south-01", "south-02"]}},
+        "security": {"insecure": True},
     }
     config = load_config(overrides=shared, environ={})
     assert Server(config).shared_partitions == {"ECG5000 share 1": ["north-01", "south-01"]}
+    caplog.clear()  # the server's own warning: it runs open
     with caplog.at_level("WARNING", logger="fogfl"):
         preflight(config, "embedded")
     assert [r.getMessage() for r in caplog.records] == [
         "launcher clients north-01, south-01 would train on the same data (ECG5000 share 1)"
     ]
-    numbered = load_config(overrides={"task": shared["task"]}, environ={})
+    numbered = load_config(
+        overrides={"task": shared["task"], "security": shared["security"]}, environ={}
+    )
     assert Server(numbered).shared_partitions == {}
