@@ -212,19 +212,21 @@ class LinkProxy:
         self.seed = seed
         self.counters = LinkCounters()
         self._server: asyncio.Server | None = None
+        self._port: int | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._resets: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._port is None:
             raise RuntimeError(f"link {self.name} is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._port
 
     async def start(self) -> int:
         """Listen; the port it listens on."""
         self._server = await asyncio.start_server(self._accept, *self.listen)
+        self._port = int(self._server.sockets[0].getsockname()[1])
         if self.model is not None and any(o.kind == "reset" for o in self.model.outages):
             self._resets = asyncio.ensure_future(self._reset_when_due())
         return self.port
@@ -264,7 +266,7 @@ class LinkProxy:
             "open_connections": len(self._connections),
             "state": self.state(),
             "rate_mbit": rates,
-            "port": self.port if self._server is not None else None,
+            "port": self._port,
         }
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
