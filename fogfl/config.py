@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fogfl.errors import ConfigError, WireError
+from fogfl.links.settings import LinksSettings, resolve_trace_paths
 from fogfl.plugins import IMPORT_PATH
 
 ENV_PREFIX = "FOGFL_"
@@ -305,6 +306,7 @@ class FogflConfig(_Section):
     server: ServerSettings = ServerSettings()
     security: SecuritySettings = SecuritySettings()
     task: TaskSettings = TaskSettings()
+    links: LinksSettings = LinksSettings()
     python_path: list[Path] = Field(
         default_factory=list,
         description="directories searched first for a task or strategy named by import path; "
@@ -353,6 +355,7 @@ def load_config(
     if path is not None:
         file_data = _read_yaml(path)
         resolve_python_path(file_data, path.parent)
+        resolve_trace_paths(file_data, path.parent)
         _merge(data, file_data)
         origins.update({key: str(path) for key in _dotted_keys(file_data)})
     env = os.environ if environ is None else environ

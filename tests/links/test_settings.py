@@ -100,3 +100,19 @@ def test_trace_paths_in_a_config_file_are_relative_to_the_file(tmp_path: Path) -
     links = LinksSettings.model_validate(data["links"])
     assert links.default is not None and links.default.trace == tmp_path / "traces" / "bus.txt"
     assert links.clients["north-01"].trace == tmp_path / "traces" / "bus.txt"
+
+
+def test_fogfl_config_reads_links_from_its_file_with_traces_beside_it(tmp_path: Path) -> None:
+    from fogfl.config import FogflConfig, load_config
+    from fogfl.errors import ConfigError
+
+    assert not FogflConfig().links.enabled
+    (tmp_path / "bus.txt").write_text("0 1\n1 2\n")
+    config_file = tmp_path / "fogfl.yaml"
+    config_file.write_text("links:\n  regions: {north: {trace: bus.txt, latency_ms: 40}}\n")
+    config = load_config(config_file, environ={})
+    link = config.links.link_for("north", "north-01", config.federation.seed)
+    assert link is not None and link.uplink.latency_s == pytest.approx(0.04)
+    config_file.write_text("links:\n  clients: {north-01: {trace: missing.txt}}\n")
+    with pytest.raises(ConfigError, match=r"links\.clients\.north-01\.trace: .*missing\.txt"):
+        load_config(config_file, environ={})
