@@ -129,6 +129,28 @@ class TrainingReport:
     windows: dict[str, int] = field(default_factory=dict)
 
 
+class EarlyStopping:
+    """Tracks the validation loss: `improved` when it falls below the best so far, `stop`
+    once it has not for `patience` epochs in a row."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = float("inf")
+        self.waited = 0
+
+    def update(self, loss: float) -> bool:
+        """Record an epoch's loss; True when it is the best so far."""
+        if loss < self.best:
+            self.best, self.waited = loss, 0
+            return True
+        self.waited += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.waited >= self.patience
+
+
 class Predictor:
     """A trained forecaster: the network with the normalisation it was trained with."""
 
@@ -230,7 +252,7 @@ def train_predictor(
     loss_of = nn.MSELoss()
     report = TrainingReport(windows={n: len(data.split(n)) for n in SPLIT_NAMES})
     best_state = copy.deepcopy(model.state_dict())
-    best_loss, waited = float("inf"), 0
+    stopping = EarlyStopping(settings.patience)
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = torch.randperm(len(train_y), generator=generator)
@@ -252,14 +274,12 @@ def train_predictor(
         report.epochs_run = epoch
         if on_epoch is not None:
             on_epoch(epoch, report.train_loss[-1], validation_loss)
-        if validation_loss < best_loss:
-            best_loss, waited, report.best_epoch = validation_loss, 0, epoch
+        if stopping.update(validation_loss):
+            report.best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-            if waited >= settings.patience:
-                report.stopped_early = epoch < settings.epochs
-                break
+        elif stopping.stop:
+            report.stopped_early = epoch < settings.epochs
+            break
     model.load_state_dict(best_state)
     predictor = Predictor(model, architecture, norm)
     predicted = predictor.predict(data.test.inputs)
