@@ -1,0 +1,69 @@
+"""Speed of the bandwidth predictor and the codec controllers on this machine: training time
+per LSTM epoch and per DDQN episode at the seed's sizes, and the time of one decision.
+
+    python benchmarks/bandwidth.py [--epochs 2] [--episodes 20]
+
+Prints a table; the full trainings themselves are `fogfl bandwidth train` and `fogfl agent
+train` (docs/bandwidth.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from fogfl.bandwidth.agent import DDQNSettings, train_agent
+from fogfl.bandwidth.controllers import DDQNController, RobustRule, ThroughputRule, Upload
+from fogfl.bandwidth.environment import EnvironmentSettings, LinkTrace
+from fogfl.bandwidth.predictor import TrainSettings, train_predictor
+from fogfl.bandwidth.series import synthetic_series
+from fogfl.bandwidth.windows import windowed
+
+
+def per_call(function: object, repeats: int) -> float:
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()  # type: ignore[operator]
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=20)
+    options = parser.parse_args()
+    torch.set_num_threads(1)
+    data = windowed([synthetic_series("internet", 10_000, 0)])
+    predictor, report = train_predictor(
+        data, TrainSettings(epochs=options.epochs, patience=options.epochs)
+    )
+    epoch_s = report.seconds / report.epochs_run
+    traces = [LinkTrace.of(synthetic_series("vehicular_variable", 900, 0, v)) for v in (1, 2)]
+    environment = EnvironmentSettings()
+    agent, agent_report = train_agent(traces, environment, DDQNSettings(episodes=options.episodes))
+    episode_s = agent_report.seconds / options.episodes
+    rng = np.random.default_rng(0)
+    history = [Upload(2_000_000, float(s)) for s in rng.uniform(2, 12, 20)]
+    window = data.test.inputs[:1]
+    rule = ThroughputRule(2_000_000, 10)
+    robust = RobustRule(2_000_000, 10)
+    ddqn = DDQNController(2_000_000, 10, agent)
+    rows = [
+        ("LSTM epoch, 6,990 windows, batch 32", epoch_s, "s"),
+        ("LSTM, 100 epochs (upper bound)", 100 * epoch_s / 60, "min"),
+        (f"DDQN episode, {environment.rounds} rounds", episode_s, "s"),
+        ("DDQN, 2,000 episodes", 2000 * episode_s / 60, "min"),
+        ("LSTM forecast, one window", 1e3 * per_call(lambda: predictor.predict(window), 200), "ms"),
+        ("rule decision", 1e3 * per_call(lambda: rule.decide(history), 2000), "ms"),
+        ("robust-rule decision", 1e3 * per_call(lambda: robust.decide(history), 2000), "ms"),
+        ("ddqn decision", 1e3 * per_call(lambda: ddqn.decide(history), 500), "ms"),
+    ]
+    for name, value, unit in rows:
+        print(f"{name:<40} {value:10.3f} {unit}")
+
+
+if __name__ == "__main__":
+    main()
