@@ -1,9 +1,9 @@
 """The link emulator: a userspace asyncio TCP proxy per link, between a client (or a fog
-site) and its broker. Each direction is paced by the link model's rate over time; every
-chunk then arrives one one-way latency (with jitter) later, never before the chunk sent
-ahead of it, so bytes keep their order. Stalls hold every byte; a reset closes the link's
-connections (with a TCP RST) and refuses new ones until it ends. Bytes are counted per
-direction as they are delivered."""
+site) and its broker. Each direction is paced by the link model's rate over time, shared by
+all of the link's connections; every chunk then arrives one one-way latency (with jitter)
+later, never before the chunk sent ahead of it, so bytes keep their order. Stalls hold
+every byte; a reset closes the link's connections (with a TCP RST) and refuses new ones
+until it ends. Bytes are counted per direction as they are delivered."""
 
 from __future__ import annotations
 
@@ -134,7 +134,6 @@ class _Connection:
         assert model is not None
         seed = f"{self.proxy.seed}:{self.proxy.name}:{self.number}:{direction}"
         rng = random.Random(hashlib.sha256(seed.encode()).digest())
-        busy_until = -math.inf
         last_arrival = -math.inf
         while True:
             spec = model.direction(direction)
@@ -144,8 +143,10 @@ class _Connection:
             if not data:
                 queue.put_nowait((max(last_arrival, now + spec.latency_s), None))
                 return
+            # One link, however many connections: they take turns on its rate.
+            busy_until = self.proxy.busy_until[direction]
             sent = model.serialized_by(direction, len(data), max(busy_until, now - BURST_S))
-            busy_until = sent
+            self.proxy.busy_until[direction] = sent
             delay = spec.latency_s
             if spec.jitter_s > 0:
                 delay = max(0.0, rng.gauss(spec.latency_s, spec.jitter_s))
@@ -211,6 +212,8 @@ class LinkProxy:
         self.listen = (listen_host, listen_port)
         self.seed = seed
         self.counters = LinkCounters()
+        # When each direction has carried everything handed to it so far (link time).
+        self.busy_until: dict[DirectionName, float] = {"uplink": -math.inf, "downlink": -math.inf}
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: set[_Connection] = set()

@@ -201,3 +201,21 @@ def test_snapshot_reports_state_and_rate(mbit: float) -> None:
         assert snap["port"] == proxy.port
 
     asyncio.run(_with_proxy(fixed_link("north-01", mbit, 3 * mbit), _sink, body))
+
+
+def test_connections_of_one_link_share_its_rate() -> None:
+    async def body(proxy: LinkProxy) -> None:
+        async def send(nbytes: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(bytes(nbytes))
+            writer.write_eof()
+            await reader.read()
+            writer.close()
+
+        started = proxy.clock.now()
+        await asyncio.gather(send(200_000), send(200_000))
+        # A fog site's connections together get the link's 1 MB/s, not 1 MB/s each.
+        assert proxy.clock.now() - started >= 0.38
+        assert proxy.counters.uplink_bytes == 400_000
+
+    asyncio.run(_with_proxy(fixed_link("north-01", 8, 8), _sink, body))
