@@ -7,8 +7,9 @@ the honest clients' mean than a typical honest client is to that mean; "far" mea
 than ten times further. The synthetic task's training step does not depend on the model,
 so the honest clients' mean is exactly the run of the four honest clients alone, and each
 honest client's own path is the run of that client alone. In `fogfl sim` for every rule;
-once with real processes, `fogfl up` over Mosquitto, with `clipped_mean`, whose fog
-brokers must read the round's global model to clip against it.
+once with real processes, `fogfl up` over Mosquitto, with `clipped_mean` under two edge
+rounds: its fog broker clips against the round's global model, which it must read, and then
+against the region model it sent down.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ ATTACKER = "north-05"
 HONEST = [client for client in CLIENTS if client != ATTACKER]
 
 
-def settings(rule: str, attack: str, clients: list[str]) -> dict[str, Any]:
+def settings(rule: str, attack: str, clients: list[str], edge_rounds: int = 1) -> dict[str, Any]:
     """The federation as a config file holds it: two rounds in one region of `clients`."""
     return {
         "federation": {
             "rounds": 2,
+            "edge_rounds": edge_rounds,
             "regions": ["north"],
             "clients": {"north": clients},
             # What a fog broker waits for: fog.expected_updates does not follow `clients`.
@@ -86,17 +88,23 @@ def pool() -> Iterator[ClientPool]:
         yield in_process
 
 
-@pytest.fixture(scope="module")
-def honest(pool: ClientPool) -> tuple[np.ndarray, float]:
+def honest_yardstick(pool: ClientPool, edge_rounds: int = 1) -> tuple[np.ndarray, float]:
     """The honest clients' mean after the run, and how far a typical honest client's own
     model is from it (root mean square)."""
-    mean = flat(simulate(as_config(settings("mean", "scale", HONEST)), pool).final_tensors())
-    alone = [
-        flat(simulate(as_config(settings("mean", "scale", [client])), pool).final_tensors())
-        for client in HONEST
-    ]
+
+    def final(clients: list[str]) -> np.ndarray:
+        config = as_config(settings("mean", "scale", clients, edge_rounds))
+        return flat(simulate(config, pool).final_tensors())
+
+    mean = final(HONEST)
+    alone = [final([client]) for client in HONEST]
     spread = math.sqrt(np.mean([np.sum(np.square(model - mean)) for model in alone]))
     return mean, spread
+
+
+@pytest.fixture(scope="module")
+def honest(pool: ClientPool) -> tuple[np.ndarray, float]:
+    return honest_yardstick(pool)
 
 
 def distance(model: Tensors, honest_mean: np.ndarray) -> float:
@@ -132,6 +140,12 @@ def test_the_mean_lets_one_poisoned_client_move_the_global_model_far(
     assert distance(poisoned.final_tensors(), mean) > 10 * spread
 
 
+def test_clipping_under_edge_rounds_clips_against_each_region_model(pool: ClientPool) -> None:
+    mean, spread = honest_yardstick(pool, edge_rounds=2)
+    poisoned = simulate(as_config(settings("clipped_mean", "scale", CLIENTS, 2)), pool)
+    assert distance(poisoned.final_tensors(), mean) < spread
+
+
 def test_the_attack_is_what_poisons_not_the_fifth_client(
     pool: ClientPool, honest: tuple[np.ndarray, float]
 ) -> None:
@@ -144,10 +158,11 @@ def test_the_attack_is_what_poisons_not_the_fifth_client(
 
 @pytest.mark.integration
 def test_fogfl_up_with_clipped_mean_contains_the_poisoned_client(
-    tmp_path: Path, pool: ClientPool, honest: tuple[np.ndarray, float]
+    tmp_path: Path, pool: ClientPool
 ) -> None:
-    mean, spread = honest
-    data = settings("clipped_mean", "scale", CLIENTS)
+    # Two edge rounds: the fog broker clips against the global model, then its own region model.
+    mean, spread = honest_yardstick(pool, edge_rounds=2)
+    data = settings("clipped_mean", "scale", CLIENTS, edge_rounds=2)
     config_file = tmp_path / "poisoned.yaml"
     config_file.write_text(yaml.safe_dump(data))
     run_dir = tmp_path / "run"
