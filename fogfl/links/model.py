@@ -207,7 +207,7 @@ class LinkModel:
         one-way latency. A reset during the transfer loses it: it starts again, whole, when
         the reset ends (MQTT resends an unacknowledged message on the new connection)."""
         t = start_s
-        for _ in range(100_000):
+        for _ in range(10_000):
             done = self.serialized_by(direction, nbytes, t)
             reset = self.next_outage_start(math.nextafter(t, -math.inf), "reset")
             if reset >= done:
