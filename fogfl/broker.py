@@ -241,13 +241,12 @@ def _start_embedded(
     chosen = port or free_port(host)
     argv = [sys.executable, "-m", "fogfl.embedded_broker", "--host", host, "--port", str(chosen)]
     if security is not None:
-        if security.tls is not None:
-            raise BrokerError(
-                "the embedded broker does not do TLS with client certificates; install "
-                "Mosquitto (apt-get install mosquitto) for --tls"
-            )
-        argv += ["--password-file", str(security.password_file)]
         argv += ["--acl-file", str(security.acl_file)]
+        if security.tls is None:
+            argv += ["--password-file", str(security.password_file)]
+        else:
+            ca, cert, key = security.tls
+            argv += ["--cafile", str(ca), "--certfile", str(cert), "--keyfile", str(key)]
     log_path = workdir / "embedded-broker.log"
     process = ChildProcess("embedded-broker", argv, log_path)
     if not _wait_ready(process, host, chosen):

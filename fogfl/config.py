@@ -66,9 +66,33 @@ class MqttSettings(_Section):
         return str(value) if isinstance(value, int | float) else value
 
 
+TierCodec = Literal["float32", "float16", "bfloat16", "int8", "int4", "topk"]
+
+
 class WireSettings(_Section):
     codec: Literal["float32", "float16"] = "float32"
     max_payload_bytes: int = Field(256 * 1024 * 1024 - 64 * 1024, ge=1024, le=268_435_455)
+    # Per tier, over `codec` (fogfl/codecs; docs/protocol.md, "Codecs"). None: `codec`.
+    update_codec: TierCodec | None = Field(None, description="clients' updates, as deltas")
+    partial_codec: TierCodec | None = Field(None, description="fog brokers' partials")
+    global_codec: TierCodec | None = Field(None, description="the server's global model")
+    topk_fraction: float = Field(0.05, gt=0, le=1, description="share of entries topk sends")
+    compression: Literal["none", "zstd"] = "none"
+
+    @model_validator(mode="after")
+    def _topk_only_for_updates(self) -> WireSettings:
+        for key in ("partial_codec", "global_codec"):
+            if getattr(self, key) == "topk":
+                raise ValueError(
+                    f"{key}: topk sends a delta from the model a client trained from, which "
+                    "only updates have; use it as wire.update_codec"
+                )
+        return self
+
+    def tier_codec(self, tier: Literal["update", "partial", "global"]) -> str:
+        """The codec messages of this tier travel in."""
+        chosen: str | None = getattr(self, f"{tier}_codec")
+        return chosen or self.codec
 
 
 class TrainingSettings(_Section):
@@ -317,6 +341,14 @@ class FogflConfig(_Section):
     @property
     def expected_updates(self) -> int:
         return self.fog.expected_updates or self.federation.clients_per_region
+
+    def expected_updates_in(self, region: str) -> int:
+        """The updates that close one of `region`'s rounds: fog.expected_updates, else the
+        region's clients (as `federation.clients` lists them, or clients_per_region)."""
+        clients = self.federation.clients
+        if self.fog.expected_updates is None and clients is not None and region in clients:
+            return max(1, len(clients[region]))
+        return self.expected_updates
 
     @model_validator(mode="after")
     def _strategy_fits_training(self) -> FogflConfig:

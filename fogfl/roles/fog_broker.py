@@ -45,7 +45,7 @@ class FogBroker:
     ) -> None:
         self.config = config
         self.region = region
-        self.expected_updates = expected_updates or config.expected_updates
+        self.expected_updates = expected_updates or config.expected_updates_in(region)
         self.deadline_s = deadline_s or config.fog.deadline_s
         self.min_updates = min(min_updates or config.fog.min_updates, self.expected_updates)
         self.log: RoleLogger = role_logger(ROLE, region)

@@ -73,8 +73,6 @@ def preflight(config: FogflConfig, broker_mode: BrokerMode) -> None:
             "the credentials it knows (--credentials DIR from `fogfl certs DIR`, its broker/ "
             "files installed in that broker), or run open with --insecure"
         )
-    if security.tls and broker_mode == "embedded":
-        raise FogflError("--tls needs Mosquitto: the embedded broker does no TLS")
     if broker_mode == "external":
         probe = config.model_copy(deep=True)
         probe.mqtt.connect_timeout_s = min(config.mqtt.connect_timeout_s, PREFLIGHT_BROKER_WAIT_S)

@@ -86,7 +86,8 @@ def acl_rules(identity: Identity, topics: Topics) -> list[AclRule]:
             AclRule("read", topics.global_model),
             AclRule("read", topics.region_updates(region)),
             AclRule("write", topics.partial(region)),
-            AclRule("write", topics.region_model(region)),
+            # Read back too: a restarted broker clips against its last region model.
+            AclRule("readwrite", topics.region_model(region)),
         ]
     if identity.role == "fog-bridge":
         return [AclRule("read", topics.partial(region))]

@@ -10,6 +10,8 @@ them as a table.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import os
 import signal
 import threading
@@ -17,8 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import flwr
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fogfl.broker import mosquitto_binary
 from fogfl.config import FogflConfig, load_config
@@ -26,6 +31,8 @@ from fogfl.mqtt import Topics
 from fogfl.processes import ChildProcess
 from fogfl.roles.launcher import Federation, Status, _child_environment
 from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
+from fogfl.security.bundle import load_credentials
+from fogfl.security.signing import Signer
 from fogfl.sim.hierarchy import simulate
 from fogfl.sim.workers import ClientPool
 from fogfl.wire import Envelope, Tensors, decode, encode
@@ -203,6 +210,108 @@ def hostile_flood(federation: FaultyFederation, watcher: Recorder) -> str:
     )
 
 
+def forged_models(federation: FaultyFederation, watcher: Recorder) -> str:
+    """A broker compromise, or an ACL mistake: with the server's and a fog broker's logins
+    an attacker publishes a poisoned global model and partial (retained, as the real ones
+    are) — unsigned, signed with a key of its own, and signed with a key of the wrong
+    identity. Only the signatures stand in the way."""
+    received, _ = watcher.wait_for(120, kind="global", round="2")
+    real = decode(received.payload, kinds={"global"}, max_bytes=10**9)
+    poison = {name: np.full_like(array, 7.0) for name, array in real.tensors.items()}
+    credentials = federation.config.security.credentials
+    assert federation.broker is not None and credentials is not None
+    fog_key = load_credentials(credentials, "fog-north").signer().key
+    signers = [None, Signer("server", Ed25519PrivateKey.generate()), Signer("fog-north", fog_key)]
+    topics = watcher.session.topics
+    tls = federation.config.security.tls
+    forged = 0
+    for identity, topic, message in (
+        # The next round's model: were it taken, every client would train on the poison.
+        ("server", topics.global_model, dataclasses.replace(real, tensors=poison, round=3)),
+        (
+            "fog-south",
+            topics.partial("south"),
+            Envelope(
+                kind="partial",
+                run_id=real.run_id,
+                round=real.round,
+                sender="fog-south",
+                region="south",
+                num_examples=10**12,
+                tensors=poison,
+                contributors=["south-03"],
+                stats={"weight": 10**12},
+            ),
+        ),
+    ):
+        session = publisher(federation.broker, credentials, identity, tls)
+        try:
+            for signer in signers:
+                session.publish(topic, encode(message, signer=signer), retain=True)
+                forged += 1
+        finally:
+            session.close()
+    return f"{forged} forged global models and partials published with stolen logins"
+
+
+class _RogueRegion(flwr.client.NumPyClient):
+    """A hand-written Flower client that claims a region and answers every fit with a
+    poisoned model and a huge example count."""
+
+    def __init__(self, proof: str | None) -> None:
+        self.proof = proof
+
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        claim: dict[str, Any] = {"fogfl_region": "north"}
+        if self.proof is not None:
+            claim["fogfl_proof"] = self.proof
+        return claim
+
+    def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict]:
+        return [np.full_like(p, 7.0) for p in parameters], 10**12, {}
+
+
+def fake_regions(federation: FaultyFederation, watcher: Recorder) -> str:
+    """Strangers who reach the Flower port claim region north: one with no proof, one with
+    a proof signed by a key of its own; each over plaintext and, where the server speaks
+    TLS, over TLS with the federation's (public) CA certificate."""
+    watcher.wait_for(120, kind="global", round="2")
+    address = federation.config.server.address
+    credentials = federation.config.security.credentials
+    assert credentials is not None
+    root = (credentials / "ca.crt").read_bytes()
+    outcomes: list[str] = []
+
+    def join(proof: str | None, tls: bool) -> None:
+        client = _RogueRegion(proof).to_client()
+        try:
+            flwr.client.start_client(
+                server_address=address,
+                client=client,
+                insecure=not tls,
+                root_certificates=root if tls else None,
+            )
+            outcomes.append("left")
+        except Exception as exc:  # a refused TLS handshake, a closed stream
+            outcomes.append(f"failed ({type(exc).__name__})")
+
+    forged_proof = base64.b64encode(Ed25519PrivateKey.generate().sign(b"north")).decode()
+    attempts = [(None, False), (forged_proof, False)]
+    if federation.config.security.tls:
+        attempts += [(None, True), (forged_proof, True)]
+    threads = [threading.Thread(target=join, args=attempt, daemon=True) for attempt in attempts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return f"{len(attempts)} rogue Flower clients claimed region north: {', '.join(outcomes)}"
+
+
+# Attacks on a secure federation (tests/security/test_attacks.py): the run must end as if
+# nothing had happened.
+ATTACKS: dict[str, Fault] = {"forged-models": forged_models, "fake-regions": fake_regions}
+
+
 SCENARIOS: dict[str, Fault] = {
     "none": no_fault,
     "broker-restart": broker_restart,
@@ -215,11 +324,14 @@ SCENARIOS: dict[str, Fault] = {
 }
 
 
-def run_scenario(name: str, workdir: Path, reference: Tensors) -> Outcome:
-    """Run one scenario to the end of its run and describe what came of it."""
+def run_scenario(name: str, workdir: Path, reference: Tensors, tls: bool = False) -> Outcome:
+    """Run one scenario (or attack) to the end of its run and describe what came of it;
+    the federation is secure as `fogfl up`'s is by default, over TLS with `tls`."""
     if mosquitto_binary() is None:
         raise RuntimeError("fault scenarios need the mosquitto binary")
     config = scenario_config()
+    config.security.tls = tls
+    fault = SCENARIOS.get(name) or ATTACKS[name]
     run_dir = workdir / name
     started = time.monotonic()
     note = ""
@@ -229,6 +341,7 @@ def run_scenario(name: str, workdir: Path, reference: Tensors) -> Outcome:
             federation.broker,
             [Topics(config.mqtt.topic_prefix).everything],
             credentials=federation.config.security.credentials,
+            tls=tls,
         )
         fault_error = ""
         fault_done = threading.Event()
@@ -236,7 +349,7 @@ def run_scenario(name: str, workdir: Path, reference: Tensors) -> Outcome:
         def inject() -> None:
             nonlocal note, fault_error
             try:
-                note = SCENARIOS[name](federation, watcher)
+                note = fault(federation, watcher)
             except Exception as exc:  # reported as the outcome, not raised in a thread
                 fault_error = f"the fault could not be injected: {exc}"
             finally:

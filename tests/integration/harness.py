@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from fogfl.broker import LocalBroker
-from fogfl.config import MqttSettings
+from fogfl.config import MqttSettings, TlsSettings
 from fogfl.mqtt import MqttSession, Received
 from fogfl.processes import ChildProcess, stop_all
 from fogfl.wire import read_metadata
@@ -101,9 +101,10 @@ class Recorder:
     messages: list[tuple[Received, dict[str, str]]] = field(default_factory=list)
     on_message: Callable[[Received, dict[str, str]], None] | None = None
     credentials: Path | None = None  # a secure broker: log in as its monitor
+    tls: bool = False
 
     def __post_init__(self) -> None:
-        settings = login(self.broker, self.credentials)
+        settings = login(self.broker, self.credentials, tls=self.tls)
         self.session = MqttSession(
             settings, f"recorder-{id(self)}", logging.getLogger("recorder"), persistent=False
         )
@@ -144,21 +145,36 @@ class Recorder:
 
 
 def login(
-    broker: LocalBroker, credentials: Path | None = None, name: str = "monitor"
+    broker: LocalBroker, credentials: Path | None = None, name: str = "monitor", tls: bool = False
 ) -> MqttSettings:
     """Settings for a session with `broker`: anonymous, or as identity `name` from the
-    credentials directory of a secure federation."""
-    settings = MqttSettings(host=broker.host, port=broker.port)
-    if credentials is not None:
+    credentials directory of a secure federation (by password, or with `tls` by its
+    certificate)."""
+    settings = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        protocol="3.1.1" if broker.kind == "embedded" else "5",
+    )
+    if credentials is None:
+        return settings
+    own = credentials / name
+    if tls:
+        settings.tls = TlsSettings(
+            enabled=True,
+            ca_file=own / "ca.crt",
+            cert_file=own / "tls.crt",
+            key_file=own / "tls.key",
+        )
+    else:
         settings.username = name
-        settings.password = (credentials / name / "password").read_text().strip()
+        settings.password = (own / "password").read_text().strip()
     return settings
 
 
 def publisher(
-    broker: LocalBroker, credentials: Path | None = None, name: str = "monitor"
+    broker: LocalBroker, credentials: Path | None = None, name: str = "monitor", tls: bool = False
 ) -> MqttSession:
-    settings = login(broker, credentials, name)
+    settings = login(broker, credentials, name, tls)
     return MqttSession(
         settings,
         f"publisher-{time.monotonic_ns()}",

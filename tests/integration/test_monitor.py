@@ -43,6 +43,7 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
             fresh_broker.host,
             "--mqtt-port",
             str(fresh_broker.port),
+            "--insecure",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

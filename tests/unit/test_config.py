@@ -137,3 +137,17 @@ def test_every_key_is_documented() -> None:
 
     missing = [key for key in keys(FogflConfig()) if f"`{key}" not in documented]
     assert missing == [], f"docs/configuration.md does not describe {missing}"
+
+
+def test_a_region_listing_its_clients_expects_each_of_them() -> None:
+    config = load_config(
+        None,
+        {
+            "federation.regions": ["a", "b"],
+            "federation.clients": {"a": ["1", "2", "3", "4", "5"], "b": ["6"]},
+        },
+        environ={},
+    )
+    assert (config.expected_updates_in("a"), config.expected_updates_in("b")) == (5, 1)
+    config.fog.expected_updates = 2
+    assert config.expected_updates_in("a") == 2
