@@ -23,11 +23,13 @@ from flwr.server.client_proxy import ClientProxy
 
 from fogfl import flower
 from fogfl.aggregation import MetricsMean, RegionRound, mean_metrics, model_aggregate
+from fogfl.codecs import Reference
 from fogfl.config import FogflConfig, RoundPlan
 from fogfl.run_dir import RoundRecord, new_run_id
 from fogfl.schedules import final_population, round_participants
+from fogfl.sim.coding import Tier, TierCoding, decode_message, encode_message
 from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
-from fogfl.wire import Envelope, ModelSchema, Tensors, decode, encode
+from fogfl.wire import Envelope, ModelSchema, Tensors, decode
 
 RoundDone = Callable[[int], None]
 
@@ -57,10 +59,15 @@ class SimulatedRun:
     clients: list[ClientOutcome] = field(default_factory=list)
     final_model: bytes = b""
     seconds: float = 0.0
+    schema: ModelSchema | None = None
 
     def final_tensors(self) -> Tensors:
-        return decode(
-            self.final_model, kinds={"global"}, max_bytes=self.config.wire.max_payload_bytes
+        assert self.schema is not None
+        return decode_message(
+            self.final_model,
+            kinds={"global"},
+            max_bytes=self.config.wire.max_payload_bytes,
+            schema=self.schema,
         ).tensors
 
 
@@ -102,7 +109,9 @@ class _Hierarchy:
         self.run_id = run_id
         self.evaluate_all = evaluate_all
         self.key = TaskKey.of(config)
-        self.codec = config.wire.codec
+        self.coding: dict[Tier, TierCoding] = {
+            tier: TierCoding.of(config.wire, tier) for tier in ("update", "partial", "global")
+        }
         self.max_bytes = config.wire.max_payload_bytes
         task = load_task(config.task.name, config.task.options, config.python_path)
         self.initial = model_tensors(task.build_model(config.federation.seed))
@@ -123,7 +132,7 @@ class _Hierarchy:
     def run(self, on_round: RoundDone) -> SimulatedRun:
         started = time.monotonic()
         rounds = self.config.federation.rounds
-        result = SimulatedRun(self.config, self.run_id, [RoundRecord(round=0)])
+        result = SimulatedRun(self.config, self.run_id, [RoundRecord(round=0)], schema=self.schema)
         model = self.initial
         if self.evaluate_all:
             result.records[0].set_evaluation(self._evaluate_everyone(1, model, final=False)[1])
@@ -160,7 +169,8 @@ class _Hierarchy:
                 tensors=model,
                 config=config,
                 sent_at=SENT_AT,
-            )
+            ),
+            "global",
         )
         fog = {
             region: RegionRound(
@@ -187,6 +197,9 @@ class _Hierarchy:
             if edge_round > 1:
                 starts = {region: self._region_model(region, fog[region]) for region in fog}
             start_models = {r: self._decode(p, "global", "region") for r, p in starts.items()}
+            references = {
+                r: Reference(start.tensors, self.schema) for r, start in start_models.items()
+            }
             for region, start in start_models.items():
                 fog[region].reference = start.tensors  # what clipped_mean clips against
             jobs = [
@@ -195,7 +208,7 @@ class _Hierarchy:
                 for client_id in participants[region]
             ]
             for job, reply in zip(jobs, self._replies(jobs), strict=True):
-                update = self._fold_update(fog[job.region], reply)
+                update = self._fold_update(fog[job.region], reply, references[job.region])
                 drifts.append(_distance(update.tensors, start_models[job.region].tensors))
                 updates += 1
         partials = [self._partial(region, fog[region]) for region in fog]
@@ -249,7 +262,8 @@ class _Hierarchy:
                 ),
                 final=final,
                 sent_at=SENT_AT,
-            )
+            ),
+            "global",
         )
         jobs = [
             self._job(client_id, region, final_message, final=True)
@@ -291,19 +305,21 @@ class _Hierarchy:
             region=region,
             start=start,
             settings=self.config.training,
-            codec=self.codec,
+            coding=self.coding["update"],
             max_bytes=self.max_bytes,
             final=final,
         )
 
-    def _fold_update(self, fog: RegionRound, reply: ClientReply) -> Envelope:
-        """What the fog broker does with a valid update."""
-        update = decode(
+    def _fold_update(self, fog: RegionRound, reply: ClientReply, reference: Reference) -> Envelope:
+        """What the fog broker does with a valid update: a delta is added to the model the
+        region's clients trained from."""
+        update = decode_message(
             reply.payload,
             kinds={"update"},
             max_bytes=self.max_bytes,
             schema=self.schema,
             run_id=self.run_id,
+            reference=reference,
         )
         fog.add(update)
         return update
@@ -311,7 +327,7 @@ class _Hierarchy:
     def _region_model(self, region: str, fog: RegionRound) -> bytes:
         """End an edge round: the region's mean goes back down to its participants."""
         assert fog.model is not None
-        payload = self._encode(replace(fog.region_model(region), sent_at=SENT_AT))
+        payload = self._encode(replace(fog.region_model(region), sent_at=SENT_AT), "partial")
         fog.region_bytes += len(payload) * len(fog.contributors)
         fog.next_edge_round(math.inf)
         return payload
@@ -319,8 +335,8 @@ class _Hierarchy:
     def _partial(self, region: str, fog: RegionRound) -> _RegionPartial:
         """The region's partial as the fog broker publishes it and its bridge reads it."""
         assert fog.model is not None
-        payload = self._encode(replace(fog.partial(region, {}), sent_at=SENT_AT))
-        partial = decode(
+        payload = self._encode(replace(fog.partial(region, {}), sent_at=SENT_AT), "partial")
+        partial = decode_message(
             payload,
             kinds={"partial"},
             max_bytes=self.max_bytes,
@@ -366,11 +382,13 @@ class _Hierarchy:
         )
         return plan.model_dump(mode="json", exclude_none=True)
 
-    def _encode(self, message: Envelope) -> bytes:
-        return encode(message, self.codec)
+    def _encode(self, message: Envelope, tier: Tier) -> bytes:
+        return encode_message(message, self.coding[tier])
 
     def _decode(self, payload: bytes, *kinds: str) -> Envelope:
-        return decode(payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema)
+        return decode_message(
+            payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema
+        )
 
 
 def _distance(update: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> float:

@@ -15,15 +15,17 @@ import json
 import multiprocessing
 import signal
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from fogfl.codecs import ErrorFeedback, Reference
 from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
-from fogfl.wire import Codec, ModelSchema, decode, encode
+from fogfl.sim.coding import TierCoding, decode_message, encode_message
+from fogfl.wire import ModelSchema
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,6 +40,8 @@ ResultT = TypeVar("ResultT")
 SENT_AT = 1_700_000_000.123456
 TRAIN_SECONDS = 0.123456789012345
 JOBS_AHEAD_PER_WORKER = 8
+# Error feedback is per client and run; a worker keeps that of its last few runs.
+FEEDBACK_RUNS = 4
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class ClientJob:
     region: str
     start: bytes
     settings: TrainingSettings
-    codec: Codec
+    coding: TierCoding
     max_bytes: int
     final: bool = False
 
@@ -89,6 +93,7 @@ class _TaskState:
 
 
 _STATE: dict[TaskKey, _TaskState] = {}
+_FEEDBACK: OrderedDict[str, dict[str, ErrorFeedback]] = OrderedDict()
 
 
 def client_round(job: ClientJob) -> ClientReply:
@@ -97,12 +102,13 @@ def client_round(job: ClientJob) -> ClientReply:
 
     state = _task_state(job.task)
     data = _partition(state, job.task, job.client_id)
-    start = decode(
+    start = decode_message(
         job.start, kinds={"global", "region"}, max_bytes=job.max_bytes, schema=state.schema
     )
     if job.final:
         message = evaluate_final(state.task, state.model, data, start, job.client_id, job.region)
-        codec: Codec = "float32"
+        message.sent_at = SENT_AT
+        payload = encode_message(message, TierCoding())
     else:
         settings = read_round_plan(start.config, job.settings).training
         message = train_from(
@@ -116,9 +122,20 @@ def client_round(job: ClientJob) -> ClientReply:
             job.task.seed,
         )
         message.metrics["train_seconds"] = TRAIN_SECONDS
-        codec = job.codec
-    message.sent_at = SENT_AT
-    return ClientReply(encode(message, codec), data.description, data.num_train, data.num_test)
+        message.sent_at = SENT_AT
+        reference = Reference(start.tensors, state.schema)
+        feedback = _feedback(start.run_id, job.client_id)
+        payload = encode_message(message, job.coding, reference, feedback)
+    return ClientReply(payload, data.description, data.num_train, data.num_test)
+
+
+def _feedback(run_id: str, client_id: str) -> ErrorFeedback:
+    """The client's error feedback in this run (kept in the worker that owns the client)."""
+    clients = _FEEDBACK.setdefault(run_id, {})
+    _FEEDBACK.move_to_end(run_id)
+    while len(_FEEDBACK) > FEEDBACK_RUNS:
+        _FEEDBACK.popitem(last=False)
+    return clients.setdefault(client_id, ErrorFeedback())
 
 
 def load_partitions(key: TaskKey, client_ids: Sequence[str]) -> dict[str, Partition]:
@@ -168,6 +185,7 @@ class ClientPool:
             thread.join()
         self._executors = []
         _STATE.clear()
+        _FEEDBACK.clear()
 
     def run(
         self,
