@@ -25,9 +25,12 @@ from pathlib import Path
 
 from fogfl.broker import mosquitto_binary
 from fogfl.config import FogflConfig, MqttSettings, load_config
+from fogfl.logs import role_logger
 from fogfl.mqtt import MqttSession, Topics
 from fogfl.roles.launcher import Federation
 from fogfl.run_dir import METRICS_FILE, read_metrics
+from fogfl.security.identities import monitor_identity
+from fogfl.security.role import role_security
 from fogfl.wire import read_metadata
 
 
@@ -47,7 +50,7 @@ def slowest_clients(settings: MqttSettings, stop: threading.Event, out: dict[int
     session.close()
 
 
-def run(megabytes: float, rounds: int) -> list[float]:
+def run(megabytes: float, rounds: int, insecure: bool = False) -> list[float]:
     config: FogflConfig = load_config(
         overrides={
             "task.name": "synthetic",
@@ -55,6 +58,7 @@ def run(megabytes: float, rounds: int) -> list[float]:
             "federation.rounds": rounds,
             "federation.run_id": f"bench-{megabytes:g}mb",
             "log_level": "WARNING",
+            "security.insecure": insecure,
         }
     )
     slowest: dict[int, float] = {}
@@ -62,8 +66,10 @@ def run(megabytes: float, rounds: int) -> list[float]:
     with tempfile.TemporaryDirectory() as workdir:
         run_dir = Path(workdir) / "run"
         with Federation(config, "mosquitto", run_dir, timeout_s=600) as federation:
+            # The federation is secure, as fogfl up's is: the recorder logs in as its monitor.
+            watching = role_security(federation.config, monitor_identity(), role_logger("bench"))
             recorder = threading.Thread(
-                target=slowest_clients, args=(federation.config.mqtt, stop, slowest), daemon=True
+                target=slowest_clients, args=(watching.mqtt, stop, slowest), daemon=True
             )
             recorder.start()
             while not (status := federation.poll()).finished:
@@ -87,16 +93,22 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=float, nargs="*", default=[1, 10], help="model sizes in MB")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="run open (no logins, no signatures), to see what security costs",
+    )
     args = parser.parse_args()
     if mosquitto_binary() is None:
         raise SystemExit("this benchmark needs Mosquitto (apt-get install mosquitto)")
     print(
         "2 regions × 3 clients, separate processes, Mosquitto on loopback; "
-        "rounds 2.. (round 1 has start-up)"
+        "rounds 2.. (round 1 has start-up); "
+        + ("open (--insecure)" if args.insecure else "secure: logins, ACL, signed models")
     )
     print(f"{'model':>8} {'rounds':>6} {'median overhead':>16} {'min':>8} {'max':>8}")
     for megabytes in args.sizes:
-        overheads = run(megabytes, args.rounds)
+        overheads = run(megabytes, args.rounds, args.insecure)
         print(
             f"{megabytes:>6g}MB {len(overheads):>6} "
             f"{statistics.median(overheads) * 1000:>13.0f} ms "

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from fogfl.broker import BrokerSecurity, LocalBroker, mosquitto_binary, start_broker
-from fogfl.config import MqttSettings, TlsSettings, load_config
+from fogfl.config import MqttSettings, load_config
 from fogfl.mqtt import MqttSession, Topics
 from fogfl.security.bundle import provision
 from fogfl.security.identities import federation_identities
 from tests.conftest import _require_mosquitto
+from tests.integration.harness import login
 
 TOPICS = Topics("fl")
 CLIENTS = {"north": ["north-01", "north-02"], "south": ["south-03"]}
@@ -55,27 +56,10 @@ def tls_broker(tmp_path: Path, bundle: Path) -> Iterator[LocalBroker]:
 def settings_as(
     broker: LocalBroker, bundle: Path | None, name: str, *, tls: bool = False
 ) -> MqttSettings:
-    """How identity `name` of `bundle` logs in to `broker` (anonymous when bundle is None)."""
-    settings = MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        protocol="5" if broker.kind == "mosquitto" else "3.1.1",
-        connect_timeout_s=3,
-        publish_timeout_s=5,
-    )
-    if bundle is None:
-        return settings
-    own = bundle / name
-    if tls:
-        settings.tls = TlsSettings(
-            enabled=True,
-            ca_file=own / "ca.crt",
-            cert_file=own / "tls.crt",
-            key_file=own / "tls.key",
-        )
-    else:
-        settings.username = name
-        settings.password = (own / "password").read_text().strip()
+    """How identity `name` of `bundle` logs in to `broker` (anonymous when bundle is None),
+    giving up quickly: these tests expect refusals."""
+    settings = login(broker, bundle, name, tls)
+    settings.connect_timeout_s, settings.publish_timeout_s = 3, 5
     return settings
 
 
