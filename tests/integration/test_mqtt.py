@@ -219,7 +219,7 @@ def test_a_publish_the_broker_never_acknowledges_fails_after_publish_timeout(
 
 class RefusingBroker:
     """Stands in for a broker that is restarting: answers every CONNECT with CONNACK
-    "server unavailable" (MQTT 3.1.1 return code 3) and hangs up."""
+    "server unavailable" (MQTT 5 reason code 0x88, no properties) and hangs up."""
 
     def __init__(self, host: str, port: int) -> None:
         self.refused = 0
@@ -239,7 +239,7 @@ class RefusingBroker:
                 connection.settimeout(5)
                 with contextlib.suppress(OSError):
                     connection.recv(1024)  # the CONNECT
-                    connection.sendall(bytes([0x20, 0x02, 0x00, 0x03]))
+                    connection.sendall(bytes([0x20, 0x03, 0x00, 0x88, 0x00]))
                     self.refused += 1
 
     def close(self) -> None:

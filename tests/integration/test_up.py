@@ -161,8 +161,18 @@ def test_an_external_broker_that_is_not_there_is_refused_naming_its_address(
         "127.0.0.1",
         "--mqtt-port",
         str(closed_port),
+        "--insecure",
     )
     assert f"--broker external: cannot reach the MQTT broker at 127.0.0.1:{closed_port}" in line
+
+
+def test_an_external_broker_without_credentials_is_refused(tmp_path: Path) -> None:
+    """fogfl cannot give a broker it did not start the run's logins: secure by default
+    means the user brings the credentials that broker knows, or says --insecure."""
+    line = fogfl_up_refused(
+        tmp_path / "run", "--broker", "external", "--mqtt-port", str(free_port())
+    )
+    assert "--credentials DIR" in line and "--insecure" in line
 
 
 def warnings_in_logs(run_dir: Path) -> list[str]:
