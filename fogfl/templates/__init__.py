@@ -23,8 +23,7 @@ def write_starter(directory: Path) -> list[Path]:
         raise FogflError(f"{directory} is a file; give a directory to create")
     if directory.is_dir() and any(directory.iterdir()):
         raise FogflError(
-            f"{directory} is not empty; give a new or empty directory, nothing "
-            "was written"
+            f"{directory} is not empty; give a new or empty directory, nothing was written"
         )
     directory.mkdir(parents=True, exist_ok=True)
     written = []
