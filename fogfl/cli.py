@@ -561,18 +561,39 @@ def certs(
             show_default=False,
         ),
     ] = None,
+    owner: Annotated[
+        OptionalStr,
+        typer.Option(
+            help="UID:GID to own every identity's directory (as root; e.g. 10001:10001, the "
+            "fogfl image's user).",
+            show_default=False,
+        ),
+    ] = None,
+    broker_owner: Annotated[
+        OptionalStr,
+        typer.Option(
+            help="UID:GID to own broker/ (as root; e.g. 1883:1883, eclipse-mosquitto's user).",
+            show_default=False,
+        ),
+    ] = None,
     *,
     settings: Settings,
 ) -> None:
     """Write a federation's credentials: a CA, broker and server certificates, and per
     identity a password, a client certificate and a signing key (docs/security.md)."""
     from fogfl.mqtt import Topics
-    from fogfl.security.bundle import provision
+    from fogfl.security.bundle import BROKER_DIR, IDENTITY_FILE, provision
     from fogfl.security.identities import federation_identities
+    from fogfl.security.ownership import Owner, hand_over
 
     config = settings.load()
+    owners = [Owner.parse(given) if given else None for given in (owner, broker_owner)]
     identities = federation_identities(config)
     new = provision(directory, identities, Topics(config.mqtt.topic_prefix), host or ())
+    if owners[0] is not None:
+        hand_over(sorted(path.parent for path in directory.glob(f"*/{IDENTITY_FILE}")), owners[0])
+    if owners[1] is not None:
+        hand_over([directory / BROKER_DIR], owners[1])
     kept = len(identities) - len(new)
     out = Console()
     out.print(
