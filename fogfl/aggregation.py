@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fogfl.config import FogSettings
+from fogfl.transfers import STATS_KEY, RegionTransfers
 from fogfl.wire import MAX_METRIC, Envelope, ModelSchema, Tensors
 
 EVAL_PREFIX = "eval_"
@@ -320,6 +321,7 @@ class RegionRound:
     updates_bytes: int = 0
     region_bytes: int = 0
     deadline_logged: bool = False
+    transfers: RegionTransfers = field(default_factory=RegionTransfers)
 
     @property
     def final(self) -> bool:
@@ -389,6 +391,7 @@ class RegionRound:
             "weight": weight,
             "expected": self.expected,
             "rejected": dict(rejected),
+            STATS_KEY: self.transfers.as_stats(),
         }
         if combined is not None:
             stats["aggregation"] = combined.stats

@@ -461,6 +461,14 @@ def up(
         ),
     ] = "auto",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    links: Annotated[
+        OptionalPath,
+        typer.Option(
+            help="A YAML file with a `links:` section: emulated links between the clients and "
+            "the broker, instead of the config's (docs/links.md).",
+            show_default=False,
+        ),
+    ] = None,
     *,
     settings: Settings,
 ) -> None:
@@ -489,6 +497,10 @@ def up(
             "task.name": task,
         }
     )
+    if links is not None:
+        from fogfl.links.settings import read_links_file
+
+        config.links = read_links_file(links)
     plan = config.federation
     plan.run_id = plan.run_id or new_run_id()
     directory = run_dir or config.server.run_dir or Path("runs") / plan.run_id

@@ -117,7 +117,7 @@ class Received:
     `mid` and `qos` identify it for `MqttSession.ack`; `duplicate` is the broker's DUP flag
     (a redelivery, e.g. after a reconnect). `session` counts the broker sessions this
     process has had, so that an acknowledgement never reaches a session that did not
-    deliver the message.
+    deliver the message. `received_at` is the Unix time its last byte arrived.
     """
 
     topic: str
@@ -127,6 +127,7 @@ class Received:
     qos: int = 0
     duplicate: bool = False
     session: int = field(default=0, compare=False, repr=False)
+    received_at: float = field(default=0.0, compare=False, repr=False)
 
 
 class _ZeroCopyClient(paho.Client):
@@ -559,6 +560,7 @@ class MqttSession:
                 message.qos,
                 bool(message.dup),
                 session,
+                time.time(),
             )
         except Exception as exc:  # e.g. a topic that is not UTF-8
             self.log.warning("dropped an MQTT message nobody can read: %s", exc)

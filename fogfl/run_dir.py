@@ -22,6 +22,7 @@ from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
 from fogfl.errors import FogflError
+from fogfl.transfers import RoundTransfers
 
 METRICS_FILE = "metrics.csv"
 MODEL_FILE = "global_model.safetensors"
@@ -29,6 +30,11 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_DIR = "logs"
+# With emulated links: the links runner's spec, its proxies' ports and their counters.
+LINKS_DIR = "links"
+LINKS_SPEC_FILE = "spec.json"
+LINKS_PORTS_FILE = "ports.json"
+LINKS_COUNTERS_FILE = "counters.json"
 _CHECKPOINT_KEY = "fogfl_checkpoint"
 _CHECKPOINT_VERSION = 1
 
@@ -48,6 +54,13 @@ class RoundRecord:
     (inside the regions: client updates, region models, the global model's fan-out to
     clients) and `bytes_cloud` (across the cloud link: one partial and one global model per
     region, as with a bridged broker per fog site).
+
+    Transfers on the edge tier (`fogfl.transfers`): the slowest and the median client's
+    upload and download seconds; `stragglers`, updates missing when a fog broker closed an
+    (edge) round; `late_updates`, updates that came after their round closed. With emulated
+    links, `wire_bytes_up`/`wire_bytes_down` are the bytes the links carried during the
+    round (MQTT framing, acknowledgements and keep-alives included). `cloud_upload_s` is the
+    slowest partial's seconds from its fog broker to its bridge.
     """
 
     round: int
@@ -64,6 +77,15 @@ class RoundRecord:
     bytes_edge: int | None = None
     bytes_cloud: int | None = None
     round_seconds: float | None = None
+    upload_s_max: float | None = None
+    upload_s_median: float | None = None
+    download_s_max: float | None = None
+    download_s_median: float | None = None
+    cloud_upload_s: float | None = None
+    stragglers: int | None = None
+    late_updates: int | None = None
+    wire_bytes_up: int | None = None
+    wire_bytes_down: int | None = None
 
     def set_evaluation(self, metrics: Mapping[str, float]) -> None:
         """Fill the eval_* cells from clients' example-weighted evaluation metrics."""
@@ -72,6 +94,14 @@ class RoundRecord:
         self.eval_accuracy = metrics.get("eval_accuracy")
         mse = metrics.get("eval_mse")
         self.eval_rmse = math.sqrt(mse) if mse is not None else None
+
+    def set_transfers(self, transfers: RoundTransfers) -> None:
+        """Fill the edge tier's transfer cells."""
+        self.upload_s_max = transfers.upload_s_max
+        self.upload_s_median = transfers.upload_s_median
+        self.download_s_max = transfers.download_s_max
+        self.download_s_median = transfers.download_s_median
+        self.stragglers = transfers.stragglers
 
 
 COLUMNS = tuple(f.name for f in fields(RoundRecord))
@@ -203,3 +233,34 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+@dataclass(frozen=True)
+class LinkBytes:
+    """What every emulated link had carried by a moment: payload bytes each way."""
+
+    uplink: int
+    downlink: int
+
+
+def read_link_bytes(
+    path: Path, written_after: float = 0.0, wait_s: float = 0.0
+) -> LinkBytes | None:
+    """The links' totals from the runner's counters file, once it was written at or after
+    `written_after` (Unix time; waits up to `wait_s` for such a copy, then takes the newest
+    there is); None when there is no readable file (no emulated links)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            report = json.loads(path.read_text())
+            links = report["links"].values()
+            totals = LinkBytes(
+                sum(int(link["uplink_bytes"]) for link in links),
+                sum(int(link["downlink_bytes"]) for link in links),
+            )
+            written = float(report["written_unix_s"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if written >= written_after or time.monotonic() >= deadline:
+            return totals
+        time.sleep(0.05)

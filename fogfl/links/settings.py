@@ -195,3 +195,27 @@ def resolve_trace_paths(data: dict[str, Any], base: Path) -> None:
     for entry in entries:
         if isinstance(entry, dict) and isinstance(entry.get("trace"), str):
             entry["trace"] = str((base / Path(entry["trace"]).expanduser()).resolve())
+
+
+def read_links_file(path: Path) -> LinksSettings:
+    """The `links:` section of a YAML file (`fogfl up --links FILE`), its trace paths
+    relative to the file; LinkError saying what is wrong."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise LinkError(f"cannot read the links file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise LinkError(f"the links file {path} is not YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("links"), dict):
+        raise LinkError(f"the links file {path} holds no `links:` section")
+    resolve_trace_paths(data, path.parent)
+    try:
+        return LinksSettings.model_validate(data["links"])
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"links.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise LinkError(f"the links file {path}: {problems}") from None

@@ -26,6 +26,7 @@ from fogfl.security.identities import client_identity
 from fogfl.security.role import role_security
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors
+from fogfl.transfers import DOWNLOAD_METRIC, transfer_seconds
 from fogfl.wire import Envelope, ModelSchema, decode, encode
 
 ROLE = "client"
@@ -56,6 +57,8 @@ class FederatedClient:
         self.left_runs: set[str] = set()
         self.position: dict[str, tuple[int, int]] = {}
         self.pending_region_model: Envelope | None = None
+        # When each model arrived, for the download seconds the next update reports.
+        self.arrived_at: dict[tuple[bool, int, int], float] = {}
 
     def run(self) -> int:
         """Take part in rounds until the server publishes the final model (with `serve`,
@@ -112,7 +115,12 @@ class FederatedClient:
         message = first
         while message is not None:
             with self.rejections.guard(message.topic):
-                models.append(self._decode(message))
+                model = self._decode(message)
+                models.append(model)
+                if not message.retained:
+                    # A retained copy was stored before this client subscribed: its wait
+                    # is no transfer time.
+                    self.arrived_at[_progress(model)] = message.received_at
             message = self.session.receive(timeout=0)
         for model in models:
             if model.kind == "global" and model.run_id not in self.left_runs:
@@ -159,6 +167,9 @@ class FederatedClient:
             settings,
             self.config.federation.seed,
         )
+        downloaded = transfer_seconds(start.sent_at, self.arrived_at.pop(_progress(start), 0.0))
+        if downloaded is not None:
+            update.metrics[DOWNLOAD_METRIC] = downloaded
         self.session.publish(
             self.topics.updates(self.region, self.client_id), encode(update, self.config.wire.codec)
         )

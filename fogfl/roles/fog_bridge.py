@@ -25,6 +25,12 @@ from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received
 from fogfl.security.identities import bridge_identity
 from fogfl.security.role import role_security
+from fogfl.transfers import (
+    CLOUD_UPLOAD_METRIC,
+    TRANSFERS_METRIC,
+    RegionTransfers,
+    transfer_seconds,
+)
 from fogfl.wire import Envelope, ModelSchema, decode, metadata_count, read_metadata
 
 ROLE = "fog-bridge"
@@ -61,6 +67,8 @@ class FogBridge:
         )
         self.topic = self.session.topics.partial(region)
         self.waiting: dict[PartialKey, Received] = {}
+        # Seconds each partial took from its fog broker (None for a retained copy).
+        self.cloud_upload_s: dict[PartialKey, float | None] = {}
 
     def run(self) -> int:
         """Serve Flower until the server ends the run (with `serve`, run after run);
@@ -118,7 +126,12 @@ class FogBridge:
             "region_bytes": int(partial.stats.get("region_bytes", 0)),
             "examples": partial.num_examples,
             "partial_bytes": partial.payload_bytes,
+            # A Flower metrics value is a scalar: the region's transfers go as JSON.
+            TRANSFERS_METRIC: RegionTransfers.of_stats(partial.stats).to_json(),
         }
+        cloud_upload_s = self.cloud_upload_s.get((run_id, server_round, final))
+        if cloud_upload_s is not None:
+            metrics[CLOUD_UPLOAD_METRIC] = cloud_upload_s
         self.log.info(
             "%s: handing Flower %d examples from %d clients",
             what,
@@ -172,8 +185,15 @@ class FogBridge:
                 self.security.verify(message.payload, meta)
             key = (meta["run_id"], metadata_count(meta, "round"), meta.get("final") == "true")
             self.waiting[key] = message
+            if key not in self.cloud_upload_s or not message.retained:
+                self.cloud_upload_s[key] = (
+                    None
+                    if message.retained
+                    else transfer_seconds(meta.get("sent_at", ""), message.received_at)
+                )
             for stale in sorted(self.waiting, key=lambda k: k[1])[:-KEPT_PARTIALS]:
                 del self.waiting[stale]
+                self.cloud_upload_s.pop(stale, None)
 
 
 def run(config: FogflConfig, region: str, server_address: str | None, serve: bool = False) -> int:

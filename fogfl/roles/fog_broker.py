@@ -27,6 +27,7 @@ from fogfl.logs import Rejections, RoleLogger, role_logger
 from fogfl.mqtt import MqttSession, Received, role_client_id
 from fogfl.security.identities import fog_identity
 from fogfl.security.role import role_security
+from fogfl.transfers import DOWNLOAD_METRIC, transfer_seconds
 from fogfl.wire import decode, encode
 
 ROLE = "fog-broker"
@@ -64,6 +65,8 @@ class FogBroker:
         self.finished = False
         self.connected = True  # False only while a restart restores its round
         self.unread_reference: Received | None = None
+        # Updates that came after their round closed, by round, for the next partial.
+        self.late: dict[int, int] = {}
 
     def run(self) -> int:
         """Serve rounds until the server's final evaluation is aggregated (with `serve`,
@@ -241,6 +244,7 @@ class FogBroker:
         current = self.current
         if current is None:
             if self.last_closed is not None:
+                self._count_late(self.last_closed[1], restoring)
                 raise WireError(
                     "late", f"round {self.last_closed[1]} is closed and no other is open"
                 )
@@ -269,6 +273,7 @@ class FogBroker:
                 f"{who} arrived on {message.topic}, the update topic of {sent_by!r}",
             )
         if update.round < current.round or (update.round == current.round and update.kind != kind):
+            self._count_late(update.round, restoring or update.kind != "update")
             raise WireError("late", f"{who} is for round {update.round}, which is closed")
         if update.round > current.round:
             raise WireError(
@@ -276,6 +281,8 @@ class FogBroker:
             )
         if kind == "update" and update.edge_round != current.edge_round:
             when = "late" if update.edge_round < current.edge_round else "future-round"
+            if when == "late":
+                self._count_late(update.round, restoring)
             raise WireError(
                 when, f"{who} is for edge round {update.edge_round}; {current.edge_round} is open"
             )
@@ -288,8 +295,17 @@ class FogBroker:
         if not restoring:
             self.journal.accept(message.payload)
         current.add(update)
+        if kind == "update":
+            uploaded = transfer_seconds(update.sent_at, message.received_at)
+            if uploaded is not None:
+                current.transfers.add_upload(update.sender, uploaded)
+            current.transfers.add_download(update.sender, update.metrics.get(DOWNLOAD_METRIC))
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
         self._close_if_complete()
+
+    def _count_late(self, round_number: int, skip: bool) -> None:
+        if not skip:
+            self.late[round_number] = self.late.get(round_number, 0) + 1
 
     def _reference_topics(self) -> list[str]:
         """What clipped_mean clips against: the round's global model, and under edge rounds
@@ -380,9 +396,12 @@ class FogBroker:
             )
             self._closed(key)
             return
+        if current.model is not None:
+            current.transfers.stragglers += max(0, current.expected - len(current.contributors))
         if current.model is not None and not current.last_edge_round:
             self._publish_region_model(current, why)
             return
+        current.transfers.late, self.late = self.late, {}
         partial = current.partial(self.region, self.rejections.counts)
         payload = encode(partial, self.config.wire.codec, self.security.signer)
         self.session.publish(self.topics.partial(self.region), payload, retain=True)

@@ -5,10 +5,15 @@ one fog broker and one bridge per region, and the clients; writes the resolved c
 one log per process to the run directory; follows the run through the server's
 metrics.csv; and stops every process it started, by PID, on success, failure or Ctrl-C.
 It starts roles through the `fogfl` command line and never imports them.
+
+With emulated links (the `links:` section), one more process sits between the clients and
+the broker: the links runner (`python -m fogfl.links`), one proxy per client, started right
+after the broker and stopped after the clients; each client connects to its own proxy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -31,11 +36,24 @@ from fogfl.errors import FogflError
 from fogfl.logs import role_logger
 from fogfl.mqtt import Topics
 from fogfl.processes import ChildProcess, reserve_port, signals_deferred, stop_all, stop_started
-from fogfl.run_dir import CONFIG_FILE, LOG_DIR, METRICS_FILE, read_metrics, write_atomic
+from fogfl.run_dir import (
+    CONFIG_FILE,
+    LINKS_COUNTERS_FILE,
+    LINKS_DIR,
+    LINKS_PORTS_FILE,
+    LINKS_SPEC_FILE,
+    LOG_DIR,
+    METRICS_FILE,
+    read_metrics,
+    write_atomic,
+)
 
 ROLE = "launcher"
 SETTLE_S = 15.0
 SECURITY_DIR = "security"
+LINKS_START_S = 20.0
+# Often enough that the server's per-round wire bytes wait little for a fresh copy.
+LINK_COUNTERS_EVERY_S = 0.2
 
 
 @dataclass
@@ -91,6 +109,10 @@ def preflight(config: FogflConfig, broker_mode: BrokerMode) -> None:
         FogflConfig.model_validate(yaml.safe_load(dump_config(config)))
     except ValidationError as exc:
         raise FogflError(f"the resolved configuration does not load back: {exc}") from None
+    if config.links.enabled:
+        for region, members in config.federation.client_ids().items():
+            for client_id in members:
+                config.links.link_for(region, client_id, config.federation.seed)  # LinkError
 
 
 class Federation:
@@ -106,6 +128,8 @@ class Federation:
         self.log = role_logger(ROLE)
         self.broker: LocalBroker | None = None
         self.server: ChildProcess | None = None
+        self.links: ChildProcess | None = None
+        self.link_ports: dict[str, int] = {}
         self.roles: list[ChildProcess] = []
         self.flower_port: socket.socket | None = None
         self.started_at = 0.0
@@ -144,6 +168,8 @@ class Federation:
         self.config.mqtt.port = self.broker.port
         if self.broker.kind == "embedded":
             self.config.mqtt.protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
+        if self.config.links.enabled:
+            self._start_links()
         self.config.server.address = f"127.0.0.1:{flower_port}"
         self.config.server.run_dir = self.run_dir
         self.config.fog.state_dir = self.run_dir / "state"
@@ -164,7 +190,56 @@ class Federation:
         for region, members in self.config.federation.client_ids().items():
             for client_id in members:
                 arguments = ["client", "--id", client_id, "--region", region]
+                if client_id in self.link_ports:
+                    arguments += ["--mqtt-port", str(self.link_ports[client_id])]
                 self.roles.append(self._spawn(f"client-{client_id}", arguments))
+
+    def _start_links(self) -> None:
+        """The links runner: one proxy per client in front of the broker; waits until every
+        proxy listens (LaunchError, with the runner's last lines, if it exits first)."""
+        directory = self.run_dir / LINKS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        spec_path, ports_path = directory / LINKS_SPEC_FILE, directory / LINKS_PORTS_FILE
+        ports_path.unlink(missing_ok=True)
+        links = self.config.links
+        proxies = []
+        for region, members in self.config.federation.client_ids().items():
+            for client_id in members:
+                entry = links.entry_for(region, client_id)
+                link = None if entry is None else entry.model_dump(mode="json", exclude_none=True)
+                proxies.append({"name": client_id, "link": link})
+        spec = {
+            "upstream_host": self.config.mqtt.host,
+            "upstream_port": self.config.mqtt.port,
+            "seed": self.config.federation.seed,
+            "counters_every_s": LINK_COUNTERS_EVERY_S,
+            "proxies": proxies,
+        }
+        write_atomic(spec_path, json.dumps(spec, indent=1).encode())
+        argv = [
+            sys.executable,
+            "-m",
+            "fogfl.links",
+            str(spec_path),
+            "--ports",
+            str(ports_path),
+            "--counters",
+            str(directory / LINKS_COUNTERS_FILE),
+        ]
+        log_path = self.run_dir / LOG_DIR / "links.log"
+        self.links = ChildProcess("links", argv, log_path, env=_child_environment())
+        deadline = time.monotonic() + LINKS_START_S
+        while not ports_path.exists():
+            code = self.links.poll()
+            if code is not None:
+                raise LaunchError(self._failed(self.links, code))
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"the links runner did not listen within {LINKS_START_S:.0f} s; see {log_path}"
+                )
+            time.sleep(0.05)
+        self.link_ports = {str(k): int(v) for k, v in json.loads(ports_path.read_text()).items()}
+        self.log.info("emulated links for %d clients (%s)", len(self.link_ports), directory)
 
     def _provision(self) -> BrokerSecurity | None:
         """Every identity of the run gets its credentials (in the run directory, unless the
@@ -204,6 +279,11 @@ class Federation:
             if code not in (None, 0):
                 status.finished, status.failure = True, self._failed(role, code)
                 return status
+        links_code = None if self.links is None else self.links.poll()
+        if self.links is not None and links_code is not None:
+            # It never ends by itself: its clients would lose their broker.
+            status.finished, status.failure = True, self._failed(self.links, links_code)
+            return status
         if server_code == 0:
             now = time.monotonic()
             self.server_done_at = self.server_done_at or now
@@ -227,6 +307,8 @@ class Federation:
         with signals_deferred():
             children = [*self.roles, *([self.server] if self.server else [])]
             stop_all(children, grace=5.0)
+            if self.links is not None:
+                self.links.stop(grace=3.0)
             if self.broker is not None:
                 self.broker.stop()
             # Anything whose start was interrupted before it was kept here (a broker

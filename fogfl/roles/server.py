@@ -32,13 +32,17 @@ from fogfl.processes import release_held_port
 from fogfl.run_dir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    LINKS_COUNTERS_FILE,
+    LINKS_DIR,
     METRICS_FILE,
     MODEL_FILE,
     SUMMARY_FILE,
     Checkpoint,
+    LinkBytes,
     RoundRecord,
     new_run_id,
     read_checkpoint,
+    read_link_bytes,
     write_atomic,
     write_checkpoint,
     write_metrics,
@@ -48,9 +52,13 @@ from fogfl.security.identities import server_identity
 from fogfl.security.role import role_security
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors, shared_partitions
+from fogfl.transfers import CLOUD_UPLOAD_METRIC, TRANSFERS_METRIC, RegionTransfers, combine
 from fogfl.wire import Envelope, ModelSchema, encode
 
 ROLE = "server"
+# The links runner rewrites its counters this often at most (see the launcher); a round's
+# wire bytes wait for a copy written after the round closed.
+LINK_COUNTERS_WAIT_S = 2.0
 
 
 class Server:
@@ -99,6 +107,8 @@ class Server:
         self.global_bytes: dict[int, int] = {}
         self.short_rounds: list[str] = []
         self.participants: dict[int, dict[str, list[str]] | None] = {}
+        self.link_counters = self.run_dir / LINKS_DIR / LINKS_COUNTERS_FILE
+        self.link_bytes: LinkBytes | None = None
 
     def run(self) -> int:
         """Run every round (from the checkpoint's, when resuming); returns 0 when the run
@@ -184,6 +194,8 @@ class Server:
 
     def start_round(self, server_round: int, arrays: flower.Arrays) -> flower.Config:
         self.round_started[server_round] = time.monotonic()
+        if self.link_bytes is None:
+            self.link_bytes = read_link_bytes(self.link_counters)
         chosen = round_participants(self.config.federation, server_round)
         if chosen is not None:
             total = sum(len(ids) for ids in self.config.federation.client_ids().values())
@@ -226,6 +238,7 @@ class Server:
         record.round_seconds = time.monotonic() - self.round_started.get(
             server_round, time.monotonic()
         )
+        self._record_transfers(record, reports)
         # Clients evaluate the global model they receive before training on it.
         self._record(server_round - 1).set_evaluation(metrics)
         self._write_metrics()
@@ -254,10 +267,40 @@ class Server:
             self.log.warning("final evaluation: a region failed: %s", reason)
         metrics = mean_metrics([(r.num_examples, r.metrics) for r in reports])
         self._record(server_round).set_evaluation(metrics)
+        self._count_late(
+            [RegionTransfers.of_json(r.metrics.get(TRANSFERS_METRIC)) for r in reports]
+        )
         self._write_metrics()
         self.log.info("final model: eval_loss %s", _fmt(metrics.get("eval_loss")))
 
     # internals
+
+    def _record_transfers(self, record: RoundRecord, reports: list[flower.RegionReport]) -> None:
+        """The round's transfer times and stragglers from the regions' partials, and with
+        emulated links the bytes they carried since the previous round closed."""
+        regions = [RegionTransfers.of_json(r.metrics.get(TRANSFERS_METRIC)) for r in reports]
+        record.set_transfers(combine(regions))
+        record.late_updates = record.late_updates or 0
+        self._count_late(regions)
+        cloud = [
+            float(value)
+            for r in reports
+            if isinstance(value := r.metrics.get(CLOUD_UPLOAD_METRIC), int | float)
+        ]
+        record.cloud_upload_s = max(cloud, default=None)
+        now = read_link_bytes(self.link_counters, time.time(), LINK_COUNTERS_WAIT_S)
+        if now is not None and self.link_bytes is not None:
+            record.wire_bytes_up = now.uplink - self.link_bytes.uplink
+            record.wire_bytes_down = now.downlink - self.link_bytes.downlink
+        self.link_bytes = now
+
+    def _count_late(self, regions: list[RegionTransfers]) -> None:
+        """Updates that came after their round closed, added to that round's row."""
+        for region in regions:
+            for number, count in region.late.items():
+                late = self.records.get(number)
+                if late is not None and number >= 1:
+                    late.late_updates = (late.late_updates or 0) + count
 
     def _publish_global(self, server_round: int, arrays: flower.Arrays, final: bool) -> int:
         tensors = self.schema.named(arrays)
