@@ -1,0 +1,91 @@
+"""`fogfl up --links`: the clients talk through emulated links, metrics.csv says how long
+their transfers took and what the links carried, and the links runner is gone afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fogfl.broker import mosquitto_binary
+from fogfl.run_dir import LINKS_COUNTERS_FILE, LINKS_DIR, METRICS_FILE, read_metrics
+from tests.reaper import run_reaped
+
+pytestmark = pytest.mark.integration
+
+RATE_MBIT = 0.8
+# A 50 kB model: each transfer takes about half a second at 0.8 Mbit/s.
+CONFIG = """
+task: {name: synthetic, options: {megabytes: 0.05}}
+federation: {rounds: 2, regions: [north], clients_per_region: 2}
+"""
+
+
+def test_a_round_over_emulated_links_takes_the_time_the_links_predict(tmp_path: Path) -> None:
+    (tmp_path / "fogfl.yaml").write_text(CONFIG)
+    (tmp_path / "links.yaml").write_text(f"links:\n  default: {{rate_mbit: {RATE_MBIT}}}\n")
+    run_dir = tmp_path / "run"
+    # With Mosquitto over TLS too: the proxies carry it through untouched.
+    broker = ["--broker", "mosquitto", "--tls"] if mosquitto_binary() else ["--broker", "embedded"]
+    up = run_reaped(
+        [
+            sys.executable,
+            "-m",
+            "fogfl",
+            "up",
+            "--config",
+            str(tmp_path / "fogfl.yaml"),
+            "--links",
+            str(tmp_path / "links.yaml"),
+            "--run-dir",
+            str(run_dir),
+            *broker,
+        ],
+        timeout=180,
+    )
+    assert up.returncode == 0, up.output
+    assert up.leftovers == []  # the links runner among them
+
+    rows = read_metrics(run_dir / METRICS_FILE)
+    assert [row["round"] for row in rows] == ["0", "1", "2"]
+    bytes_per_s = RATE_MBIT * 1e6 / 8
+    for row in rows[1:]:
+        clients = int(row["clients"])
+        global_bytes = int(row["bytes_down"]) / clients
+        updates_bytes = int(row["bytes_edge"]) - int(row["bytes_down"])
+        upload_floor = updates_bytes / clients / bytes_per_s * 0.9
+        assert upload_floor > 0.4
+        assert upload_floor <= float(row["upload_s_median"]) <= float(row["upload_s_max"]) < 5
+        assert row["stragglers"] == "0" and row["late_updates"] == "0"
+        # The links counted the payloads, and a little MQTT framing around them.
+        wire_up, wire_down = int(row["wire_bytes_up"]), int(row["wire_bytes_down"])
+        assert updates_bytes <= wire_up <= updates_bytes * 1.05 + 20_000, row
+        assert global_bytes * clients <= wire_down <= global_bytes * clients * 1.05 + 20_000, row
+        assert 0 <= float(row["cloud_upload_s"]) < 1  # the cloud tier is not emulated
+    # The clients had subscribed before round 2's model was published: no retained copy.
+    download_floor = int(rows[2]["bytes_down"]) / 2 / bytes_per_s * 0.9
+    assert download_floor <= float(rows[2]["download_s_median"]) < 5
+
+    counters = json.loads((run_dir / LINKS_DIR / LINKS_COUNTERS_FILE).read_text())
+    assert set(counters["links"]) == {"north-01", "north-02"}
+    assert all(link["rate_mbit"]["uplink"] == RATE_MBIT for link in counters["links"].values())
+
+
+def test_a_links_file_that_cannot_work_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "links.yaml").write_text("links:\n  clients:\n    north-01: {scenario: moon}\n")
+    links, run_dir = str(tmp_path / "links.yaml"), tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "fogfl", "up", "--run-dir", str(run_dir), "--links", links],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "links.clients.north-01.scenario" in result.stderr
+    assert "unknown scenario 'moon'" in result.stderr
+    assert not run_dir.exists()
