@@ -12,8 +12,14 @@ Two models:
 
 Relative error is ‖decoded delta − delta‖ / ‖delta‖.
 
+With `--accuracy`, also the federation of configs/ecg5000.yaml (2 regions × 3 clients,
+Dirichlet 0.5) simulated with each update codec (`fogfl sim`'s own code, error feedback on)
+for `--rounds` rounds and `--seeds` seeds: the final accuracy against float32's over the
+same rounds, and the clients' uplink bytes per round.
+
     python benchmarks/codecs.py                      # ECG5000 + 100 MB
     python benchmarks/codecs.py --megabytes 10 --repeats 3
+    python benchmarks/codecs.py --accuracy --rounds 5 20 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -167,15 +173,72 @@ def speeds(megabytes: float, repeats: int) -> None:
             )
 
 
+def federation_accuracy(rounds: list[int], seeds: list[int], codecs: list[str]) -> None:
+    from fogfl.config import load_config
+    from fogfl.sim.hierarchy import simulate
+    from fogfl.sim.workers import ClientPool
+
+    config_file = Path(__file__).parents[1] / "configs" / "ecg5000.yaml"
+    print(f"\nECG5000 federation ({config_file.name}), final accuracy by update codec")
+    print(
+        f"{'rounds':>6} {'seed':>4} {'codec':>9} {'accuracy':>8} {'vs f32 (pp)':>11} "
+        f"{'uplink B/round':>14} {'vs f32':>7}"
+    )
+    with ClientPool(2) as pool:
+        for length in rounds:
+            for seed in seeds:
+                baseline: tuple[float, float] | None = None
+                for variant in ["float32", *codecs]:
+                    codec, _, without = variant.partition("-")
+                    config = load_config(
+                        config_file,
+                        {
+                            "task.options.data_dir": str(DATA_DIR),
+                            "federation.rounds": length,
+                            "federation.seed": seed,
+                            "wire.update_codec": codec,
+                            "wire.error_feedback": without != "noef",
+                        },
+                        environ={},
+                    )
+                    run = simulate(config, pool)
+                    accuracy = float(run.records[-1].eval_accuracy or 0.0)
+                    uplink = float(np.mean([_update_bytes(r) for r in run.records[1:]]))
+                    if baseline is None:
+                        baseline = (accuracy, uplink)
+                    print(
+                        f"{length:>6} {seed:>4} {variant:>9} {accuracy:>8.4f} "
+                        f"{100 * (accuracy - baseline[0]):>+11.2f} {uplink:>14,.0f} "
+                        f"{uplink / baseline[1]:>7.1%}"
+                    )
+
+
+def _update_bytes(record: Any) -> float:
+    """The clients' update bytes of a round (κ = 1): bytes_up less the partials'."""
+    global_bytes = record.bytes_down / record.clients
+    partials = record.bytes_cloud - global_bytes * record.regions
+    return float(record.bytes_up - partials)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--megabytes", type=float, default=100, help="speed model size")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--accuracy", action="store_true", help="simulate the federation too")
+    parser.add_argument("--rounds", type=int, nargs="*", default=[5])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    parser.add_argument(
+        "--codecs", nargs="*", default=["int8", "topk"], help="topk-noef: without error feedback"
+    )
+    parser.add_argument("--only-accuracy", action="store_true", help="skip sizes and speeds")
     args = parser.parse_args()
-    sizes_and_errors()
-    speeds(args.megabytes, args.repeats)
+    if not args.only_accuracy:
+        sizes_and_errors()
+        speeds(args.megabytes, args.repeats)
+    if args.accuracy or args.only_accuracy:
+        federation_accuracy(args.rounds, args.seeds, args.codecs)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class WireSettings(_Section):
     partial_codec: TierCodec | None = Field(None, description="fog brokers' partials")
     global_codec: TierCodec | None = Field(None, description="the server's global model")
     topk_fraction: float = Field(0.05, gt=0, le=1, description="share of entries topk sends")
+    error_feedback: bool = Field(True, description="clients add what their codec dropped next")
     compression: Literal["none", "zstd"] = "none"
 
     @model_validator(mode="after")

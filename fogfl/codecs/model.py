@@ -155,7 +155,9 @@ def encode_model(
         raise FogflError(f"unknown codec {codec!r}; use one of {', '.join(CODECS)}")
     if compression not in COMPRESSIONS:
         raise FogflError(f"unknown compression {compression!r}; use one of {COMPRESSIONS}")
-    if not (isinstance(topk_fraction, float | int) and 0 < topk_fraction <= 1):
+    if isinstance(topk_fraction, bool) or not (
+        isinstance(topk_fraction, float | int) and 0 < topk_fraction <= 1
+    ):
         raise FogflError(f"topk_fraction must lie in (0, 1], got {topk_fraction!r}")
     model = checked_tensors(tensors, schema, "model to encode")
     parts = ModelParts.of(schema)
@@ -167,14 +169,14 @@ def encode_model(
     if reference is not None and reference.schema != schema:
         raise FogflError("the reference model has another schema than the model to encode")
     keep_decoded = feedback is not None and delta
+    residuals = feedback.residuals(parts) if feedback is not None and delta else {}
     values: dict[str, Float32Array] = {}
     for part in parts.parts:
         value = flat(model[part.name])
         if delta and reference is not None:
             value = value - reference.coded(part.name)
-            residual = feedback.residual(parts, part.name) if feedback is not None else None
-            if residual is not None:
-                value += residual
+            if part.name in residuals:
+                value += residuals[part.name]
         values[part.name] = value
     header = CodecHeader(
         codec,

@@ -69,11 +69,9 @@ class ErrorFeedback:
         self._residual: dict[str, Float32Array] = {}
         self._parts: ModelParts | None = None
 
-    def residual(self, parts: ModelParts, name: str) -> Float32Array | None:
-        """The residual of one coded tensor, None while there is none."""
-        if self._parts != parts:
-            return None
-        return self._residual.get(name)
+    def residuals(self, parts: ModelParts) -> dict[str, Float32Array]:
+        """The residual of each coded tensor of this model (none before its first round)."""
+        return self._residual if self._parts == parts else {}
 
     def keep(self, parts: ModelParts, residual: dict[str, Float32Array]) -> None:
         """Remember this round's compression error (sent minus received) per tensor."""

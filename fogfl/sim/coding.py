@@ -46,10 +46,16 @@ class TierCoding:
     codec: str = "float32"
     compression: str = "none"
     topk_fraction: float = 0.05
+    error_feedback: bool = True
 
     @classmethod
     def of(cls, settings: WireSettings, tier: Tier) -> TierCoding:
-        return cls(settings.tier_codec(tier), settings.compression, settings.topk_fraction)
+        return cls(
+            settings.tier_codec(tier),
+            settings.compression,
+            settings.topk_fraction,
+            settings.error_feedback,
+        )
 
 
 def encode_message(
@@ -70,7 +76,7 @@ def encode_message(
         coding.codec,
         compression=coding.compression,
         reference=reference if delta else None,
-        feedback=feedback if delta else None,
+        feedback=feedback if delta and coding.error_feedback else None,
         topk_fraction=coding.topk_fraction,
     )
     fields = wire.read_metadata(wire.encode(replace(message, tensors={}), "float32"))
