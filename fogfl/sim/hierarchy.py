@@ -6,7 +6,9 @@ fog aggregate combines the updates by the fog broker's rule (`RegionRound`); und
 κ edge rounds the region model goes back to the region's participants κ − 1 times; each
 region's partial goes to the cloud's Flower strategy, exactly as the bridges hand it over.
 After the last round every client evaluates the final model. Traffic is the length of the
-payloads the runtime would publish.
+payloads the runtime would publish. Time is simulated (`fogfl.sim.clock`): each client's
+download, training and upload over its link; an update that reaches its fog broker after it
+closed the edge round is a straggler and is left out, as in the runtime.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from fogfl.codecs import Reference
 from fogfl.config import FogflConfig, RoundPlan
 from fogfl.run_dir import RoundRecord, new_run_id
 from fogfl.schedules import final_population, round_participants
+from fogfl.sim.clock import ClientTiming, SimulatedNetwork, close_edge_round
 from fogfl.sim.coding import Tier, TierCoding, decode_message, encode_message
 from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
+from fogfl.transfers import combine
 from fogfl.wire import Envelope, ModelSchema, Tensors, decode
 
 RoundDone = Callable[[int], None]
@@ -56,6 +60,7 @@ class SimulatedRun:
     client_updates: list[int] = field(default_factory=list)
     partials: list[int] = field(default_factory=list)
     update_drift: list[float] = field(default_factory=list)
+    sim_seconds: list[float] = field(default_factory=list)
     clients: list[ClientOutcome] = field(default_factory=list)
     final_model: bytes = b""
     seconds: float = 0.0
@@ -117,6 +122,8 @@ class _Hierarchy:
         self.initial = model_tensors(task.build_model(config.federation.seed))
         self.schema = ModelSchema.of(self.initial)
         self.population = config.federation.client_ids()
+        self.network = SimulatedNetwork.of(config)
+        self.clock_s = 0.0  # link time at the start of the next round
         self.owner = {
             client: index
             for index, client in enumerate(c for ids in self.population.values() for c in ids)
@@ -191,6 +198,7 @@ class _Hierarchy:
             if ids
         }
         starts = {region: global_payload for region in fog}
+        opened = {region: self.clock_s for region in fog}  # when each edge round opened
         drifts: list[float] = []
         updates = 0
         for edge_round in range(1, federation.edge_rounds + 1):
@@ -207,10 +215,29 @@ class _Hierarchy:
                 for region in fog
                 for client_id in participants[region]
             ]
-            for job, reply in zip(jobs, self._replies(jobs), strict=True):
+            replies = list(self._replies(jobs))
+            timings = [
+                self.network.timing(
+                    job.client_id,
+                    opened[job.region],
+                    len(starts[job.region]),
+                    reply.train_seconds,
+                    len(reply.payload),
+                )
+                for job, reply in zip(jobs, replies, strict=True)
+            ]
+            included = self._close_edge_rounds(fog, jobs, timings, opened)
+            # Folded in job order, not arrival order: the same sums on every run.
+            for job, reply, timing in zip(jobs, replies, timings, strict=True):
+                if timing.client_id not in included:
+                    continue
                 update = self._fold_update(fog[job.region], reply, references[job.region])
+                fog[job.region].transfers.add_upload(job.client_id, timing.upload_s)
+                fog[job.region].transfers.add_download(job.client_id, timing.download_s)
                 drifts.append(_distance(update.tensors, start_models[job.region].tensors))
                 updates += 1
+        round_sim_s = max(opened.values(), default=self.clock_s) - self.clock_s
+        self.clock_s += round_sim_s
         partials = [self._partial(region, fog[region]) for region in fog]
         model = self._cloud(server_round, partials, model)
         reports: list[tuple[int, Mapping[str, Any]]] = [
@@ -235,10 +262,40 @@ class _Hierarchy:
                 bytes_cloud=partial_bytes + global_bytes * len(partials),
             )
         )
+        result.records[-1].set_transfers(combine(region.transfers for region in fog.values()))
+        # Every straggler of a simulation does arrive, after its round closed.
+        result.records[-1].late_updates = result.records[-1].stragglers
+        result.sim_seconds.append(round_sim_s)
         result.client_updates.append(updates)
         result.partials.append(len(partials))
         result.update_drift.append(float(np.mean(drifts)) if drifts else math.nan)
         return model, metrics
+
+    def _close_edge_rounds(
+        self,
+        fog: Mapping[str, RegionRound],
+        jobs: Sequence[ClientJob],
+        timings: Sequence[ClientTiming],
+        opened: dict[str, float],
+    ) -> set[str]:
+        """Close each region's edge round on the simulated clock, by the fog broker's rule;
+        the clients whose updates made it. `opened` moves on to each region's close."""
+        by_region: dict[str, list[ClientTiming]] = {}
+        for job, timing in zip(jobs, timings, strict=True):
+            by_region.setdefault(job.region, []).append(timing)
+        included: set[str] = set()
+        for region, region_timings in by_region.items():
+            close = close_edge_round(
+                region_timings,
+                opened[region],
+                fog[region].expected,
+                self.config.fog.deadline_s,
+                self.config.fog.min_updates,
+            )
+            fog[region].transfers.stragglers += close.stragglers
+            opened[region] = close.closed_s
+            included |= close.included
+        return included
 
     def _evaluate_everyone(
         self,

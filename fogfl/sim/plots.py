@@ -18,9 +18,10 @@ METRIC_PLOT = "metric_per_round.png"
 CLIENTS_PLOT = "clients_central_vs_federated.png"
 COMMUNICATION_PLOT = "communication.png"
 ROUNDS_PLOT = "rounds.png"
+TIME_PLOT = "metric_vs_sim_time.png"
 # Every PNG `render` may write; all are removed before drawing, so a folder never shows a
 # plot of an earlier run beside the new ones.
-PLOTS = (METRIC_PLOT, CLIENTS_PLOT, COMMUNICATION_PLOT, ROUNDS_PLOT)
+PLOTS = (METRIC_PLOT, CLIENTS_PLOT, COMMUNICATION_PLOT, ROUNDS_PLOT, TIME_PLOT)
 DPI = 130
 FAILED_COLOUR = "#d62728"
 LONG_COLOUR = "#ff7f0e"
@@ -50,6 +51,8 @@ def figures(results: Results) -> dict[str, Any]:
     }
     if _central_column(results) is not None:
         drawn[CLIENTS_PLOT] = _clients(results)
+    if any(v is not None for variant in results.variants for v in variant.values("sim_seconds")):
+        drawn[TIME_PLOT] = _metric_vs_time(results)
     return drawn
 
 
@@ -197,6 +200,25 @@ def _communication(results: Results) -> Any:
         axes.set_ylabel(_label(metric))
         # Each panel's x is its own cost; the variants are the same in all three.
         _legend(axes)
+    return figure
+
+
+def _metric_vs_time(results: Results) -> Any:
+    """The metric against the simulated wall-clock time (the clients' links, fogfl.sim.clock)."""
+    metric = results.metric
+    figure, (axes,) = _figure(1, f"{results.title}: {_label(metric)} vs simulated time")
+    for index, variant in enumerate(results.variants):
+        times, values, rounds = _cumulative(variant, "sim_seconds", metric)
+        if not times:
+            continue
+        colour = _colour(index)
+        axes.plot(times, values, color=colour, linewidth=1, alpha=0.7, marker=".", ms=4)
+        axes.plot(times[-1:], values[-1:], marker="o", color=colour, label=variant.name)
+        _mark_points(axes, variant, times, values, rounds, labelled=True)
+    _target_line(axes, results, horizontal=True)
+    axes.set_xlabel("simulated wall-clock seconds, cumulative")
+    axes.set_ylabel(_label(metric))
+    _legend(axes)
     return figure
 
 

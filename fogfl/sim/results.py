@@ -25,7 +25,8 @@ from fogfl.run_dir import COLUMNS, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read
 
 HISTORY_FILE = "history.csv"
 CLIENTS_FILE = "clients.csv"
-HISTORY_COLUMNS = ("variant", *COLUMNS, "client_updates", "update_drift")
+# sim_seconds: the round's simulated wall-clock time over the clients' links (fogfl.sim.clock).
+HISTORY_COLUMNS = ("variant", *COLUMNS, "client_updates", "update_drift", "sim_seconds")
 CLIENT_COLUMNS = ("variant", "client", "region", "scenario", "train_examples", "test_examples")
 # Per-client metrics: clients.csv has `<name>_central` and `<name>_federated` for each.
 CLIENT_METRICS = {"eval_loss": "loss", "eval_mae": "mae", "eval_rmse": "rmse"}
@@ -87,6 +88,7 @@ class TargetReached:
     client_updates: int
     bytes_edge: int
     bytes_cloud: int
+    sim_seconds: float | None = None
 
 
 @dataclass
@@ -98,6 +100,7 @@ class VariantSummary:
     bytes_edge: int
     bytes_cloud: int
     reached: TargetReached | None = None
+    sim_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +109,7 @@ class VariantSummary:
             "client_updates": self.client_updates,
             "bytes_edge": self.bytes_edge,
             "bytes_cloud": self.bytes_cloud,
+            "sim_seconds": self.sim_seconds,
             "reached_target": None if self.reached is None else vars(self.reached),
         }
 
@@ -190,17 +194,23 @@ def summarize(history: VariantHistory, target: float | None, metric: str) -> Var
         client_updates=int(sum(row.get("client_updates") or 0 for row in fitted)),
         bytes_edge=int(sum(row.get("bytes_edge") or 0 for row in fitted)),
         bytes_cloud=int(sum(row.get("bytes_cloud") or 0 for row in fitted)),
+        sim_seconds=_total(row.get("sim_seconds") for row in fitted),
     )
     if target is None:
         return summary
     updates = edge = cloud = 0
+    timed: list[float | None] = []
     for row in history.rows:
         updates += int(row.get("client_updates") or 0)
         edge += int(row.get("bytes_edge") or 0)
         cloud += int(row.get("bytes_cloud") or 0)
+        if (row.get("round") or 0) >= 1:
+            timed.append(row.get("sim_seconds"))
         value = row.get(metric)
         if value is not None and _meets(value, target, metric):
-            summary.reached = TargetReached(int(row.get("round") or 0), updates, edge, cloud)
+            summary.reached = TargetReached(
+                int(row.get("round") or 0), updates, edge, cloud, _total(timed)
+            )
             break
     return summary
 
@@ -338,6 +348,14 @@ def _run_failures(summary: Mapping[str, Any]) -> list[str]:
     if isinstance(rounds, int) and isinstance(completed, int) and completed < rounds:
         found.append(f"completed {completed} of {rounds} rounds")
     return found
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    """The sum, None when any value is missing (a run without a simulated clock)."""
+    listed = list(values)
+    if not listed or any(value is None for value in listed):
+        return None
+    return float(sum(value for value in listed if value is not None))
 
 
 def _meets(value: float, target: float, metric: str) -> bool:

@@ -204,6 +204,7 @@ def _history_rows(name: str, run: SimulatedRun) -> list[dict[str, Any]]:
         if record.round >= 1:
             row["client_updates"] = run.client_updates[record.round - 1]
             row["update_drift"] = run.update_drift[record.round - 1]
+            row["sim_seconds"] = run.sim_seconds[record.round - 1]
         rows.append(row)
     return rows
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 from fogfl.codecs import ErrorFeedback, Reference
 from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
 from fogfl.sim.coding import TierCoding, decode_message, encode_message
+from fogfl.transfers import DOWNLOAD_METRIC
 from fogfl.wire import ModelSchema
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ ResultT = TypeVar("ResultT")
 # of the runtime's usual length, so that simulated byte counts are the same on every run.
 SENT_AT = 1_700_000_000.123456
 TRAIN_SECONDS = 0.123456789012345
+DOWNLOAD_SECONDS = 0.0123456789012345
 JOBS_AHEAD_PER_WORKER = 8
 # Error feedback is per client and run; a worker keeps that of its last few runs.
 FEEDBACK_RUNS = 4
@@ -82,6 +84,7 @@ class ClientReply:
     description: str
     num_train: int
     num_test: int
+    train_seconds: float = 0.0  # as measured here, for the simulated clock
 
 
 @dataclass
@@ -121,11 +124,14 @@ def client_round(job: ClientJob) -> ClientReply:
             settings,
             job.task.seed,
         )
+        measured = message.metrics["train_seconds"]
         message.metrics["train_seconds"] = TRAIN_SECONDS
+        message.metrics[DOWNLOAD_METRIC] = DOWNLOAD_SECONDS
         message.sent_at = SENT_AT
         reference = Reference(start.tensors, state.schema)
         feedback = _feedback(start.run_id, job.client_id)
         payload = encode_message(message, job.coding, reference, feedback)
+        return ClientReply(payload, data.description, data.num_train, data.num_test, measured)
     return ClientReply(payload, data.description, data.num_train, data.num_test)
 
 

@@ -1,0 +1,99 @@
+"""The simulated clock: how long each client's round takes over its emulated link, and when
+the fog broker closes it, computed (never slept) from the same link model and traces the
+runtime's emulator paces real bytes with (`fogfl.links`).
+
+A client's edge round starts when its fog broker sends the start model (the global model,
+or the region model under edge rounds): it downloads it, trains (the seconds its training
+really took in the simulation's worker), and uploads its update. The fog broker closes the
+edge round by the runtime's rule: once every expected update is in, or at `fog.deadline_s`
+once at least `fog.min_updates` are; updates arriving later are stragglers and are left
+out. A round ends when its slowest region has closed its last edge round; the cloud tier is
+not emulated (no time). Link time 0 is the start of round 1; it runs on across rounds, so a
+trace is replayed where the run has got to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fogfl.config import FogflConfig
+from fogfl.links.model import LinkModel
+
+
+@dataclass(frozen=True)
+class ClientTiming:
+    """One client's edge round on the simulated clock (link time, seconds)."""
+
+    client_id: str
+    start_s: float
+    download_s: float
+    train_s: float
+    upload_s: float
+
+    @property
+    def arrival_s(self) -> float:
+        return self.start_s + self.download_s + self.train_s + self.upload_s
+
+
+@dataclass(frozen=True)
+class EdgeRoundClose:
+    """When the fog broker closed an edge round, and which updates it had by then."""
+
+    closed_s: float
+    included: frozenset[str]
+    stragglers: int
+
+
+class SimulatedNetwork:
+    """Every client's link (None: unshaped, transfers take no time)."""
+
+    def __init__(self, links: Mapping[str, LinkModel | None]) -> None:
+        self.links = dict(links)
+
+    @classmethod
+    def of(cls, config: FogflConfig) -> SimulatedNetwork:
+        settings, seed = config.links, config.federation.seed
+        return cls(
+            {
+                client_id: settings.link_for(region, client_id, seed)
+                for region, members in config.federation.client_ids().items()
+                for client_id in members
+            }
+        )
+
+    def timing(
+        self, client_id: str, start_s: float, download_bytes: int, train_s: float, upload_bytes: int
+    ) -> ClientTiming:
+        """The client's edge round from `start_s`: download, train, upload, one after the
+        other, each on the link as it is at that moment."""
+        link = self.links.get(client_id)
+        if link is None:
+            return ClientTiming(client_id, start_s, 0.0, train_s, 0.0)
+        download_s = link.transfer_time(download_bytes, start_s, "downlink")
+        upload_start = start_s + download_s + train_s
+        upload_s = link.transfer_time(upload_bytes, upload_start, "uplink")
+        return ClientTiming(client_id, start_s, download_s, train_s, upload_s)
+
+
+def close_edge_round(
+    timings: Sequence[ClientTiming],
+    start_s: float,
+    expected: int,
+    deadline_s: float,
+    min_updates: int,
+) -> EdgeRoundClose:
+    """The fog broker's close: when all `expected` updates are in, or once the deadline has
+    passed with at least min(`min_updates`, `expected`) of them."""
+    arrivals = sorted(t.arrival_s for t in timings)
+    all_in = arrivals[expected - 1] if 0 < expected <= len(arrivals) else math.inf
+    needed = min(min_updates, expected)
+    enough = arrivals[needed - 1] if 0 < needed <= len(arrivals) else math.inf
+    if needed <= 0:
+        enough = start_s
+    closed = min(all_in, max(start_s + deadline_s, enough))
+    if not math.isfinite(closed):
+        closed = arrivals[-1] if arrivals else start_s  # the runtime would wait for ever
+    included = frozenset(t.client_id for t in timings if t.arrival_s <= closed)
+    return EdgeRoundClose(closed, included, max(0, expected - len(included)))
