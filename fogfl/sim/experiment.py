@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fogfl.config import ENV_PREFIX, FogflConfig, load_config, region_names, resolve_python_path
 from fogfl.errors import ConfigError
+from fogfl.links.settings import resolve_trace_paths
 
 Metric = Literal["eval_loss", "eval_mae", "eval_rmse", "eval_accuracy"]
 METRICS: tuple[str, ...] = ("eval_loss", "eval_mae", "eval_rmse", "eval_accuracy")
@@ -187,6 +188,7 @@ def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
         raise ConfigError(f"experiment file {path} must hold a mapping of name, base, variants…")
     if isinstance(raw.get("base"), dict):
         resolve_python_path(raw["base"], path.parent)
+        resolve_trace_paths(raw["base"], path.parent)
     return build_experiment(raw, reshape or Reshape(), source=str(path))
 
 

@@ -351,9 +351,10 @@ def _run_failures(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _total(values: Iterable[float | None]) -> float | None:
-    """The sum, None when any value is missing (a run without a simulated clock)."""
+    """The sum (0 of none), None when any value is missing (a run without a simulated
+    clock)."""
     listed = list(values)
-    if not listed or any(value is None for value in listed):
+    if any(value is None for value in listed):
         return None
     return float(sum(value for value in listed if value is not None))
 
