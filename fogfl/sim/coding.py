@@ -63,12 +63,14 @@ def encode_message(
     coding: TierCoding,
     reference: Reference | None = None,
     feedback: ErrorFeedback | None = None,
+    signer: wire.Signer | None = None,
 ) -> bytes:
     """`message` as the runtime will publish it; an update's `reference` is the model the
-    client trained from (a lossy codec then sends the delta from it)."""
+    client trained from (a lossy codec then sends the delta from it); signed by `signer`
+    as a secure federation signs models and partials."""
     delta = reference is not None and coding.codec in LOSSY_CODECS
     if coding.compression == "none" and coding.codec in wire.CODECS and not delta:
-        return wire.encode(message, cast(wire.Codec, coding.codec))
+        return wire.encode(message, cast(wire.Codec, coding.codec), signer)
     schema = ModelSchema.of(message.tensors)
     encoded = encode_model(
         message.tensors,
@@ -80,7 +82,10 @@ def encode_message(
         topk_fraction=coding.topk_fraction,
     )
     fields = wire.read_metadata(wire.encode(replace(message, tensors={}), "float32"))
-    return safetensors_save(encoded.tensors, metadata={**fields, **encoded.metadata})
+    if signer is not None:
+        fields.update(signer=signer.name, signature=signer.placeholder)
+    payload = safetensors_save(encoded.tensors, metadata={**fields, **encoded.metadata})
+    return payload if signer is None else signer.seal(payload)
 
 
 def decode_message(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
@@ -29,6 +30,7 @@ from fogfl.codecs import Reference
 from fogfl.config import FogflConfig, RoundPlan
 from fogfl.run_dir import RoundRecord, new_run_id
 from fogfl.schedules import final_population, round_participants
+from fogfl.security.signing import Signer, TrustPolicy
 from fogfl.sim.clock import ClientTiming, SimulatedNetwork, close_edge_round
 from fogfl.sim.coding import Tier, TierCoding, decode_message, encode_message
 from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
@@ -440,12 +442,23 @@ class _Hierarchy:
         return plan.model_dump(mode="json", exclude_none=True)
 
     def _encode(self, message: Envelope, tier: Tier) -> bytes:
-        return encode_message(message, self.coding[tier])
+        return encode_message(message, self.coding[tier], signer=self._signer(message))
+
+    def _signer(self, message: Envelope) -> Signer | None:
+        """Who would sign `message` in a secure federation (the default): the same
+        metadata, so the same bytes on the wire; the key is a throwaway."""
+        if self.config.security.insecure:
+            return None
+        name = TrustPolicy.signer_for(message.kind, message.region)
+        return None if name is None else Signer(name, _SIGNING_KEY)
 
     def _decode(self, payload: bytes, *kinds: str) -> Envelope:
         return decode_message(
             payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema
         )
+
+
+_SIGNING_KEY = Ed25519PrivateKey.generate()
 
 
 def _distance(update: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> float:
