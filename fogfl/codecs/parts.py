@@ -73,7 +73,7 @@ def checked_tensors(
         missing = sorted(set(schema.names) - names)[:3]
         unknown = sorted(names - set(schema.names))[:3]
         raise FogflError(
-            f"{what} has tensors {len(names)}, the model {len(schema.tensors)} "
+            f"{what} has {len(names)} tensors, the model {len(schema.tensors)} "
             f"(missing {missing}, unknown {unknown}); encode the model the schema describes"
         )
     checked = {}
