@@ -403,11 +403,21 @@ def monitor(
             show_default=False,
         ),
     ] = None,
+    links_counters: Annotated[
+        OptionalPath,
+        typer.Option(
+            help="The links runner's counters.json, for each client's link state and rate "
+            "[default: <server.run_dir>/links/counters.json, when it exists].",
+            show_default=False,
+        ),
+    ] = None,
     *,
     settings: Settings,
 ) -> None:
-    """Watch every fogfl message live: topic, kind, round, sender, bytes; per-region progress."""
+    """Watch every fogfl message live: topic, kind, round, sender, bytes; per-region progress;
+    per-client transfer times (and link state, with emulated links)."""
     import json
+    import time
     from collections import deque
 
     from rich.live import Live
@@ -424,9 +434,15 @@ def monitor(
         return
     recent: deque[Observation] = deque(maxlen=15)
     topics = Topics(config.mqtt.topic_prefix)
+    if links_counters is None and config.server.run_dir is not None:
+        links_counters = config.server.run_dir / "links" / "counters.json"
+    links_read = 0.0
     with Live(monitor_view(state, recent), console=Console(), refresh_per_second=4) as live:
         for seen in messages:
             state.add(seen, topics)
+            if links_counters is not None and time.monotonic() - links_read >= 1.0:
+                state.read_links(links_counters)
+                links_read = time.monotonic()
             recent.append(seen)
             live.update(monitor_view(state, recent))
 

@@ -104,7 +104,26 @@ def monitor_view(state: MonitorState, recent: Sequence[Observation]) -> Renderab
             f"{seen.bytes:,}",
             "" if seen.num_examples is None else str(seen.num_examples),
         )
-    return Group(regions, messages)
+    if not state.clients:
+        return Group(regions, messages)
+    clients = Table(title="clients", title_justify="left")
+    for label in ("client", "region", "round", "upload s", "download s", "link", "uplink"):
+        clients.add_column(label, justify="right")
+    for name, link in sorted(state.clients.items()):
+        clients.add_row(
+            name,
+            link.region,
+            str(link.round),
+            _seconds(link.upload_seconds),
+            _seconds(link.download_seconds),
+            link.state,
+            "" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s",
+        )
+    return Group(regions, clients, messages)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _cell(column: str, cell: str) -> str:

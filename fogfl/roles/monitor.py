@@ -8,10 +8,12 @@ current run only. torch-free.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeGuard
 
 from fogfl.config import FogflConfig
@@ -45,6 +47,9 @@ class Observation:
     # count) and a round announcement's participants per region (under a schedule).
     expected: int | None = None
     participants: dict[str, int] | None = None
+    # The sender's clock at publishing, and what a client said its download took.
+    sent_at: float | None = None
+    download_seconds: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -58,6 +63,20 @@ class RegionProgress:
     partials: int = 0
     last_partial_examples: int = 0
     senders: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ClientLink:
+    """What the monitor knows of one client's link: its last update's transfer times and,
+    with emulated links, the link's state and rate from the links runner's counters."""
+
+    region: str
+    round: int = 0
+    upload_seconds: float | None = None
+    download_seconds: float | None = None
+    state: str = ""
+    rate_mbit: float | None = None
+    uplink_bytes: int | None = None
 
 
 class MonitorState:
@@ -76,6 +95,7 @@ class MonitorState:
 
     def __init__(self) -> None:
         self.regions: dict[str, RegionProgress] = {}
+        self.clients: dict[str, ClientLink] = {}
         self.run_id = ""
         self.round = 0
         self.messages = 0
@@ -113,11 +133,42 @@ class MonitorState:
         ):
             region.senders.add(seen.sender)
             region.updates = len(region.senders)
+        if seen.kind == "update" and seen.sender:
+            self._saw_update(seen, region_name)
         if seen.kind == "partial":
             region.partials += 1
             region.last_partial_examples = seen.num_examples or 0
             if seen.expected is not None and seen.round >= self.round:
                 region.expected = seen.expected
+
+    def _saw_update(self, seen: Observation, region: str) -> None:
+        link = self.clients.setdefault(seen.sender[:MAX_SHOWN], ClientLink(region))
+        link.round = seen.round or link.round
+        if seen.sent_at:
+            # The monitor hears an update when its fog broker does: the upload's time, on
+            # one clock (the senders' and the monitor's clocks must agree).
+            link.upload_seconds = max(0.0, seen.time - seen.sent_at)
+        link.download_seconds = seen.download_seconds
+
+    def read_links(self, counters: Path) -> None:
+        """Fold in the links runner's counters file (`fogfl up --links`): each client's
+        link state and current uplink rate. A missing or half-read file changes nothing."""
+        try:
+            links = json.loads(counters.read_text()).get("links", {})
+        except (OSError, ValueError, AttributeError):
+            return
+        if not isinstance(links, dict):
+            return
+        for name, counted in links.items():
+            if not isinstance(counted, dict) or name not in self.clients:
+                continue
+            link = self.clients[name]
+            link.state = str(counted.get("state", ""))[:MAX_SHOWN]
+            rates = counted.get("rate_mbit")
+            uplink = rates.get("uplink") if isinstance(rates, dict) else None
+            link.rate_mbit = float(uplink) if isinstance(uplink, int | float) else None
+            sent = counted.get("uplink_bytes")
+            link.uplink_bytes = sent if _is_count(sent) else None
 
 
 def observe(received: Received, verify: Verifier | None = None) -> Observation:
@@ -143,6 +194,11 @@ def observe(received: Received, verify: Verifier | None = None) -> Observation:
     seen.region = meta.get("region", "")[:MAX_SHOWN]
     seen.num_examples = _count_or_none(meta, "num_examples")
     seen.final = meta.get("final") == "true"
+    seen.sent_at = _float_or_none(meta.get("sent_at"))
+    downloaded = _json_object(meta, "metrics").get("download_seconds")
+    seen.download_seconds = (
+        float(downloaded) if isinstance(downloaded, int | float) and downloaded >= 0 else None
+    )
     if seen.kind == "partial":
         expected = _json_object(meta, "stats").get("expected")
         seen.expected = expected if _is_count(expected) else None
@@ -200,6 +256,14 @@ def _json_object(meta: dict[str, str], key: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _is_count(value: object) -> TypeGuard[int]:

@@ -211,3 +211,37 @@ def test_the_expected_count_is_what_the_federation_says() -> None:
     assert (state.regions["north"].expected, state.regions["south"].expected) == (2, 1)
     add(update(3, "north-02"), TOPICS.updates("north", "north-01"))
     assert "1/2" in shown()
+
+
+def test_the_monitor_shows_each_clients_transfers_and_link(tmp_path: Path) -> None:
+    update = Envelope(
+        kind="update",
+        run_id="r1",
+        round=2,
+        sender="north-01",
+        region="north",
+        num_examples=10,
+        metrics={"train_loss": 0.5, "download_seconds": 1.25},
+        tensors={"w": np.ones(4, np.float32)},
+        sent_at=time.time() - 2.5,
+    )
+    state = MonitorState()
+    state.add(observe(Received(TOPICS.updates("north", "north-01"), encode(update), False)), TOPICS)
+    counters = tmp_path / "counters.json"
+    counters.write_text(
+        json.dumps(
+            {"links": {"north-01": {"state": "stalled", "rate_mbit": {"uplink": 4.0}}, "x": 3}}
+        )
+    )
+    state.read_links(counters)
+    link = state.clients["north-01"]
+    assert link.round == 2 and link.region == "north"
+    assert link.upload_seconds is not None and 2.4 < link.upload_seconds < 10
+    assert (link.download_seconds, link.state, link.rate_mbit) == (1.25, "stalled", 4.0)
+    (tmp_path / "broken.json").write_text("{not json")
+    state.read_links(tmp_path / "broken.json")  # a half-written file changes nothing
+    assert state.clients["north-01"].state == "stalled"
+    console = Console(width=160, record=True)
+    console.print(monitor_view(state, []))
+    shown = console.export_text()
+    assert "stalled" in shown and "4 Mbit/s" in shown and "1.25" in shown
