@@ -115,7 +115,9 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(
     def inject_garbage_mid_run(received: Received, meta: dict[str, str]) -> None:
         if not injected and meta.get("kind") == "update" and meta.get("round") == "2":
             injected.append("yes")
-            intruder.publish(TOPICS.updates("north", "intruder"), b"\x07\x00\x00\x00\x00\x00\x00\x00{broken")
+            intruder.publish(
+                TOPICS.updates("north", "intruder"), b"\x07\x00\x00\x00\x00\x00\x00\x00{broken"
+            )
             wrong = Envelope(
                 kind="update",
                 run_id="itest",
