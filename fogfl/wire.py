@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, Protocol, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +30,13 @@ from safetensors.numpy import save as safetensors_save
 from fogfl import PROTOCOL_VERSION
 from fogfl.errors import WireError
 
+if TYPE_CHECKING:
+    from fogfl.codecs import ErrorFeedback, Reference
+
 Kind = Literal["update", "partial", "global", "round", "evaluation", "region"]
-Codec = Literal["float32", "float16"]
+# fogfl/codecs (docs/protocol.md, "Codecs"); float32 and float16 without a delta travel
+# as they always did, so their bytes need no codec module.
+Codec = Literal["float32", "float16", "bfloat16", "int8", "int4", "topk"]
 KINDS: tuple[str, ...] = get_args(Kind)
 CODECS: tuple[str, ...] = get_args(Codec)
 Tensors = dict[str, npt.NDArray[Any]]
@@ -78,11 +83,19 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16),
     "I8": np.dtype(np.int8),
+    "U16": np.dtype(np.uint16),  # bfloat16 bit patterns (the bfloat16 codec)
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
 _DTYPE_NAMES = {code: dtype.name for code, dtype in _DTYPES.items()}
 _FLOAT_CODES = frozenset({"F64", "F32", "F16"})
+# What a message of these codecs carries is the model's own tensors (float16: its float32
+# ones cast), checked against the schema alone.
+_PLAIN_CODECS = frozenset({"float32", "float16"})
+# A codec's layout (fogfl/codecs) has at most two tensors of its own beyond the model's,
+# each of one dimension and a name of at most 12 characters (`__indices__`, `__scales__`).
+_CODEC_TENSORS = 2
+_CODEC_NAME_CHARS = 12
 _SCHEMA_DTYPES = {dtype.name: dtype for dtype in _DTYPES.values()}
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 _COUNT_TEXT = re.compile(r"[0-9]{1,16}")
@@ -276,9 +289,23 @@ class Verifier(Protocol):
     ) -> None: ...
 
 
-def encode(message: Envelope, codec: Codec | None = None, signer: Signer | None = None) -> bytes:
-    """Serialise `message` as safetensors bytes; float32 tensors are cast per `codec`;
-    signed by `signer` when given (docs/protocol.md, "Signatures")."""
+def encode(
+    message: Envelope,
+    codec: Codec | None = None,
+    signer: Signer | None = None,
+    *,
+    compression: str = "none",
+    reference: Reference | None = None,
+    feedback: ErrorFeedback | None = None,
+    topk_fraction: float = 0.05,
+) -> bytes:
+    """Serialise `message` as safetensors bytes, its tensors in `codec` (docs/protocol.md,
+    "Codecs"); signed by `signer` when given (docs/protocol.md, "Signatures").
+
+    With a `reference` (the model an update was trained from) a lossy codec sends the delta
+    from it, and `feedback` keeps and adds back what the codec dropped; `compression`
+    ``zstd`` adds the lossless stage. float32 is never a delta.
+    """
     chosen = codec or message.codec
     if chosen not in CODECS:
         raise WireError("bad-codec", f"unknown codec {chosen!r}; use one of {CODECS}")
@@ -304,7 +331,22 @@ def encode(message: Envelope, codec: Codec | None = None, signer: Signer | None 
     if signer is not None:
         metadata["signer"] = signer.name
         metadata["signature"] = signer.placeholder
-    tensors = {name: _to_codec(array, chosen) for name, array in message.tensors.items()}
+    delta = reference is not None and chosen != "float32"
+    if chosen in _PLAIN_CODECS and compression == "none" and not delta:
+        tensors = {name: _to_codec(array, chosen) for name, array in message.tensors.items()}
+    else:
+        from fogfl import codecs
+
+        encoded = codecs.encode_model(
+            message.tensors,
+            ModelSchema.of(message.tensors),
+            chosen,
+            compression=compression,
+            reference=reference if delta else None,
+            feedback=feedback if delta else None,
+            topk_fraction=topk_fraction,
+        )
+        tensors, metadata = encoded.tensors, {**metadata, **encoded.metadata}
     payload = safetensors_save(tensors, metadata=metadata)
     return payload if signer is None else signer.seal(payload)
 
@@ -337,14 +379,18 @@ def decode(
     schema: ModelSchema | None = None,
     run_id: str | None = None,
     verify: Verifier | None = None,
+    reference: Reference | None = None,
 ) -> Envelope:
     """Parse and validate a payload, or raise WireError with the reason.
 
     Checks the size limits, header structure, protocol version, kind (one of `kinds`), run id
-    (when given), identifiers, counts, JSON fields, tensor offsets and dtypes, the tensors
-    against `schema` (when given; float16 codec tensors come back as the schema's dtype),
-    and that every float value is finite; with `verify`, the signature (before any
-    tensor is read). Tensors are zero-copy views into `payload`.
+    (when given), identifiers, counts, JSON fields, the codec fields, tensor offsets and
+    dtypes, and that every float value is finite; with `verify`, the signature (before any
+    tensor is read). With a `schema`, the header's tensors must be exactly those the codec
+    carries for that model (`codecs.wire_layout`), checked before any array is built, and
+    the tensors come back decoded as the schema's (a delta needs the `reference` it names,
+    ``wrong-reference`` otherwise); float32 tensors are zero-copy views into `payload`.
+    Without a schema they come back as they travel.
     """
     header, data_start = _read_header(payload, max_bytes=max_bytes, schema=schema)
     meta = header.pop("__metadata__", None)
@@ -372,6 +418,11 @@ def decode(
     codec = meta.get("codec", "")
     if codec not in CODECS:
         raise WireError("bad-codec", f"unknown codec {_shown(codec)}; expected one of {CODECS}")
+    layout = None
+    if schema is not None and kind not in _NO_TENSORS:
+        from fogfl import codecs
+
+        layout = codecs.wire_layout(schema, meta)
     message = Envelope(
         kind=cast(Kind, kind),
         run_id=message_run,
@@ -399,17 +450,32 @@ def decode(
         )
     if kind in _NO_TENSORS and header:
         raise WireError("wrong-tensors", f"{what} carries {len(header)} tensors; it carries none")
-    entries = _tensor_entries(header, len(payload) - data_start, schema, what)
-    for name in entries if schema is None else schema.names:
+    entries = _tensor_entries(
+        header, len(payload) - data_start, schema if layout is None else layout, what
+    )
+    for name in entries if layout is None else layout.names:
         code, shape, begin = entries[name]
         array = np.frombuffer(
             payload, dtype=_DTYPES[code], count=math.prod(shape), offset=data_start + begin
         ).reshape(shape)
-        if code in _FLOAT_CODES and not np.isfinite(array).all():
+        # With a layout the codec checks what it decodes (below).
+        if layout is None and code in _FLOAT_CODES and not np.isfinite(array).all():
             raise WireError("not-finite", f"tensor {name} from {message.sender} holds NaN or Inf")
-        if code == "F16" and schema is not None and _DTYPE_NAMES[code] != _spec_dtype(schema, name):
-            array = array.astype(np.float32)  # the float16 codec of a float32 tensor
         message.tensors[name] = array
+    if layout is not None and schema is not None:
+        from fogfl import codecs
+
+        message.tensors = codecs.decode_model(
+            message.tensors, meta, schema, reference=reference, sender=message.sender
+        )
+        for spec in schema.tensors:
+            tensor = message.tensors[spec.name]
+            # The codec checks the coded (float32) tensors; the verbatim ones are left.
+            verbatim_float = spec.dtype != "float32" and tensor.dtype.kind == "f"
+            if verbatim_float and not np.isfinite(tensor).all():
+                raise WireError(
+                    "not-finite", f"tensor {spec.name} from {message.sender} holds NaN or Inf"
+                )
     return message
 
 
@@ -420,13 +486,8 @@ def _to_codec(array: npt.NDArray[Any], codec: str) -> npt.NDArray[Any]:
 
 
 def _readable_as(code: str, spec_dtype: str) -> bool:
-    """Whether a tensor of safetensors dtype `code` is one of the model's `spec_dtype`
-    (float16 is, for float32: the float16 codec)."""
-    return _DTYPE_NAMES[code] == spec_dtype or (code == "F16" and spec_dtype == "float32")
-
-
-def _spec_dtype(schema: ModelSchema, name: str) -> str:
-    return next(spec.dtype for spec in schema.tensors if spec.name == name)
+    """Whether a tensor of safetensors dtype `code` is one of the layout's `spec_dtype`."""
+    return _DTYPE_NAMES[code] == spec_dtype
 
 
 def _itemsize(dtype: str) -> int:
@@ -437,9 +498,9 @@ def _read_header(
     payload: bytes | bytearray | memoryview, *, max_bytes: int, schema: ModelSchema | None
 ) -> tuple[dict[str, Any], int]:
     """The parsed header and where the data starts. Before parsing, the header's size and
-    shape are bounded by what a header of this model (or, without a schema, of
-    MAX_TENSORS tensors) can hold: at most 64 metadata strings, and per tensor one object,
-    two arrays, five strings and a few commas."""
+    shape are bounded by what a header of this model under any codec (or, without a
+    schema, of MAX_TENSORS tensors) can hold: at most 64 metadata strings, and per tensor
+    one object, two arrays, five strings and a few commas."""
     size = len(payload)
     if size > max_bytes:
         raise WireError("oversized", f"payload of {size} bytes exceeds the limit of {max_bytes}")
@@ -454,10 +515,11 @@ def _read_header(
     if schema is None:
         tensors, dims, name_bytes = MAX_TENSORS, MAX_DIMS, MAX_HEADER_BYTES
     else:
-        tensors = len(schema.tensors)
-        dims = max((len(spec.shape) for spec in schema.tensors), default=0)
+        tensors = len(schema.tensors) + _CODEC_TENSORS
+        dims = max([1, *(len(spec.shape) for spec in schema.tensors)])
         # 12 bytes a character: a name may arrive as \uXXXX surrogate pairs.
-        name_bytes = sum(12 * len(spec.name) for spec in schema.tensors)
+        names = sum(len(spec.name) for spec in schema.tensors) + _CODEC_NAME_CHARS * _CODEC_TENSORS
+        name_bytes = 12 * names
     limit = min(MAX_HEADER_BYTES, MAX_METADATA_BYTES + (256 + 24 * dims) * tensors + name_bytes)
     if header_length > limit:
         model = "" if schema is None else f" for a model of {len(schema.tensors)} tensors"
