@@ -62,6 +62,10 @@ Model = Annotated[
 ]
 
 
+# What `bandwidth train` teaches the LSTM unless --target says otherwise.
+DEFAULT_TARGET = "level"
+
+
 def _setup() -> None:
     import torch
 
@@ -200,6 +204,14 @@ def train(
         int, typer.Option(help="Stop after this many epochs without a better validation loss.")
     ] = 10,
     batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 32,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="What the network outputs: level (the seed's: the next bandwidth), residual "
+            "(its change from the last sample) or window (that change in units of the "
+            "window's mean); docs/bandwidth.md."
+        ),
+    ] = DEFAULT_TARGET,
     as_json: Json = False,
     no_plots: NoPlots = False,
 ) -> None:
@@ -207,16 +219,19 @@ def train(
     the baselines on the last 15%, save predictor.safetensors + predictor.json."""
     _setup()
     from fogfl.bandwidth.evaluation import compare_predictors
-    from fogfl.bandwidth.predictor import TrainSettings, train_predictor
+    from fogfl.bandwidth.predictor import Architecture, TrainSettings, train_predictor
+    from fogfl.bandwidth.targets import check_target
     from fogfl.bandwidth.windows import windowed
 
     settings = TrainSettings(epochs, patience, batch_size, seed=seed)
+    architecture = Architecture(target=check_target(target))
     series, spec = _sources(traces, synthetic, samples, seed)
     data = windowed(series)
     with _bars("epochs", epochs, not as_json) as advance:
         predictor, report = train_predictor(
             data,
             settings,
+            architecture,
             on_epoch=lambda e, t, v: advance(f"epoch {e}: train {t:.4f} val {v:.4f}"),
         )
     comparison = compare_predictors(data, predictor)
@@ -226,7 +241,7 @@ def train(
         "training": {
             **vars(settings),
             "optimizer": "Adam",
-            "loss": "MSE of the normalised bandwidth",
+            "loss": f"MSE of the network's target ({target})",
         },
         "report": {
             "epochs_run": report.epochs_run,
@@ -244,6 +259,7 @@ def train(
     plots = [] if no_plots else _predictor_plots(comparison, out)
     result = {
         "model": str(out),
+        "target": target,
         **{k: v for k, v in predictor.metadata["report"].items() if not k.endswith("_loss")},
         "plots": [str(p) for p in plots],
     }
@@ -409,7 +425,13 @@ def agent_train(
     seed: Seed = 0,
     episodes: Annotated[int, typer.Option(help="Training episodes.")] = 2000,
     rounds: Annotated[int, typer.Option(help="Rounds per episode.")] = 20,
-    model_mb: Annotated[float, typer.Option(help="The model's float32 size in MB (10⁶ B).")] = 2.0,
+    model_mb: Annotated[
+        float,
+        typer.Option(
+            help="The model's float32 size in MB (10⁶ B); the default needs 4 Mbit/s to meet "
+            "the default deadline in float32."
+        ),
+    ] = 5.0,
     deadline_s: Annotated[float, typer.Option(help="The round's upload deadline.")] = 10.0,
     interval_s: Annotated[float, typer.Option(help="Seconds from one round to the next.")] = 15.0,
     miss_penalty: Annotated[float, typer.Option(help="Reward lost by a missed deadline.")] = 1.0,

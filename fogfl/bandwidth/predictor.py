@@ -19,6 +19,13 @@ from torch import nn
 from fogfl.bandwidth.files import load_weights, read_model, write_model
 from fogfl.bandwidth.metrics import forecast_metrics
 from fogfl.bandwidth.series import BANDWIDTH, FEATURES, TRACE_CONSTANTS
+from fogfl.bandwidth.targets import (
+    SEED_TARGET,
+    TARGETS,
+    forecasts,
+    network_inputs,
+    network_targets,
+)
 from fogfl.bandwidth.windows import SEQUENCE_LENGTH, SPLIT_NAMES, Normalisation, WindowedData
 from fogfl.errors import BandwidthError
 
@@ -31,7 +38,8 @@ EpochCallback = Callable[[int, float, float], None]
 
 @dataclass(frozen=True)
 class Architecture:
-    """LSTM layers, each followed by dropout and batch norm; then the dense head."""
+    """LSTM layers, each followed by dropout and batch norm; then the dense head; `target`
+    is what the network outputs (fogfl.bandwidth.targets; "level" is the seed's)."""
 
     features: int = len(FEATURES)
     sequence_length: int = SEQUENCE_LENGTH
@@ -39,6 +47,7 @@ class Architecture:
     lstm_dropout: float = 0.2
     dense_units: tuple[int, ...] = (16, 8)
     dense_dropout: float = 0.3
+    target: str = SEED_TARGET
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +62,8 @@ class Architecture:
                 lstm_dropout=float(document["lstm_dropout"]),
                 dense_units=tuple(int(u) for u in document["dense_units"]),
                 dense_dropout=float(document["dense_dropout"]),
+                # Models saved before the target was a choice all learnt the level.
+                target=str(document.get("target", "level")),
             )
         except (KeyError, TypeError, ValueError):
             raise BandwidthError(f"{where}: the architecture is incomplete or malformed") from None
@@ -62,6 +73,10 @@ class Architecture:
             raise BandwidthError(f"{where}: needs LSTM layers and two dense layers")
         if min(built.lstm_units + built.dense_units) < 1:
             raise BandwidthError(f"{where}: every layer needs at least one unit")
+        if built.target not in TARGETS:
+            raise BandwidthError(
+                f"{where}: unknown target {built.target!r}; fogfl knows {', '.join(TARGETS)}"
+            )
         return built
 
 
@@ -177,13 +192,14 @@ class Predictor:
             )
         if not np.all(np.isfinite(inputs)):
             raise BandwidthError("the predictor's input holds NaN or infinite values")
-        scaled = self.normalisation.features(inputs).astype(np.float32)
+        target, norm = self.architecture.target, self.normalisation
+        scaled = network_inputs(target, inputs, norm).astype(np.float32)
         outputs = []
         with torch.no_grad():
             for start in range(0, len(scaled), 4096):
                 outputs.append(self.model(torch.from_numpy(scaled[start : start + 4096])).numpy())
         joined = np.concatenate(outputs) if outputs else np.empty(0)
-        return self.normalisation.bandwidth_mbit_s(joined.astype(np.float64))
+        return forecasts(target, inputs, joined.astype(np.float64), norm)
 
     def forecast_from_throughputs(self, mbit_s: Sequence[float]) -> float | None:
         """The next value of a throughput-only history (e.g. a client's measured uploads),
@@ -231,9 +247,9 @@ def train_predictor(
     architecture: Architecture = Architecture(),
     on_epoch: EpochCallback | None = None,
 ) -> tuple[Predictor, TrainingReport]:
-    """Adam on the MSE of the normalised next bandwidth, batches of `batch_size`, until
-    `epochs` or until the validation loss has not improved for `patience` epochs; the best
-    epoch's weights are kept and scored on the test split."""
+    """Adam on the MSE of the network's target (`architecture.target`), batches of
+    `batch_size`, until `epochs` or until the validation loss has not improved for
+    `patience` epochs; the best epoch's weights are kept and scored on the test split."""
     started = time.monotonic()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -241,9 +257,10 @@ def train_predictor(
 
     def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         windows = data.split(split)
-        x = torch.from_numpy(norm.features(windows.inputs).astype(np.float32))
-        y = torch.from_numpy(norm.bandwidth(windows.targets).astype(np.float32))
-        return x, y
+        target = architecture.target
+        x = network_inputs(target, windows.inputs, norm)
+        y = network_targets(target, windows.inputs, windows.targets, norm)
+        return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
 
     train_x, train_y = tensors("train")
     validation_x, validation_y = tensors("validation")

@@ -112,3 +112,20 @@ def test_weights_of_another_architecture_are_refused(trained: tuple, tmp_path: P
     (tmp_path / "predictor.json").write_text(json.dumps(meta))
     with pytest.raises(BandwidthError, match="has shape"):
         Predictor.load(tmp_path)
+
+
+def test_a_residual_lstm_keeps_its_target_and_beats_the_level_on_a_smooth_link(
+    trained: tuple, tmp_path: Path
+) -> None:
+    _, level_report, data = trained
+    small = Architecture(lstm_units=(16, 8), dense_units=(8, 4), target="residual")
+    residual, report = train_predictor(data, TrainSettings(epochs=6, patience=6), small)
+    # Same layers, same data, same epochs: learning the change from the last value is the
+    # easier task on a series whose steps are ~1 % of its level.
+    assert report.test["mae"] < level_report.test["mae"]
+    residual.save(tmp_path)
+    loaded = Predictor.load(tmp_path)
+    assert loaded.architecture.target == "residual"
+    np.testing.assert_array_equal(
+        loaded.predict(data.test.inputs), residual.predict(data.test.inputs)
+    )
