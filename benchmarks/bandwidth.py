@@ -46,11 +46,12 @@ def main() -> None:
     agent, agent_report = train_agent(traces, environment, DDQNSettings(episodes=options.episodes))
     episode_s = agent_report.seconds / options.episodes
     rng = np.random.default_rng(0)
-    history = [Upload(2_000_000, float(s)) for s in rng.uniform(2, 12, 20)]
+    size, deadline = environment.model_bytes, environment.deadline_s
+    history = [Upload(size, float(s)) for s in rng.uniform(2, 12, 20)]
     window = data.test.inputs[:1]
-    rule = ThroughputRule(2_000_000, 10)
-    robust = RobustRule(2_000_000, 10)
-    ddqn = DDQNController(2_000_000, 10, agent)
+    rule = ThroughputRule(size, deadline)
+    robust = RobustRule(size, deadline)
+    ddqn = DDQNController(size, deadline, agent)
     rows = [
         ("LSTM epoch, 6,990 windows, batch 32", epoch_s, "s"),
         ("LSTM, 100 epochs (upper bound)", 100 * epoch_s / 60, "min"),
