@@ -155,6 +155,9 @@ def mosquitto_conf(
             lines.append("user root")
     lines += [
         "max_queued_messages 10000",
+        # A fog broker acknowledges a chunked update's chunks only once the whole update is in
+        # its journal; with Mosquitto's default of 20 in flight, 20 chunks would stall it.
+        "max_inflight_messages 0",
         "log_dest stdout",
         "log_type error",
         "log_type warning",

@@ -71,7 +71,32 @@ TierCodec = Literal["float32", "float16", "bfloat16", "int8", "int4", "topk"]
 
 class WireSettings(_Section):
     codec: Literal["float32", "float16"] = "float32"
-    max_payload_bytes: int = Field(256 * 1024 * 1024 - 64 * 1024, ge=1024, le=268_435_455)
+    max_payload_bytes: int = Field(
+        256 * 1024 * 1024 - 64 * 1024,
+        ge=1024,
+        le=4 * 1024**3,
+        description="the largest whole message a receiver accepts; beyond wire.chunk_bytes it "
+        "travels in chunks, so it may exceed MQTT's 268,435,455",
+    )
+    # Chunked transfers (fogfl/chunks.py; docs/protocol.md, "Chunked transfers").
+    chunk_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=4096,
+        le=268_435_455 - 65_536,
+        description="a larger payload travels as chunks of this many bytes",
+    )
+    chunk_timeout_s: float = Field(
+        120.0, gt=0, description="a transfer that has had no chunk for this long is dropped"
+    )
+    chunk_transfers: int = Field(
+        64, ge=1, le=100_000, description="transfers one receiver reassembles at once, at most"
+    )
+    chunk_buffer_bytes: int = Field(
+        1024**3,
+        ge=1024,
+        le=1024**4,
+        description="bytes one receiver's transfers in reassembly hold together, at most",
+    )
     # Per tier, over `codec` (fogfl/codecs; docs/protocol.md, "Codecs"). None: `codec`.
     update_codec: TierCodec | None = Field(None, description="clients' updates, as deltas")
     partial_codec: TierCodec | None = Field(None, description="fog brokers' partials")
@@ -88,6 +113,16 @@ class WireSettings(_Section):
                     f"{key}: topk sends a delta from the model a client trained from, which "
                     "only updates have; use it as wire.update_codec"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _largest_message_fits_the_buffer(self) -> WireSettings:
+        if self.chunk_buffer_bytes < self.max_payload_bytes:
+            raise ValueError(
+                f"chunk_buffer_bytes ({self.chunk_buffer_bytes:,}) is less than "
+                f"max_payload_bytes ({self.max_payload_bytes:,}): a message of the largest "
+                "size could never be reassembled; raise chunk_buffer_bytes"
+            )
         return self
 
     def tier_codec(self, tier: Literal["update", "partial", "global"]) -> str:

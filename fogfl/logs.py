@@ -42,7 +42,7 @@ def role_logger(role: str, *where: str) -> RoleLogger:
 class Rejections:
     """Counts rejected messages by reason and logs each one with its explanation."""
 
-    def __init__(self, log: RoleLogger) -> None:
+    def __init__(self, log: RoleLogger | logging.LoggerAdapter[Any] | logging.Logger) -> None:
         self.log = log
         self.counts: Counter[str] = Counter()
 

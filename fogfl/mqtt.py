@@ -9,6 +9,10 @@ A broker restart is routine, not an error: paho's network thread reconnects with
 every connect subscribes again, `publish()` waits until the broker has acknowledged the
 message, and a persistent session lets the broker queue a role's QoS 1 messages while it
 is away.
+
+A payload larger than `wire.chunk_bytes` travels in chunks (fogfl/chunks.py): `publish()`
+splits it, `receive()` hands the role the message whole, and `ack()` of that message
+acknowledges every chunk of it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import queue
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -29,15 +34,19 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from fogfl.config import MqttSettings
-from fogfl.errors import BrokerError
-from fogfl.logs import WaitProgress
+from fogfl import chunks
+from fogfl.config import MqttSettings, WireSettings
+from fogfl.errors import BrokerError, WireError
+from fogfl.logs import Rejections, WaitProgress
 
 QOS = 1
 MAX_PAYLOAD_BYTES = 268_435_455  # the MQTT limit on one message
 # CONNACK reasons that retrying cannot change: bad protocol, client id, login, ban, auth method.
 _FINAL_REFUSALS = frozenset({132, 133, 134, 135, 138, 140})
 _SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT: another connection took this client id
+# Chunks of one message a publisher has sent and not yet seen acknowledged: enough to keep
+# the link busy, few enough that the copies cost little memory.
+CHUNKS_IN_FLIGHT = 4
 
 Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
@@ -117,7 +126,8 @@ class Received:
     `mid` and `qos` identify it for `MqttSession.ack`; `duplicate` is the broker's DUP flag
     (a redelivery, e.g. after a reconnect). `session` counts the broker sessions this
     process has had, so that an acknowledgement never reaches a session that did not
-    deliver the message. `received_at` is the Unix time its last byte arrived.
+    deliver the message. `received_at` is the Unix time its last byte arrived. A message
+    that came in chunks has them as `parts` (acknowledged with it).
     """
 
     topic: str
@@ -128,6 +138,7 @@ class Received:
     duplicate: bool = False
     session: int = field(default=0, compare=False, repr=False)
     received_at: float = field(default=0.0, compare=False, repr=False)
+    parts: tuple[Received, ...] = field(default=(), compare=False, repr=False)
 
 
 class _ZeroCopyClient(paho.Client):
@@ -167,7 +178,13 @@ class MqttSession:
     - `manual_ack`: incoming QoS 1 messages are acknowledged only by `ack(received)`, once
       the role has handled them durably; until then the broker keeps them and delivers
       them again after a reconnect, so a crash between receipt and durable handling loses
-      nothing. Needs `persistent`.
+      nothing. Needs `persistent`. The chunks of a message stay unacknowledged with it, so
+      after a reconnect they all come again and make the message again (a duplicate).
+    - `wire` (default: the defaults): payloads over `wire.chunk_bytes` go out as chunks on
+      ``<topic>/chunk/<i>``, every subscription brings its chunk subtopics too, and
+      `receive()` reassembles within the `wire.chunk_*` limits and `wire.max_payload_bytes`.
+      Chunks that are wrong, or transfers dropped, are recorded in `rejections` (the role's
+      own, when it passes it) and acknowledged.
     """
 
     def __init__(
@@ -178,6 +195,8 @@ class MqttSession:
         *,
         persistent: bool = True,
         manual_ack: bool = False,
+        wire: WireSettings | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
@@ -189,6 +208,21 @@ class MqttSession:
         self.bytes_received = 0
         self._where = f"{settings.host}:{settings.port}"
         self._inbox: queue.Queue[Received] = queue.Queue()
+        wire = wire or WireSettings()
+        self.chunk_bytes = wire.chunk_bytes
+        self.rejections = rejections or Rejections(logger)
+        self._reassembler: chunks.Reassembler[Received] = chunks.Reassembler(
+            chunks.ChunkLimits(
+                max_payload_bytes=wire.max_payload_bytes,
+                max_transfers=wire.chunk_transfers,
+                buffer_bytes=wire.chunk_buffer_bytes,
+                timeout_s=wire.chunk_timeout_s,
+            ),
+            remember_completed=not manual_ack,
+        )
+        # Topic → chunks of the retained chunked message this session last published there,
+        # so that a later one clears the indices it does not overwrite.
+        self._retained_chunks: dict[str, int] = {}
         self._subscriptions: list[str] = []
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
@@ -248,7 +282,9 @@ class MqttSession:
     def connect(self, subscriptions: Sequence[str] = ()) -> MqttSession:
         """Connect and subscribe, trying for `mqtt.connect_timeout_s`; raises BrokerError
         with the reason (unreachable, refused login, no answer) when that is over."""
-        self._subscriptions = list(subscriptions)
+        wanted = list(subscriptions)
+        below = [chunks.chunk_filter(topic) for topic in wanted]
+        self._subscriptions = wanted + [topic for topic in below if topic is not None]
         timeout = self.settings.connect_timeout_s
         started = time.monotonic()
         deadline = started + timeout
@@ -296,20 +332,74 @@ class MqttSession:
         return self
 
     def receive(self, timeout: float | None = None) -> Received | None:
-        """The next message, or None when `timeout` seconds pass without one."""
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """The next message (whole, if it came in chunks), or None when `timeout` seconds
+        pass without one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for step in self._reassembler.expire():
+                self._finish_chunks(step)
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            expiry = self._reassembler.seconds_to_expiry()
+            if expiry is not None:
+                wait = expiry if wait is None else min(wait, expiry)
+            try:
+                received = self._inbox.get(timeout=wait)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            message = self._reassemble(received)
+            if message is not None:
+                return message
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1 and return once the broker has acknowledged it.
+    def publish(self, topic: str, payload: bytes | bytearray, *, retain: bool = False) -> None:
+        """Publish at QoS 1 and return once the broker has acknowledged it (every chunk of
+        it, when it is larger than `wire.chunk_bytes`).
 
         While the broker is away the message waits, and goes out again after every
         reconnect until acknowledged, so a receiver may get it twice (and drop the copy).
-        Raises BrokerError after `mqtt.publish_timeout_s`, or at once when the broker
-        refuses it (an MQTT 5 reason code) or it cannot be an MQTT message.
+        Raises BrokerError after `mqtt.publish_timeout_s` (for each chunk), or at once when
+        the broker refuses it (an MQTT 5 reason code) or it cannot be an MQTT message.
         """
+        if len(payload) > self.chunk_bytes:
+            self._publish_chunked(topic, payload, retain)
+            return
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        self._settle(self._send(topic, payload, retain), topic, len(payload), deadline)
+        if retain:
+            # A whole message replaces a chunked one: its indices must not outlive it.
+            for index in range(self._retained_chunks.pop(topic, 0)):
+                self.publish(chunks.chunk_topic(topic, index), b"", retain=True)
+
+    def _publish_chunked(self, topic: str, payload: bytes | bytearray, retain: bool) -> None:
+        """Publish `payload` as chunks, at most CHUNKS_IN_FLIGHT unacknowledged at a time;
+        retained, clear what an earlier message on `topic` left: the whole message there,
+        and the chunk indices beyond this one's."""
+        in_flight: deque[tuple[int, str, int, float]] = deque()
+        count = 0
+        try:
+            for count, chunk in enumerate(chunks.split(payload, self.chunk_bytes), start=1):
+                if len(in_flight) == CHUNKS_IN_FLIGHT:
+                    self._settle(*in_flight.popleft())
+                where = chunks.chunk_topic(topic, count - 1)
+                deadline = time.monotonic() + self.settings.publish_timeout_s
+                in_flight.append((self._send(where, chunk, retain), where, len(chunk), deadline))
+            while in_flight:
+                self._settle(*in_flight.popleft())
+        finally:
+            with self._acks:
+                self._abandoned.update(mid for mid, *_ in in_flight)
+        if not retain:
+            return
+        previous = self._retained_chunks.pop(topic, None)
+        if previous is None:
+            self.publish(topic, b"", retain=True)
+        for index in range(count, previous or 0):
+            self.publish(chunks.chunk_topic(topic, index), b"", retain=True)
+        self._retained_chunks[topic] = count
+
+    def _send(self, topic: str, payload: bytes | bytearray, retain: bool) -> int:
+        """Hand one MQTT message to paho; its mid, for `_settle`."""
         size = len(payload)
         if size > MAX_PAYLOAD_BYTES:
             raise BrokerError(
@@ -318,8 +408,6 @@ class MqttSession:
             )
         if self._closed:
             raise BrokerError(f"cannot publish on {topic}: the MQTT session is closed")
-        timeout = self.settings.publish_timeout_s
-        deadline = time.monotonic() + timeout
         try:
             info = self._client.publish(topic, payload, qos=QOS, retain=retain)
         except ValueError as exc:
@@ -333,7 +421,12 @@ class MqttSession:
             raise BrokerError(
                 f"publishing {size:,} bytes on {topic} failed: {paho.error_string(info.rc)}"
             )
-        acknowledged, reason = self._wait_for_puback(info.mid, deadline)
+        return info.mid
+
+    def _settle(self, mid: int, topic: str, size: int, deadline: float) -> None:
+        """Wait for the broker's acknowledgement of one message `_send` handed over."""
+        timeout = self.settings.publish_timeout_s
+        acknowledged, reason = self._wait_for_puback(mid, deadline)
         if not acknowledged:
             raise BrokerError(
                 f"the MQTT broker at {self._where} did not acknowledge {size:,} bytes on "
@@ -346,9 +439,12 @@ class MqttSession:
     def ack(self, received: Received) -> None:
         """Acknowledge a message of a `manual_ack` session once the role is done with it —
         handled durably, dropped or rejected alike (an unacknowledged message comes back
-        after every reconnect). Ack promptly: Mosquitto sends a 3.1.1 session at most
-        `max_inflight_messages` (20) unacknowledged messages and queues the rest."""
-        if not self.manual_ack or received.qos == 0:
+        after every reconnect). Ack promptly: Mosquitto sends a session at most
+        `max_inflight_messages` unacknowledged messages (20 unless configured; fogfl's
+        configurations say 0, no cap, as a chunked message needs) and queues the rest."""
+        for part in received.parts:
+            self.ack(part)
+        if not self.manual_ack or received.qos == 0 or received.parts:
             return
         with self._lock:
             delivered_here = received.session == self._session_number and not self._closed
@@ -569,6 +665,50 @@ class MqttSession:
             return
         self.bytes_received += len(message.payload)
         self._inbox.put(received)
+
+    def _reassemble(self, received: Received) -> Received | None:
+        """`received` itself, unless it is a chunk: then the message it completes, or None."""
+        where = chunks.located(received.topic)
+        if where is None:
+            return received
+        topic, index = where
+        try:
+            chunk = chunks.read_chunk(received.payload)
+            if chunk is not None and chunk.index != index:
+                raise WireError(
+                    "bad-chunk", f"chunk {chunk.index} of a transfer came on the topic of {index}"
+                )
+        except WireError as error:
+            self._finish_chunks(chunks.Step(topic, receipts=[received], error=error))
+            return None
+        if chunk is None:
+            return received  # no chunk: a message for the role, whatever it is
+        whole = None
+        for step in self._reassembler.add(topic, chunk, received, retained=received.retained):
+            if step.payload is None:
+                self._finish_chunks(step)
+                continue
+            parts = tuple(step.receipts)
+            whole = Received(
+                topic,
+                step.payload,
+                all(part.retained for part in parts),
+                qos=QOS,
+                duplicate=any(part.duplicate for part in parts),
+                session=self._session_number,
+                received_at=max(part.received_at for part in parts),
+                parts=parts,
+            )
+        return whole
+
+    def _finish_chunks(self, step: chunks.Step[Received]) -> None:
+        """Acknowledge chunks that will not make a message; record why."""
+        for part in step.receipts:
+            self.ack(part)
+        if step.error is not None:
+            self.rejections.record_error(step.error, step.topic)
+        elif step.note:
+            self.log.debug("ignored chunks on %s: %s", step.topic, step.note)
 
     def _subscribed_to(self, topic: str) -> bool:
         try:

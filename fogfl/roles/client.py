@@ -49,7 +49,11 @@ class FederatedClient:
         self.task.warm_up(self.model)
         self.serve = serve
         self.session = MqttSession(
-            self.security.mqtt, role_client_id(config.mqtt, "client", client_id), self.log
+            self.security.mqtt,
+            role_client_id(config.mqtt, "client", client_id),
+            self.log,
+            wire=config.wire,
+            rejections=self.rejections,
         )
         self.topics = self.session.topics
         self.current_run = ""

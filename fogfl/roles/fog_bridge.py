@@ -64,6 +64,8 @@ class FogBridge:
             f"fogfl-bridge-{region}-{os.getpid()}",
             self.log,
             persistent=False,
+            wire=config.wire,
+            rejections=self.rejections,
         )
         self.topic = self.session.topics.partial(region)
         self.waiting: dict[PartialKey, Received] = {}

@@ -56,7 +56,14 @@ class FogBroker:
         # One stable id per region: the broker keeps its session (and the QoS 1 updates
         # queued in it) across a restart of this process.
         client_id = role_client_id(config.mqtt, "fog", region)
-        self.session = MqttSession(self.security.mqtt, client_id, self.log, manual_ack=True)
+        self.session = MqttSession(
+            self.security.mqtt,
+            client_id,
+            self.log,
+            manual_ack=True,
+            wire=config.wire,
+            rejections=self.rejections,
+        )
         self.topics = self.session.topics
         self.journal = RoundJournal(config.fog.state_dir / f"fog-{region}")
         self.current: RegionRound | None = None

@@ -228,7 +228,14 @@ def watch(
         # The wait for the broker is part of the watch, not in front of it.
         connect_s = max(min(settings.connect_timeout_s, duration_s), 0.1)
         settings = settings.model_copy(update={"connect_timeout_s": connect_s})
-    session = MqttSession(settings, f"fogfl-monitor-{os.getpid()}", log, persistent=False)
+    session = MqttSession(
+        settings,
+        f"fogfl-monitor-{os.getpid()}",
+        log,
+        persistent=False,
+        wire=config.wire,
+        rejections=rejections,
+    )
     session.connect([topic_filter or session.topics.everything])
     try:
         while ends is None or time.monotonic() < ends:

@@ -88,7 +88,7 @@ class Server:
         self.log = role_logger(ROLE, self.run_id)
         self.security = role_security(config, server_identity(), self.log)
         self.session = MqttSession(
-            self.security.mqtt, role_client_id(config.mqtt, "server"), self.log
+            self.security.mqtt, role_client_id(config.mqtt, "server"), self.log, wire=config.wire
         )
         self.records: dict[int, RoundRecord] = {}
         self.completed = 0

@@ -6,6 +6,7 @@ role uses, so the broker itself enforces who may publish where: a client writes 
 own update topic ``<prefix>/updates/<region>/<client id>`` (which the fog broker checks
 against the message's sender), only fog-<region> writes its region's partial and region
 model, and nobody but the server writes the global model and the round announcements.
+Every rule holds for its topic's chunk subtopics ``<topic>/chunk/+`` too (fogfl/chunks.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from fogfl.chunks import chunk_filter
 from fogfl.config import FogflConfig
 from fogfl.mqtt import Topics
 from fogfl.security.mosquitto_files import AclRule
@@ -68,7 +70,14 @@ def federation_identities(config: FogflConfig) -> list[Identity]:
 
 
 def acl_rules(identity: Identity, topics: Topics) -> list[AclRule]:
-    """The topics `identity` may read and write; nothing else is allowed."""
+    """The topics `identity` may read and write, and the chunks of each message there;
+    nothing else is allowed."""
+    rules = _message_rules(identity, topics)
+    below = [(rule.access, chunk_filter(rule.topic)) for rule in rules]
+    return rules + [AclRule(access, topic) for access, topic in below if topic is not None]
+
+
+def _message_rules(identity: Identity, topics: Topics) -> list[AclRule]:
     region = identity.region
     if identity.role == "server":
         return [

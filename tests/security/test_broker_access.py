@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fogfl.broker import LocalBroker
+from fogfl.chunks import chunk_topic
 from fogfl.errors import BrokerError
 from fogfl.security.certs import CertificateAuthority
 from tests.security.conftest import TOPICS, session, settings_as
@@ -33,6 +34,13 @@ PUBLISHES = [
     ("monitor", TOPICS.global_model, False),
     ("server", TOPICS.global_model, True),
     ("server", TOPICS.round_announcement, True),
+    # Chunks of a message travel on its topic's subtopics, under the same rules.
+    ("client-north-01", chunk_topic(TOPICS.updates("north", "north-01"), 3), True),
+    ("client-north-01", chunk_topic(TOPICS.updates("north", "north-02"), 3), False),
+    ("client-north-01", chunk_topic(TOPICS.global_model, 0), False),
+    ("fog-north", chunk_topic(TOPICS.partial("north"), 1), True),
+    ("fog-north", chunk_topic(TOPICS.partial("south"), 1), False),
+    ("server", chunk_topic(TOPICS.global_model, 12), True),
 ]
 
 
