@@ -67,6 +67,8 @@ class MqttSettings(_Section):
 
 
 TierCodec = Literal["float32", "float16", "bfloat16", "int8", "int4", "topk"]
+ModelCodec = Literal["float32", "float16", "bfloat16", "int8", "int4"]  # absolute models
+Compression = Literal["none", "zstd"]
 
 
 class WireSettings(_Section):
@@ -103,7 +105,18 @@ class WireSettings(_Section):
     global_codec: TierCodec | None = Field(None, description="the server's global model")
     topk_fraction: float = Field(0.05, gt=0, le=1, description="share of entries topk sends")
     error_feedback: bool = Field(True, description="clients add what their codec dropped next")
-    compression: Literal["none", "zstd"] = "none"
+    compression: Compression = "none"
+
+    def announced(self) -> dict[str, Any]:
+        """The coding the server announces with every round (`RoundPlan`), so clients and
+        fog brokers follow it without a restart."""
+        return {
+            "update_codec": self.tier_codec("update"),
+            "partial_codec": self.tier_codec("partial"),
+            "topk_fraction": self.topk_fraction,
+            "compression": self.compression,
+            "error_feedback": self.error_feedback,
+        }
 
     @model_validator(mode="after")
     def _topk_only_for_updates(self) -> WireSettings:
@@ -149,6 +162,12 @@ class RoundPlan(TrainingSettings):
     edge_rounds: int = Field(1, ge=1, le=1000)
     participants: dict[str, list[str]] | None = None
     ended: bool = Field(False, description="the run is over: nothing more will be announced")
+    # How updates, partials and region models travel (fogfl/codecs; WireSettings.announced).
+    update_codec: TierCodec = "float32"
+    partial_codec: ModelCodec = "float32"
+    topk_fraction: float = Field(0.05, gt=0, le=1)
+    compression: Compression = "none"
+    error_feedback: bool = True
 
     @property
     def training(self) -> TrainingSettings:

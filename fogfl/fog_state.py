@@ -12,6 +12,9 @@ Layout under the state directory::
     run-<run>/<round>-<phase>/announcement  the server's announcement that opened it
     run-<run>/<round>-<phase>/round.json the open round's edge round and bytes so far
     run-<run>/<round>-<phase>/<n>.msg accepted updates of the open edge round, in order
+    run-<run>/<round>-<phase>/reference  the model the open edge round's clients trained from
+                                         (the global or region model, as it arrived), which
+                                         coded updates are deltas from
 
 Files are replaced atomically: a crash leaves the old state or the new, never half of one.
 It survives the process, not the machine: nothing is fsynced.
@@ -33,6 +36,7 @@ RoundKey = tuple[str, int, str]
 _CLOSED = "closed.json"
 _ROUND = "round.json"
 _ANNOUNCEMENT = "announcement"
+_REFERENCE = "reference"
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Restored:
     edge_round: int = 1
     region_bytes: int = 0
     payloads: list[bytes] = field(default_factory=list)
+    reference: bytes | None = None  # the model the accepted updates were trained from
 
 
 class RoundJournal:
@@ -91,6 +96,8 @@ class RoundJournal:
             self._write_round(key, 1, 0)
         messages = sorted(folder.glob("*.msg"), key=lambda p: int(p.stem))
         restored.payloads = [path.read_bytes() for path in messages]
+        reference = folder / _REFERENCE
+        restored.reference = reference.read_bytes() if reference.exists() else None
         self._count = int(messages[-1].stem) + 1 if messages else 0
         return restored
 
@@ -101,11 +108,23 @@ class RoundJournal:
             write_atomic(self._folder(self._open) / f"{self._count}.msg", bytes(payload))
         self._count += 1
 
-    def next_edge_round(self, edge_round: int, region_bytes: int) -> None:
-        """The open round moved on to `edge_round`: its earlier updates are folded in."""
+    def keep_reference(self, payload: bytes | bytearray) -> None:
+        """Keep the model the open edge round's clients trained from, so that a restarted
+        broker can decode the deltas it replays."""
+        assert self._open is not None, "no round is open"
+        with self._writing():
+            write_atomic(self._folder(self._open) / _REFERENCE, bytes(payload))
+
+    def next_edge_round(
+        self, edge_round: int, region_bytes: int, reference: bytes | bytearray | None = None
+    ) -> None:
+        """The open round moved on to `edge_round`, whose clients train from `reference`
+        (the region model, kept before it is published): its earlier updates are folded in."""
         assert self._open is not None, "no round is open"
         folder = self._folder(self._open)
         with self._writing():
+            if reference is not None:
+                write_atomic(folder / _REFERENCE, bytes(reference))
             self._write_round(self._open, edge_round, region_bytes)
             for path in folder.glob("*.msg"):
                 path.unlink(missing_ok=True)

@@ -7,9 +7,10 @@ import time
 
 from torch import nn
 
-from fogfl.config import TrainingSettings
+from fogfl.codecs import ErrorFeedback, Reference
+from fogfl.config import RoundPlan, TrainingSettings
 from fogfl.tasks.base import Partition, Task, load_tensors, model_tensors, training_seed
-from fogfl.wire import Envelope
+from fogfl.wire import Envelope, ModelSchema, encode
 
 
 def train_from(
@@ -43,6 +44,27 @@ def train_from(
         num_examples=data.num_train,
         tensors=model_tensors(model),
         metrics={**training, **evaluation, "train_seconds": time.monotonic() - started},
+    )
+
+
+def encode_update(
+    update: Envelope,
+    start: Envelope,
+    plan: RoundPlan,
+    schema: ModelSchema,
+    feedback: ErrorFeedback | None = None,
+) -> bytes:
+    """The update as the round's plan says it travels: in `update_codec`, a lossy one as the
+    delta from `start` (the model it was trained from, as this client decoded it), with the
+    client's error `feedback` when the plan keeps it."""
+    lossy = plan.update_codec != "float32"
+    return encode(
+        update,
+        plan.update_codec,
+        compression=plan.compression,
+        reference=Reference(start.tensors, schema) if lossy else None,
+        feedback=feedback if lossy and plan.error_feedback else None,
+        topk_fraction=plan.topk_fraction,
     )
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
+from fogfl.codecs import ErrorFeedback
+from fogfl.config import FogflConfig, RoundPlan, read_round_plan
 from fogfl.errors import WireError
-from fogfl.local_round import evaluate_final, train_from
+from fogfl.local_round import encode_update, evaluate_final, train_from
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received, role_client_id
 from fogfl.security.identities import client_identity
@@ -61,6 +62,8 @@ class FederatedClient:
         self.left_runs: set[str] = set()
         self.position: dict[str, tuple[int, int]] = {}
         self.pending_region_model: Envelope | None = None
+        # What this client's update codec dropped so far, in the current run.
+        self.feedback = ErrorFeedback()
         # When each model arrived, for the download seconds the next update reports.
         self.arrived_at: dict[tuple[bool, int, int], float] = {}
 
@@ -107,7 +110,7 @@ class FederatedClient:
                 if not plan.takes_part(self.client_id, self.region):
                     self.log.info("round %d: not picked this round; sitting it out", model.round)
                     continue
-                self._train_round(model, plan.training)
+                self._train_round(model, plan)
         finally:
             self.session.close()
 
@@ -131,6 +134,8 @@ class FederatedClient:
                 if self.current_run and model.run_id != self.current_run:
                     self.log.info("run %s began; leaving run %s", model.run_id, self.current_run)
                     self.left_runs.add(self.current_run)
+                if model.run_id != self.current_run:
+                    self.feedback.reset()
                 self.current_run = model.run_id
         if self.pending_region_model is not None:
             models.insert(0, self.pending_region_model)
@@ -159,7 +164,7 @@ class FederatedClient:
             raise WireError("wrong-region", f"region model of {model.region} on {self.region}'s")
         return model
 
-    def _train_round(self, start: Envelope, settings: TrainingSettings) -> None:
+    def _train_round(self, start: Envelope, plan: RoundPlan) -> None:
         """Train from a global model (edge round 1) or the region's model (later edge rounds)."""
         update = train_from(
             self.task,
@@ -168,14 +173,15 @@ class FederatedClient:
             start,
             self.client_id,
             self.region,
-            settings,
+            plan.training,
             self.config.federation.seed,
         )
         downloaded = transfer_seconds(start.sent_at, self.arrived_at.pop(_progress(start), 0.0))
         if downloaded is not None:
             update.metrics[DOWNLOAD_METRIC] = downloaded
         self.session.publish(
-            self.topics.updates(self.region, self.client_id), encode(update, self.config.wire.codec)
+            self.topics.updates(self.region, self.client_id),
+            encode_update(update, start, plan, self.schema, self.feedback),
         )
         edge = f" (edge round {start.edge_round})" if start.kind == "region" else ""
         metrics = update.metrics

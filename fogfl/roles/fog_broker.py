@@ -20,7 +20,8 @@ from __future__ import annotations
 import time
 
 from fogfl.aggregation import Phase, RegionRound, model_aggregate
-from fogfl.config import FogflConfig, read_round_plan
+from fogfl.codecs import Reference
+from fogfl.config import FogflConfig, RoundPlan, read_round_plan
 from fogfl.errors import WireError
 from fogfl.fog_state import RoundJournal, RoundKey
 from fogfl.logs import Rejections, RoleLogger, role_logger
@@ -28,7 +29,7 @@ from fogfl.mqtt import MqttSession, Received, role_client_id
 from fogfl.security.identities import fog_identity
 from fogfl.security.role import role_security
 from fogfl.transfers import DOWNLOAD_METRIC, transfer_seconds
-from fogfl.wire import decode, encode
+from fogfl.wire import Envelope, decode, encode, read_metadata
 
 ROLE = "fog-broker"
 _PHASE_ORDER = {"fit": 0, "evaluate": 1}
@@ -72,6 +73,12 @@ class FogBroker:
         self.finished = False
         self.connected = True  # False only while a restart restores its round
         self.unread_reference: Received | None = None
+        self.restored_region_model: bytes | None = None
+        self.plan = RoundPlan()  # the open round's, as announced
+        # The model the open edge round's clients trained from, which coded updates are
+        # deltas from; updates that come before it wait, unacknowledged.
+        self.start: Reference | None = None
+        self.waiting: list[Received] = []
         # Updates that came after their round closed, by round, for the next partial.
         self.late: dict[int, int] = {}
 
@@ -99,14 +106,18 @@ class FogBroker:
         )
         try:
             self.connected = True
+            if self.restored_region_model is not None:
+                # Retained, so a client that had it already sees nothing new.
+                topic = self.topics.region_model(self.region)
+                self.session.publish(topic, self.restored_region_model, retain=True)
+                self.restored_region_model = None
             self._close_if_complete()
             while not self.finished or self.serve:
                 if self.finished:
                     self.finished = False
                     self.log.info("waiting for the next run")
                 message = self.session.receive(timeout=self._seconds_to_wait())
-                if message is not None:
-                    self.handle(message)
+                if message is not None and self.handle(message):
                     # Only now, with the update in the journal, may the broker forget it.
                     self.session.ack(message)
                 self._check_deadline()
@@ -118,15 +129,19 @@ class FogBroker:
                 )
         return 0
 
-    def handle(self, message: Received) -> None:
-        """Act on one message; a bad one is rejected with its reason, never fatal."""
+    def handle(self, message: Received) -> bool:
+        """Act on one message; a bad one is rejected with its reason, never fatal. False
+        when it waits, unacknowledged, for the model its delta is from."""
         with self.rejections.guard(message.topic):
             if message.topic == self.topics.round_announcement:
                 self._on_announcement(message)
             elif message.topic in self._reference_topics():
                 self._on_reference(message)
+            elif self._waits_for_reference(message):
+                return False
             else:
                 self._on_update(message)
+        return True
 
     def _on_announcement(self, message: Received) -> None:
         announcement = decode(
@@ -138,6 +153,7 @@ class FogBroker:
         if announcement.schema is None:
             raise WireError("bad-field", "round announcement carries no model schema")
         plan = read_round_plan(announcement.config)
+        self.plan = plan
         run_id = announcement.run_id
         if run_id in self.left_runs:
             return  # only forward: a run this broker has left never comes back
@@ -193,10 +209,12 @@ class FogBroker:
         )
         if expected == 0 and phase == "fit":
             self.log.warning("round %d: no client of this region takes part", announcement.round)
+        self.start = None
         self._restore(key, message.payload)
         if self.unread_reference is not None:
             with self.rejections.guard(self.unread_reference.topic):
                 self._on_reference(self.unread_reference)
+        self._handle_waiting()
 
     def _restore(self, key: RoundKey, announcement: bytes | bytearray) -> None:
         """Fold in what this broker had accepted of the round before it was restarted."""
@@ -206,6 +224,12 @@ class FogBroker:
         if restored.edge_round > 1:
             current.edge_round = restored.edge_round
             current.region_bytes = restored.region_bytes
+        if restored.reference is not None:
+            with self.rejections.guard(self.topics.global_model):
+                start = self._decode_start(restored.reference)
+                self._hold_reference(start, journal=False)
+                if start.kind == "region" and not self.connected:
+                    self.restored_region_model = restored.reference
         journal_topic = self.topics.region_updates(self.region)
         for payload in restored.payloads:
             with self.rejections.guard(journal_topic):
@@ -265,6 +289,7 @@ class FogBroker:
             max_bytes=self.config.wire.max_payload_bytes,
             schema=current.schema if kind == "update" else None,
             run_id=current.run_id,
+            reference=self.start,
         )
         who = f"{update.kind} from {update.sender}"
         if update.region != self.region:
@@ -315,24 +340,45 @@ class FogBroker:
             self.late[round_number] = self.late.get(round_number, 0) + 1
 
     def _reference_topics(self) -> list[str]:
-        """What clipped_mean clips against: the round's global model, and under edge rounds
-        this broker's own region model (read back after a restart)."""
-        if self.config.fog.aggregation != "clipped_mean":
-            return []
+        """The models clients train from: the round's global model, and under edge rounds
+        this broker's own region model (read back after a restart). Coded updates are
+        deltas from them, and clipped_mean clips against them."""
         return [self.topics.global_model, self.topics.region_model(self.region)]
 
     def _on_reference(self, message: Received) -> None:
         """Keep the model the open edge round's clients started from; one that arrives
         before its round opens waits for it."""
         current = self.current
-        if current is None or not current.waiting_for_reference:
+        if not self._needs_reference() or self.start is not None:
             self.unread_reference = message
             return
+        assert current is not None
         self.unread_reference = None
-        kind = "global" if message.topic == self.topics.global_model else "region"
+        start = self._decode_start(message.payload)
+        position, wanted = (start.round, start.edge_round), (current.round, current.edge_round)
+        if start.final or position != wanted:
+            if position > wanted and not start.final:
+                self.unread_reference = message  # its round has not opened here yet
+            return
+        self._hold_reference(start, message.payload)
+        self._handle_waiting()
+        self._close_if_complete()
+
+    def _needs_reference(self) -> bool:
+        """Whether the open edge round needs its clients' start model: to decode coded
+        updates (deltas from it), or for clipped_mean to clip against."""
+        current = self.current
+        if current is None or current.model is None:
+            return False
+        return self.plan.update_codec != "float32" or current.waiting_for_reference
+
+    def _decode_start(self, payload: bytes | bytearray) -> Envelope:
+        """A global or region model of the open round, checked as its clients check it."""
+        current = self.current
+        assert current is not None
         start = decode(
-            message.payload,
-            kinds={kind},
+            payload,
+            kinds={"global", "region"},
             max_bytes=self.config.wire.max_payload_bytes,
             schema=current.schema,
             run_id=current.run_id,
@@ -340,14 +386,50 @@ class FogBroker:
         )
         if start.kind == "region" and start.region != self.region:
             raise WireError("wrong-region", f"region model of {start.region!r} on our topic")
+        return start
+
+    def _hold_reference(
+        self, start: Envelope, payload: bytes | bytearray = b"", journal: bool = True
+    ) -> None:
+        """The open edge round's clients trained from `start` (kept in the journal, for a
+        restart, unless it came from there)."""
+        current = self.current
+        assert current is not None
         position, wanted = (start.round, start.edge_round), (current.round, current.edge_round)
         if start.final or position != wanted:
-            if position > wanted and not start.final:
-                self.unread_reference = message  # its round has not opened here yet
-            return
+            return  # the journal's, of an edge round that did not begin before a crash
+        if journal and self._needs_reference():
+            self.journal.keep_reference(payload)
         current.reference = start.tensors
-        self.log.debug("round %d: clipping against the %s model", current.round, kind)
-        self._close_if_complete()
+        self.start = Reference(start.tensors, current.schema)
+        self.log.debug(
+            "round %d: holding the %s model its clients train from", current.round, start.kind
+        )
+
+    def _waits_for_reference(self, message: Received) -> bool:
+        """Whether `message` is a delta the broker cannot decode yet: its open edge round's
+        start model has not arrived. It waits, unacknowledged (redelivered after a crash),
+        for as many as the round expects, and a few more."""
+        current = self.current
+        if current is None or not self._needs_reference() or self.start is not None:
+            return False
+        if "delta_from" not in read_metadata(message.payload):
+            return False
+        if len(self.waiting) > 2 * current.expected + 8:
+            raise WireError(
+                "wrong-reference",
+                "too many deltas wait for the model they were trained from; is the global "
+                f"model readable on {self.topics.global_model}?",
+            )
+        self.waiting.append(message)
+        return True
+
+    def _handle_waiting(self) -> None:
+        """The updates that waited for their start model (or for a newer round)."""
+        waiting, self.waiting = self.waiting, []
+        for message in waiting:
+            if self.handle(message):
+                self.session.ack(message)
 
     def _close_if_complete(self) -> None:
         current = self.current
@@ -410,7 +492,7 @@ class FogBroker:
             return
         current.transfers.late, self.late = self.late, {}
         partial = current.partial(self.region, self.rejections.counts)
-        payload = encode(partial, self.config.wire.codec, self.security.signer)
+        payload = self._encode(partial)
         self.session.publish(self.topics.partial(self.region), payload, retain=True)
         self.log.info(
             "%s %d closed (%s): %d updates, %d examples, %d bytes published",
@@ -435,10 +517,11 @@ class FogBroker:
         """End an edge round: the region's mean goes back down to its clients."""
         assert current.model is not None
         region_model = current.region_model(self.region)
-        payload = encode(region_model, self.config.wire.codec, self.security.signer)
-        self.session.publish(self.topics.region_model(self.region), payload, retain=True)
+        payload = self._encode(region_model)
         current.region_bytes += len(payload) * len(current.contributors)
-        self.journal.next_edge_round(current.edge_round + 1, current.region_bytes)
+        # Journal first: a broker killed in between publishes it again once it is back.
+        self.journal.next_edge_round(current.edge_round + 1, current.region_bytes, payload)
+        self.session.publish(self.topics.region_model(self.region), payload, retain=True)
         self.log.info(
             "round %d: edge round %d of %d closed (%s) with %d updates",
             current.round,
@@ -448,11 +531,15 @@ class FogBroker:
             len(current.contributors),
         )
         current.next_edge_round(time.monotonic() + self.deadline_s)
-        if current.waiting_for_reference:
-            # The clients train from this region model as they decode it.
-            current.reference = decode(
-                payload, kinds={"region"}, max_bytes=len(payload), schema=current.schema
-            ).tensors
+        # The clients train from this region model as they decode it.
+        start = decode(payload, kinds={"region"}, max_bytes=len(payload), schema=current.schema)
+        self.start = None
+        self._hold_reference(start, journal=False)
+
+    def _encode(self, message: Envelope) -> bytes:
+        """A partial or region model in the round's partial codec (an absolute model)."""
+        codec = self.plan.partial_codec if message.tensors else "float32"
+        return encode(message, codec, self.security.signer, compression=self.plan.compression)
 
 
 def _position(key: RoundKey) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from fogfl import flower
 from fogfl.aggregation import mean_metrics
@@ -53,7 +53,7 @@ from fogfl.security.role import role_security
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors, shared_partitions
 from fogfl.transfers import CLOUD_UPLOAD_METRIC, TRANSFERS_METRIC, RegionTransfers, combine
-from fogfl.wire import Envelope, ModelSchema, encode
+from fogfl.wire import Codec, Envelope, ModelSchema, encode
 
 ROLE = "server"
 # The links runner rewrites its counters this often at most (see the launcher); a round's
@@ -323,7 +323,13 @@ class Server:
             config=config,
             final=final,
         )
-        payload = encode(model, self.config.wire.codec, self.security.signer)
+        wire = self.config.wire
+        payload = encode(
+            model,
+            cast(Codec, wire.tier_codec("global")),
+            self.security.signer,
+            compression=wire.compression,
+        )
         limit = self.config.wire.max_payload_bytes
         if len(payload) > limit:
             raise FogflError(
@@ -360,6 +366,7 @@ class Server:
             edge_rounds=federation.edge_rounds,
             participants=chosen,
             ended=ended,
+            **self.config.wire.announced(),
         )
         return plan.model_dump(mode="json", exclude_none=True)
 
