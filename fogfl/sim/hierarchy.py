@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,12 +32,12 @@ from fogfl.run_dir import RoundRecord, new_run_id
 from fogfl.schedules import final_population, round_participants
 from fogfl.security.signing import Signer, TrustPolicy
 from fogfl.sim.clock import ClientTiming, SimulatedNetwork, close_edge_round
-from fogfl.sim.coding import Tier, TierCoding, decode_message, encode_message
 from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
 from fogfl.transfers import combine
-from fogfl.wire import Envelope, ModelSchema, Tensors, decode
+from fogfl.wire import Codec, Envelope, ModelSchema, Tensors, decode, encode
 
 RoundDone = Callable[[int], None]
+Tier = Literal["update", "partial", "global"]
 
 
 @dataclass
@@ -70,7 +70,7 @@ class SimulatedRun:
 
     def final_tensors(self) -> Tensors:
         assert self.schema is not None
-        return decode_message(
+        return decode(
             self.final_model,
             kinds={"global"},
             max_bytes=self.config.wire.max_payload_bytes,
@@ -116,9 +116,6 @@ class _Hierarchy:
         self.run_id = run_id
         self.evaluate_all = evaluate_all
         self.key = TaskKey.of(config)
-        self.coding: dict[Tier, TierCoding] = {
-            tier: TierCoding.of(config.wire, tier) for tier in ("update", "partial", "global")
-        }
         self.max_bytes = config.wire.max_payload_bytes
         task = load_task(config.task.name, config.task.options, config.python_path)
         self.initial = model_tensors(task.build_model(config.federation.seed))
@@ -364,7 +361,6 @@ class _Hierarchy:
             region=region,
             start=start,
             settings=self.config.training,
-            coding=self.coding["update"],
             max_bytes=self.max_bytes,
             final=final,
         )
@@ -372,7 +368,7 @@ class _Hierarchy:
     def _fold_update(self, fog: RegionRound, reply: ClientReply, reference: Reference) -> Envelope:
         """What the fog broker does with a valid update: a delta is added to the model the
         region's clients trained from."""
-        update = decode_message(
+        update = decode(
             reply.payload,
             kinds={"update"},
             max_bytes=self.max_bytes,
@@ -395,7 +391,7 @@ class _Hierarchy:
         """The region's partial as the fog broker publishes it and its bridge reads it."""
         assert fog.model is not None
         payload = self._encode(replace(fog.partial(region, {}), sent_at=SENT_AT), "partial")
-        partial = decode_message(
+        partial = decode(
             payload,
             kinds={"partial"},
             max_bytes=self.max_bytes,
@@ -438,11 +434,17 @@ class _Hierarchy:
             weighting=federation.weighting,
             edge_rounds=federation.edge_rounds,
             participants=None if chosen is None else dict(chosen),
+            **self.config.wire.announced(),
         )
         return plan.model_dump(mode="json", exclude_none=True)
 
     def _encode(self, message: Envelope, tier: Tier) -> bytes:
-        return encode_message(message, self.coding[tier], signer=self._signer(message))
+        """`message` as the runtime's server (global) or fog broker (partial, region
+        model) publishes it: in the tier's codec, absolute, signed as in a secure
+        federation."""
+        wire = self.config.wire
+        codec = cast(Codec, wire.tier_codec(tier)) if message.tensors else "float32"
+        return encode(message, codec, self._signer(message), compression=wire.compression)
 
     def _signer(self, message: Envelope) -> Signer | None:
         """Who would sign `message` in a secure federation (the default): the same
@@ -453,9 +455,7 @@ class _Hierarchy:
         return None if name is None else Signer(name, _SIGNING_KEY)
 
     def _decode(self, payload: bytes, *kinds: str) -> Envelope:
-        return decode_message(
-            payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema
-        )
+        return decode(payload, kinds=set(kinds), max_bytes=self.max_bytes, schema=self.schema)
 
 
 _SIGNING_KEY = Ed25519PrivateKey.generate()

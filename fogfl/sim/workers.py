@@ -22,11 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from fogfl.codecs import ErrorFeedback, Reference
+from fogfl.codecs import ErrorFeedback
 from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
-from fogfl.sim.coding import TierCoding, decode_message, encode_message
 from fogfl.transfers import DOWNLOAD_METRIC
-from fogfl.wire import ModelSchema
+from fogfl.wire import ModelSchema, decode, encode
 
 if TYPE_CHECKING:
     from torch import nn
@@ -71,7 +70,6 @@ class ClientJob:
     region: str
     start: bytes
     settings: TrainingSettings
-    coding: TierCoding
     max_bytes: int
     final: bool = False
 
@@ -101,19 +99,19 @@ _FEEDBACK: OrderedDict[str, dict[str, ErrorFeedback]] = OrderedDict()
 
 def client_round(job: ClientJob) -> ClientReply:
     """Everything one client does with one model, as `fogfl client` does it."""
-    from fogfl.local_round import evaluate_final, train_from
+    from fogfl.local_round import encode_update, evaluate_final, train_from
 
     state = _task_state(job.task)
     data = _partition(state, job.task, job.client_id)
-    start = decode_message(
+    start = decode(
         job.start, kinds={"global", "region"}, max_bytes=job.max_bytes, schema=state.schema
     )
     if job.final:
         message = evaluate_final(state.task, state.model, data, start, job.client_id, job.region)
         message.sent_at = SENT_AT
-        payload = encode_message(message, TierCoding())
+        payload = encode(message)
     else:
-        settings = read_round_plan(start.config, job.settings).training
+        plan = read_round_plan(start.config, job.settings)
         message = train_from(
             state.task,
             state.model,
@@ -121,16 +119,15 @@ def client_round(job: ClientJob) -> ClientReply:
             start,
             job.client_id,
             job.region,
-            settings,
+            plan.training,
             job.task.seed,
         )
         measured = message.metrics["train_seconds"]
         message.metrics["train_seconds"] = TRAIN_SECONDS
         message.metrics[DOWNLOAD_METRIC] = DOWNLOAD_SECONDS
         message.sent_at = SENT_AT
-        reference = Reference(start.tensors, state.schema)
         feedback = _feedback(start.run_id, job.client_id)
-        payload = encode_message(message, job.coding, reference, feedback)
+        payload = encode_update(message, start, plan, state.schema, feedback)
         return ClientReply(payload, data.description, data.num_train, data.num_test, measured)
     return ClientReply(payload, data.description, data.num_train, data.num_test)
 

@@ -5,6 +5,7 @@ their own codecs; bytes that shrink accordingly."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fogfl.codecs import ErrorFeedback, Reference, decode_model, encode_model
 from fogfl.sim import workers
@@ -43,10 +44,11 @@ def test_int8_updates_are_deltas_the_fog_adds_to_the_global_model(pool: ClientPo
     assert_same_model(run.final_tensors(), weighted_mean(expected))
     exact = simulate(synthetic_config(), pool)
     assert distance(run.final_tensors(), exact.final_tensors()) > 0
-    # Updates shrink; the partials and the global model (float32) do not.
+    # Updates shrink; the partials and the global model (float32) do not, but for the
+    # plan they announce (update_codec) and the counts they report.
     assert run.records[1].bytes_up < 0.6 * exact.records[1].bytes_up
-    assert run.records[1].bytes_cloud == exact.records[1].bytes_cloud
-    assert run.records[1].bytes_down == exact.records[1].bytes_down
+    assert run.records[1].bytes_cloud == pytest.approx(exact.records[1].bytes_cloud, rel=0.002)
+    assert run.records[1].bytes_down == pytest.approx(exact.records[1].bytes_down, rel=0.002)
 
 
 def test_each_tier_travels_in_its_own_codec(pool: ClientPool) -> None:
