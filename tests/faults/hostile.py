@@ -3,10 +3,11 @@
 
 - `hostile_classes()`: one payload for each way a single message once killed or stalled a
   role (issue 7), with the reason it must be rejected with.
-- `mutations(seed, count)`: a seeded, structure-aware corpus. Each case is a valid envelope
-  of one kind (update, evaluation, partial, global, region, round) with one thing changed:
-  a metadata field, a tensor's header entry (dtype, shape, offsets, name), a letter of the
-  header, or one byte of the data or of the whole payload.
+- `mutations(seed, count)`: a seeded, structure-aware corpus. Each case is a valid payload
+  (`valid_payloads`: an envelope of each kind — update, evaluation, partial, global,
+  region, round — and models and updates in every codec, deltas from `REFERENCE`) with one
+  thing changed: a metadata field, a tensor's header entry (dtype, shape, offsets, name),
+  a letter of the header, or one byte of the data or of the whole payload.
 
 The model is the `synthetic` task's with `TASK_OPTIONS` (three float32 tensors of 34
 values), so a real client role reads the same schema.
@@ -21,12 +22,13 @@ import random
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from fogfl.codecs import Reference
 from fogfl.mqtt import Topics
-from fogfl.wire import Envelope, ModelSchema, TensorSpec, encode
+from fogfl.wire import Codec, Envelope, ModelSchema, TensorSpec, encode
 
 SEED = 7
 RUN_ID = "run-7"
@@ -143,11 +145,49 @@ def valid_envelopes() -> dict[str, Envelope]:
     }
 
 
-def announcement(final: bool = False) -> bytes:
-    """The valid announcement of round `ROUND` (or of its final evaluation)."""
+def announcement(final: bool = False, **plan: object) -> bytes:
+    """The valid announcement of round `ROUND` (or of its final evaluation), with `plan`
+    over its config."""
     message = valid_envelopes()["round"]
     message.final = final
+    message.config = {**message.config, **plan}
     return encode(message)
+
+
+# The round's global model: what the clients trained from, so what deltas are from.
+REFERENCE = Reference(valid_envelopes()["global"].tensors, SCHEMA)
+# (kind, codec, compression) of the coded payloads beside the float32 envelopes.
+_CODED = [
+    ("update", "int8", "none"),
+    ("update", "int4", "none"),
+    ("update", "topk", "none"),
+    ("update", "bfloat16", "zstd"),
+    ("update", "float16", "none"),
+    ("partial", "int8", "zstd"),
+    ("partial", "bfloat16", "none"),
+    ("global", "int4", "none"),
+    ("region", "float16", "zstd"),
+]
+
+
+@functools.cache
+def valid_payloads() -> dict[str, tuple[str, bytes]]:
+    """Valid payloads by name, each with its kind: every envelope as float32, and coded
+    ones (updates as deltas from `REFERENCE`, models absolute)."""
+    envelopes = valid_envelopes()
+    payloads = {kind: (kind, encode(message)) for kind, message in envelopes.items()}
+    for kind, codec, compression in _CODED:
+        payloads[f"{kind} {codec} {compression}"] = (
+            kind,
+            encode(
+                envelopes[kind],
+                cast(Codec, codec),
+                compression=compression,
+                reference=REFERENCE if kind == "update" else None,
+                topk_fraction=0.2,
+            ),
+        )
+    return payloads
 
 
 # ---------------------------------------------------------------------------------------
@@ -483,7 +523,11 @@ def _field_values() -> dict[str, list[str]]:
             "model",
         ],
         "fogfl": ["0", "2", "", "1.0", " 1", "１"],
-        "codec": ["float32", "float16", "bfloat16", "", "int8", "FLOAT32"],
+        "codec": ["float32", "float16", "bfloat16", "", "int8", "int4", "topk", "FLOAT32"],
+        "compression": ["none", "zstd", "", "gzip"],
+        "delta_from": [REFERENCE.digest, "0" * 32, REFERENCE.digest.upper(), "", "x"],
+        "topk_k": _COUNT_VALUES,
+        "compressed_bytes": _COUNT_VALUES,
         "sent_at": [
             "nan",
             "inf",
@@ -659,19 +703,20 @@ _BYTE_EDITS: list[tuple[Callable[[random.Random, bytes], tuple[str, bytes]], int
 
 
 def mutations(seed: int, count: int) -> Iterator[Case]:
-    """`count` valid envelopes, each with one field, header entry or byte changed."""
+    """`count` valid payloads, each with one field, header entry or byte changed."""
     rng = random.Random(seed)
-    valid = {kind: encode(message) for kind, message in valid_envelopes().items()}
-    kinds = sorted(valid)
+    valid = valid_payloads()
+    names = sorted(valid)
     edits: list[Any] = [edit for edit, _ in _HEADER_EDITS + _BYTE_EDITS]
     weights = [weight for _, weight in _HEADER_EDITS + _BYTE_EDITS]
     for _ in range(count):
-        source = rng.choice(kinds)
+        start = rng.choice(names)
+        source, original = valid[start]
         edit = rng.choices(edits, weights)[0]
         if edit in (e for e, _ in _BYTE_EDITS):
-            name, payload = edit(rng, valid[source])
+            name, payload = edit(rng, original)
         else:
-            parsed = Parsed.of(valid[source])
+            parsed = Parsed.of(original)
             name = edit(rng, parsed)
             payload = parsed.payload()
-        yield Case(f"{source}: {name}", source, payload)
+        yield Case(f"{start}: {name}", source, payload)

@@ -40,6 +40,7 @@ from fogfl.wire import (
 )
 from tests.faults.hostile import (
     CLIENT_ID,
+    REFERENCE,
     REGION,
     ROUND,
     RUN_ID,
@@ -52,6 +53,7 @@ from tests.faults.hostile import (
     hostile_classes,
     mutations,
     valid_envelopes,
+    valid_payloads,
 )
 
 CASES = 12_000
@@ -69,6 +71,11 @@ EVERY_REASON = {
     "wrong-shape",
     "wrong-dtype",
     "not-finite",
+    # The codecs' own (fogfl/codecs), on coded payloads.
+    "wrong-reference",
+    "bad-scale",
+    "bad-index",
+    "bad-compression",
 }
 
 
@@ -85,6 +92,7 @@ def decoded(case: Case) -> Envelope:
         max_bytes=MAX_BYTES,
         schema=receiver.schema,
         run_id=receiver.run_id,
+        reference=REFERENCE,  # a fog broker holds the round's global model
     )
 
 
@@ -170,7 +178,11 @@ class Roles:
         self.published = published
         self.state_dir = state_dir
         self.fit_broker = self.fog_broker("fit")
-        self.fit_broker.handle(self.received(TOPICS.round_announcement, announcement()))
+        # Coded updates: the broker decodes their deltas against the round's global model.
+        self.fit_broker.handle(
+            self.received(TOPICS.round_announcement, announcement(update_codec="int8"))
+        )
+        self.fit_broker.handle(self.received(TOPICS.global_model, valid_payloads()["global"][1]))
         self.final_broker = self.fog_broker("final")
         self.final_broker.handle(self.received(TOPICS.round_announcement, announcement(final=True)))
         self.announcement_brokers: list[FogBroker] = []
@@ -239,6 +251,10 @@ def test_valid_envelopes_pass_every_handler(roles: Roles) -> None:
     valid = {kind: encode(message) for kind, message in valid_envelopes().items()}
     topic = TOPICS.updates(REGION, CLIENT_ID)
     roles.fit_broker.handle(roles.received(topic, valid["update"]))
+    coded = [payload for name, (kind, payload) in valid_payloads().items() if " " in name]
+    for payload in coded:
+        case = Case("coded", read_metadata(payload)["kind"], payload)
+        assert_fits_its_receiver(decoded(case), case)
     roles.final_broker.handle(roles.received(topic, valid["evaluation"]))
     model = roles.client._newest(roles.received(TOPICS.global_model, valid["global"]))
     roles.bridge._file(roles.received(TOPICS.partial(REGION), valid["partial"]))
