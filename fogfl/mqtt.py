@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 import paho.mqtt.client as paho
@@ -684,7 +684,9 @@ class MqttSession:
         if chunk is None:
             return received  # no chunk: a message for the role, whatever it is
         whole = None
-        for step in self._reassembler.add(topic, chunk, received, retained=received.retained):
+        # The receipt acknowledges the chunk; its bytes are in the transfer's buffer now.
+        receipt = replace(received, payload=b"")
+        for step in self._reassembler.add(topic, chunk, receipt, retained=received.retained):
             if step.payload is None:
                 self._finish_chunks(step)
                 continue
