@@ -335,8 +335,8 @@ class Server:
             raise FogflError(
                 f"the {'final' if final else 'global'} model of round {server_round} is "
                 f"{len(payload):,} bytes, over wire.max_payload_bytes ({limit:,}): no role "
-                "would accept it; raise the limit (MQTT's is 268,435,455) or use wire.codec "
-                "float16"
+                "would accept it; raise the limit (up to 4 GiB: larger messages travel in "
+                "chunks, docs/protocol.md) or use wire.codec float16"
             )
         self.session.publish(
             self.session.topics.round_announcement,
