@@ -2,9 +2,13 @@
 per LSTM epoch and per DDQN episode at the seed's sizes, and the time of one decision.
 
     python benchmarks/bandwidth.py [--epochs 2] [--episodes 20]
+    python benchmarks/bandwidth.py --ceiling
 
 Prints a table; the full trainings themselves are `fogfl bandwidth train` and `fogfl agent
-train` (docs/bandwidth.md).
+train` (docs/bandwidth.md). `--ceiling` instead scores, on exactly the test windows of
+`fogfl bandwidth train --synthetic datacenter|internet` (default samples and seed), the
+forecast of someone who knows the generator (`series.generator_forecast`) beside the last
+value: how much better than the last value any predictor can be on that data.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import torch
 from fogfl.bandwidth.agent import DDQNSettings, train_agent
 from fogfl.bandwidth.controllers import DDQNController, RobustRule, ThroughputRule, Upload
 from fogfl.bandwidth.environment import EnvironmentSettings, LinkTrace
+from fogfl.bandwidth.metrics import forecast_metrics
 from fogfl.bandwidth.predictor import TrainSettings, train_predictor
-from fogfl.bandwidth.series import synthetic_series
+from fogfl.bandwidth.series import BANDWIDTH, generator_forecast, synthetic_series
 from fogfl.bandwidth.windows import windowed
 
 
@@ -30,11 +35,28 @@ def per_call(function: object, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
+def ceiling(samples: int = 10_000, seed: int = 0) -> None:
+    """The generator's own forecast and the last value on the same test windows."""
+    print(f"{'data':<11} {'forecaster':<20} {'mse':>10} {'mae':>8} {'within 2%':>10}")
+    for kind in ("datacenter", "internet"):
+        data = windowed([synthetic_series(kind, samples, seed)])
+        test = data.test
+        scale = float(data.normalisation.scale[BANDWIDTH])
+        known = generator_forecast(kind, samples, seed)[test.position]
+        for name, forecast in (("generator (ceiling)", known), ("last value", test.history[:, -1])):
+            m = forecast_metrics(forecast, test.targets, scale)
+            print(f"{kind:<11} {name:<20} {m['mse']:10.4g} {m['mae']:8.4g} {m['accuracy']:10.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--ceiling", action="store_true", help="only the forecast ceiling")
     options = parser.parse_args()
+    if options.ceiling:
+        ceiling()
+        return
     torch.set_num_threads(1)
     data = windowed([synthetic_series("internet", 10_000, 0)])
     predictor, report = train_predictor(

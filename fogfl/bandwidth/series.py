@@ -80,6 +80,27 @@ SCENARIOS = {s.name: s for s in BASE_SCENARIOS}
 SYNTHETIC_KINDS = (*PROFILES, *SCENARIOS)
 
 
+AR_CORRELATION = 0.95
+
+
+def _cycle_and_noise(
+    profile: LinkProfile, samples: int, rng: np.random.Generator
+) -> tuple[FloatArray, FloatArray]:
+    """A profile's slow cycle and its AR(1) noise, in Mbit/s, before clipping."""
+    _, base, high = profile.bandwidth_mbit_s
+    t = np.arange(samples, dtype=np.float64)
+    phase = rng.uniform(0, 2 * math.pi)
+    cycle = profile.swing * (high - base) * np.sin(2 * math.pi * t / profile.period_s + phase)
+    rho = AR_CORRELATION
+    shocks = rng.normal(0.0, profile.noise * base * math.sqrt(1 - rho**2), samples)
+    noise = np.empty(samples)
+    level = rng.normal(0.0, profile.noise * base)
+    for i in range(samples):  # AR(1): each step keeps most of the last step's deviation
+        level = rho * level + shocks[i]
+        noise[i] = level
+    return cycle, noise
+
+
 def synthetic_profile_series(
     profile: LinkProfile, samples: int, seed: int, name: str | None = None
 ) -> LinkSeries:
@@ -87,15 +108,7 @@ def synthetic_profile_series(
     rng = np.random.default_rng(seed)
     low, base, high = profile.bandwidth_mbit_s
     t = np.arange(samples, dtype=np.float64)
-    phase = rng.uniform(0, 2 * math.pi)
-    cycle = profile.swing * (high - base) * np.sin(2 * math.pi * t / profile.period_s + phase)
-    rho = 0.95
-    shocks = rng.normal(0.0, profile.noise * base * math.sqrt(1 - rho**2), samples)
-    noise = np.empty(samples)
-    level = rng.normal(0.0, profile.noise * base)
-    for i in range(samples):  # AR(1): each step keeps most of the last step's deviation
-        level = rho * level + shocks[i]
-        noise[i] = level
+    cycle, noise = _cycle_and_noise(profile, samples, rng)
     bandwidth = np.clip(base + cycle + noise, low, high)
     congestion = (high - bandwidth) / (high - low)
 
@@ -131,18 +144,39 @@ def scenario_series(kind: str, samples: int, seed: int, variant: int = 1) -> Lin
     return LinkSeries(scenario.name, np.arange(samples, dtype=np.float64), features)
 
 
+def _profile_seed(seed: int, variant: int) -> int:
+    return seed * 1000 + variant
+
+
 def synthetic_series(kind: str, samples: int, seed: int, variant: int = 1) -> LinkSeries:
     """A series of any synthetic kind (SYNTHETIC_KINDS); variants differ in their draws."""
     if samples < 1:
         raise BandwidthError(f"--samples {samples}: a series needs at least one sample")
     if kind in PROFILES:
         name = kind if variant == 1 else f"{kind}_v{variant}"
-        return synthetic_profile_series(PROFILES[kind], samples, seed * 1000 + variant, name)
+        return synthetic_profile_series(PROFILES[kind], samples, _profile_seed(seed, variant), name)
     if kind in SCENARIOS:
         return scenario_series(kind, samples, seed, variant)
     raise BandwidthError(
         f"unknown synthetic link kind {kind!r}; choose one of {', '.join(SYNTHETIC_KINDS)}"
     )
+
+
+def generator_forecast(kind: str, samples: int, seed: int, variant: int = 1) -> FloatArray:
+    """What a forecaster that knew the generator would predict for each sample of the
+    datacenter or internet series `synthetic_series(kind, samples, seed, variant)` from
+    the one before it: base + cycle(t) + ρ·noise(t − 1), clipped to the range (sample 0:
+    base + cycle(0)). Its error is the series' own unpredictable part, a floor for every
+    forecaster's."""
+    if kind not in PROFILES:
+        raise BandwidthError(f"{kind!r} has no generator forecast; only {', '.join(PROFILES)}")
+    profile = PROFILES[kind]
+    low, base, high = profile.bandwidth_mbit_s
+    cycle, noise = _cycle_and_noise(
+        profile, samples, np.random.default_rng(_profile_seed(seed, variant))
+    )
+    carried = AR_CORRELATION * np.concatenate([[0.0], noise[:-1]])
+    return np.clip(base + cycle + carried, low, high)
 
 
 def read_trace(path: Path) -> LinkSeries:

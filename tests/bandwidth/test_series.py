@@ -10,7 +10,9 @@ import pytest
 
 from fogfl.bandwidth.series import (
     FEATURES,
+    PROFILES,
     TRACE_CONSTANTS,
+    generator_forecast,
     load_sources,
     read_trace,
     read_traces,
@@ -52,6 +54,22 @@ def test_qoe_scenarios_use_the_task_constants() -> None:
         # The QoE scenarios state throughput in kbit/s; the series in Mbit/s.
         assert series.bandwidth.mean() == pytest.approx(scenario.throughput_kbps / 1000, rel=0.25)
         assert series.features[:, 0].mean() == pytest.approx(scenario.latency_ms, rel=0.4)
+
+
+@pytest.mark.parametrize("kind", ["datacenter", "internet"])
+def test_the_generator_forecast_beats_the_last_value_by_the_noise_it_cannot_know(
+    kind: str,
+) -> None:
+    series = synthetic_series(kind, 3000, seed=4, variant=2)
+    forecast = generator_forecast(kind, 3000, seed=4, variant=2)
+    known = np.mean((forecast[1:] - series.bandwidth[1:]) ** 2)
+    last_value = np.mean(np.diff(series.bandwidth) ** 2)
+    assert known < last_value
+    # What is left is the AR(1) shocks (and a little clipping): σ²(1 − ρ²).
+    shocks = (PROFILES[kind].noise * PROFILES[kind].bandwidth_mbit_s[1]) ** 2 * (1 - 0.95**2)
+    assert known == pytest.approx(shocks, rel=0.15)
+    with pytest.raises(BandwidthError, match="no generator forecast"):
+        generator_forecast("home_stable", 10, 0)
 
 
 def test_unknown_kind_is_refused() -> None:
