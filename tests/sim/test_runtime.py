@@ -1,6 +1,7 @@
 """The simulation and the runtime agree: one `fogfl up` round — real processes over a real
 broker — and one simulated round of the same configuration give the same global model, the
-same metrics, and about the same traffic."""
+same metrics, and about the same traffic; with float32 updates and with int8 ones (deltas
+the fog brokers decode against the global model)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,21 @@ UP_TIMEOUT_S = 180
 @pytest.fixture(scope="module")
 def runtime_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A one-round `fogfl up` run: (its config file, its run directory)."""
+    yield from _up(tmp_path_factory, CONFIG)
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The same run with int8 updates."""
+    yield from _up(tmp_path_factory, {**CONFIG, "wire": {"update_codec": "int8"}})
+
+
+def _up(
+    tmp_path_factory: pytest.TempPathFactory, settings: dict[str, object]
+) -> Iterator[tuple[Path, Path]]:
     folder = tmp_path_factory.mktemp("runtime")
     config, run_dir = folder / "config.yaml", folder / "run"
-    config.write_text(yaml.safe_dump(CONFIG))
+    config.write_text(yaml.safe_dump(settings))
     broker = "mosquitto" if mosquitto_binary() else "embedded"
     arguments = ["--config", str(config), "--rounds", "1", "--broker", broker]
     up = subprocess.Popen(
@@ -65,7 +78,21 @@ def runtime_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
 
 
 def test_one_round_gives_the_same_global_model_in_both(runtime_run: tuple[Path, Path]) -> None:
-    config_path, run_dir = runtime_run
+    check_the_same_round(runtime_run)
+
+
+def test_one_round_of_int8_updates_gives_the_same_global_model_in_both(
+    int8_run: tuple[Path, Path], runtime_run: tuple[Path, Path]
+) -> None:
+    check_the_same_round(int8_run)
+    int8_up = read_metrics(int8_run[1] / METRICS_FILE)[1]
+    float32_up = read_metrics(runtime_run[1] / METRICS_FILE)[1]
+    # The updates shrink to about a quarter; the partials stay float32.
+    assert int(int8_up["bytes_up"]) < 0.75 * int(float32_up["bytes_up"])
+
+
+def check_the_same_round(run: tuple[Path, Path]) -> None:
+    config_path, run_dir = run
     config = load_config(config_path, environ={})
     with ClientPool(0) as pool:
         simulated = simulate(config, pool)
