@@ -29,6 +29,7 @@ FAILED_LABEL = "round with a failed region"
 LONG_LABEL = "long round"
 COSTS = (
     ("client_updates", "client updates sent"),
+    ("bytes_up", "uplink bytes (updates and partials)"),
     ("bytes_edge", "edge-tier bytes"),
     ("bytes_cloud", "cloud-tier bytes"),
 )

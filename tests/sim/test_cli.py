@@ -281,7 +281,7 @@ def test_the_plots_mark_the_failed_round_and_read_at_a_glance(tmp_path: Path) ->
     assert {FAILED_LABEL, LONG_LABEL} <= {t.get_text() for t in labels}
     rounds = [t.get_text() for t in metric.get_xticklabels() if t.get_text()]
     assert all(label.lstrip("−-").isdigit() for label in rounds), rounds
-    updates, edge, cloud = drawn[COMMUNICATION_PLOT].axes
+    updates, _uplink, edge, cloud = drawn[COMMUNICATION_PLOT].axes
     assert all(panel.get_legend() is not None for panel in (updates, edge, cloud))
     ticks = [t.get_text() for t in edge.get_xticklabels() if t.get_text()]
     assert ticks and all(t.endswith(("B", "kB", "MB", "GB")) for t in ticks), ticks
