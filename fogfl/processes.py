@@ -140,10 +140,17 @@ def stop_all(children: Sequence[ChildProcess], grace: float = 5.0) -> None:
         child.stop(max(0.1, deadline - time.monotonic()))
 
 
-def stop_started(grace: float = 5.0) -> None:
-    """Stop every child this process started and has not stopped yet."""
+def running_children() -> frozenset[ChildProcess]:
+    """The children this process started and has not stopped yet."""
     with _started_lock:
-        running = list(_started)
+        return frozenset(_started)
+
+
+def stop_started(grace: float = 5.0, keep: frozenset[ChildProcess] = frozenset()) -> None:
+    """Stop every child this process started and has not stopped yet, except `keep`
+    (children that are not the caller's, e.g. started before it began)."""
+    with _started_lock:
+        running = [child for child in _started if child not in keep]
     stop_all(running, grace)
 
 

@@ -35,7 +35,14 @@ from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
 from fogfl.errors import FogflError
 from fogfl.logs import role_logger
 from fogfl.mqtt import Topics
-from fogfl.processes import ChildProcess, reserve_port, signals_deferred, stop_all, stop_started
+from fogfl.processes import (
+    ChildProcess,
+    reserve_port,
+    running_children,
+    signals_deferred,
+    stop_all,
+    stop_started,
+)
 from fogfl.run_dir import (
     CONFIG_FILE,
     LINKS_COUNTERS_FILE,
@@ -134,6 +141,9 @@ class Federation:
         self.flower_port: socket.socket | None = None
         self.started_at = 0.0
         self.server_done_at: float | None = None
+        # What this process ran before the federation (a caller's own broker, say) is not
+        # the federation's to stop.
+        self.not_ours = running_children()
 
     def __enter__(self) -> Federation:
         try:
@@ -313,7 +323,7 @@ class Federation:
                 self.broker.stop()
             # Anything whose start was interrupted before it was kept here (a broker
             # still starting up when Ctrl-C came).
-            stop_started(grace=3.0)
+            stop_started(grace=3.0, keep=self.not_ours)
             if self.flower_port is not None:
                 self.flower_port.close()
                 self.flower_port = None

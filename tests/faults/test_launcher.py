@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from fogfl.broker import mosquitto_binary
+from fogfl.config import load_config
+from fogfl.processes import ChildProcess
+from fogfl.roles.launcher import Federation
 from tests.reaper import run_reaped
 
 pytestmark = pytest.mark.integration
@@ -57,3 +60,20 @@ def test_sigterm_while_mosquitto_starts_leaves_nothing(tmp_path: Path) -> None:
     )
     assert reaped.leftovers == [], reaped.output
     assert reaped.returncode == 130, reaped.output
+
+
+def test_a_federation_stops_its_own_children_only(tmp_path: Path) -> None:
+    """A test's (or any caller's) own broker started before the federation outlives it."""
+    bystander = ChildProcess(
+        "bystander", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log"
+    )
+    try:
+        federation = Federation(load_config(None, environ={}), "mosquitto", tmp_path / "run", 60)
+        ours = ChildProcess(
+            "ours", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "o.log"
+        )
+        federation.stop()
+        assert ours.poll() is not None, "a child started during the federation was left running"
+        assert bystander.poll() is None, "the federation stopped a child that was not its own"
+    finally:
+        bystander.stop(grace=1.0)
