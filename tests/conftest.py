@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fogfl.broker import BrokerMode, LocalBroker, mosquitto_binary, start_broker
+from fogfl.wire import Tensors
 
 
 def _require_mosquitto() -> bool:
@@ -53,3 +54,12 @@ def restartable_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     """Mosquitto of its own with persistence, which the test may `stop()`, `kill()`,
     `start()` or `restart()` on the same port; whatever runs at the end is stopped."""
     yield from _broker_of_its_own(tmp_path / "broker", "mosquitto")
+
+
+@pytest.fixture(scope="session")
+def scenario_reference() -> Tensors:
+    """The final model of an undisturbed fault-scenario run, simulated once per session
+    for every test that compares a disturbed run with it."""
+    from tests.faults.scenarios import reference_model, scenario_config
+
+    return reference_model(scenario_config())

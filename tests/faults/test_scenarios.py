@@ -13,7 +13,7 @@ import pytest
 
 from fogfl.broker import mosquitto_binary
 from fogfl.wire import Tensors
-from tests.faults.scenarios import ROUNDS, reference_model, run_scenario, scenario_config
+from tests.faults.scenarios import ROUNDS, run_scenario
 
 pytestmark = [
     pytest.mark.integration,
@@ -21,14 +21,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def reference() -> Tensors:
-    return reference_model(scenario_config())
-
-
 @pytest.mark.parametrize("name", ["fog-broker-kill", "client-kill", "hostile-flood"])
-def test_the_run_survives(name: str, reference: Tensors, tmp_path: Path) -> None:
-    outcome = run_scenario(name, tmp_path, reference)
+def test_the_run_survives(name: str, scenario_reference: Tensors, tmp_path: Path) -> None:
+    outcome = run_scenario(name, tmp_path, scenario_reference)
     logs = tmp_path / name / "logs"
     assert outcome.finished, f"{outcome.note}; logs in {logs}"
     assert outcome.dead_roles == [], logs
