@@ -6,9 +6,9 @@ per LSTM epoch and per DDQN episode at the seed's sizes, and the time of one dec
 
 Prints a table; the full trainings themselves are `fogfl bandwidth train` and `fogfl agent
 train` (docs/bandwidth.md). `--ceiling` instead scores, on exactly the test windows of
-`fogfl bandwidth train --synthetic datacenter|internet` (default samples and seed), the
-forecast of someone who knows the generator (`series.generator_forecast`) beside the last
-value: how much better than the last value any predictor can be on that data.
+`fogfl bandwidth train --synthetic KIND` (default samples and seed) for every synthetic
+kind, the forecast of someone who knows the generator (`series.generator_forecast`)
+beside the last value: how much better than the last value any predictor can be there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from fogfl.bandwidth.controllers import DDQNController, RobustRule, ThroughputRu
 from fogfl.bandwidth.environment import EnvironmentSettings, LinkTrace
 from fogfl.bandwidth.metrics import forecast_metrics
 from fogfl.bandwidth.predictor import TrainSettings, train_predictor
-from fogfl.bandwidth.series import BANDWIDTH, generator_forecast, synthetic_series
+from fogfl.bandwidth.series import (
+    BANDWIDTH,
+    SYNTHETIC_KINDS,
+    generator_forecast,
+    synthetic_series,
+)
 from fogfl.bandwidth.windows import windowed
 
 
@@ -37,15 +42,15 @@ def per_call(function: object, repeats: int) -> float:
 
 def ceiling(samples: int = 10_000, seed: int = 0) -> None:
     """The generator's own forecast and the last value on the same test windows."""
-    print(f"{'data':<11} {'forecaster':<20} {'mse':>10} {'mae':>8} {'within 2%':>10}")
-    for kind in ("datacenter", "internet"):
+    print(f"{'data':<18} {'forecaster':<20} {'mse':>10} {'mae':>8} {'within 2%':>10}")
+    for kind in SYNTHETIC_KINDS:
         data = windowed([synthetic_series(kind, samples, seed)])
         test = data.test
         scale = float(data.normalisation.scale[BANDWIDTH])
         known = generator_forecast(kind, samples, seed)[test.position]
         for name, forecast in (("generator (ceiling)", known), ("last value", test.history[:, -1])):
             m = forecast_metrics(forecast, test.targets, scale)
-            print(f"{kind:<11} {name:<20} {m['mse']:10.4g} {m['mae']:8.4g} {m['accuracy']:10.1f}")
+            print(f"{kind:<18} {name:<20} {m['mse']:10.4g} {m['mae']:8.4g} {m['accuracy']:10.1f}")
 
 
 def main() -> None:

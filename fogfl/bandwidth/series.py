@@ -129,7 +129,7 @@ def scenario_series(kind: str, samples: int, seed: int, variant: int = 1) -> Lin
     """One-second samples of a QoE task scenario (fogfl.tasks.qoe), varied like its client
     number `variant`: throughput, latency and loss as the task simulates them; reliability
     is 1 − the task's rebuffering indicator (the link kept the video playing)."""
-    rng = np.random.default_rng([seed, variant])
+    rng = _scenario_rng(seed, variant)
     scenario = client_scenario(variant, rng, BASE_SCENARIOS, kind)
     trace = simulate_trace(scenario, samples, rng)
     features = np.stack(
@@ -142,6 +142,10 @@ def scenario_series(kind: str, samples: int, seed: int, variant: int = 1) -> Lin
         axis=1,
     )
     return LinkSeries(scenario.name, np.arange(samples, dtype=np.float64), features)
+
+
+def _scenario_rng(seed: int, variant: int) -> np.random.Generator:
+    return np.random.default_rng([seed, variant])
 
 
 def _profile_seed(seed: int, variant: int) -> int:
@@ -163,13 +167,19 @@ def synthetic_series(kind: str, samples: int, seed: int, variant: int = 1) -> Li
 
 
 def generator_forecast(kind: str, samples: int, seed: int, variant: int = 1) -> FloatArray:
-    """What a forecaster that knew the generator would predict for each sample of the
-    datacenter or internet series `synthetic_series(kind, samples, seed, variant)` from
-    the one before it: base + cycle(t) + ρ·noise(t − 1), clipped to the range (sample 0:
-    base + cycle(0)). Its error is the series' own unpredictable part, a floor for every
-    forecaster's."""
+    """What a forecaster that knew the generator would predict for each sample of the series
+    `synthetic_series(kind, samples, seed, variant)` from the samples before it. Datacenter
+    and internet: base + cycle(t) + ρ·noise(t − 1), clipped to the range (sample 0: base +
+    cycle(0)). A QoE scenario draws every sample independently around its variant's mean
+    throughput, so that mean is the forecast. Its error is the series' own unpredictable
+    part, a floor for every forecaster's."""
+    if kind in SCENARIOS:
+        scenario = client_scenario(variant, _scenario_rng(seed, variant), BASE_SCENARIOS, kind)
+        return np.full(samples, scenario.throughput_kbps / 1000.0)
     if kind not in PROFILES:
-        raise BandwidthError(f"{kind!r} has no generator forecast; only {', '.join(PROFILES)}")
+        raise BandwidthError(
+            f"{kind!r} has no generator forecast; choose one of {', '.join(SYNTHETIC_KINDS)}"
+        )
     profile = PROFILES[kind]
     low, base, high = profile.bandwidth_mbit_s
     cycle, noise = _cycle_and_noise(

@@ -69,7 +69,17 @@ def test_the_generator_forecast_beats_the_last_value_by_the_noise_it_cannot_know
     shocks = (PROFILES[kind].noise * PROFILES[kind].bandwidth_mbit_s[1]) ** 2 * (1 - 0.95**2)
     assert known == pytest.approx(shocks, rel=0.15)
     with pytest.raises(BandwidthError, match="no generator forecast"):
-        generator_forecast("home_stable", 10, 0)
+        generator_forecast("satellite", 10, 0)
+
+
+def test_a_scenarios_generator_forecast_is_its_variants_mean() -> None:
+    series = synthetic_series("rural_unstable", 4000, seed=1, variant=3)
+    forecast = generator_forecast("rural_unstable", 4000, seed=1, variant=3)
+    assert np.all(forecast == forecast[0])
+    # Independent draws: the mean is the best forecast, the last value's error is twice it.
+    assert forecast[0] == pytest.approx(series.bandwidth.mean(), rel=0.02)
+    known = np.mean((forecast[1:] - series.bandwidth[1:]) ** 2)
+    assert np.mean(np.diff(series.bandwidth) ** 2) == pytest.approx(2 * known, rel=0.1)
 
 
 def test_unknown_kind_is_refused() -> None:
