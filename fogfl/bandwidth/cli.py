@@ -62,8 +62,9 @@ Model = Annotated[
 ]
 
 
-# What `bandwidth train` teaches the LSTM unless --target says otherwise.
-DEFAULT_TARGET = "level"
+# What `bandwidth train` teaches the LSTM unless --target says otherwise: the residual
+# (fogfl.bandwidth.targets.DEFAULT_TARGET, spelt out to keep numpy out of `fogfl --help`).
+DEFAULT_TARGET = "residual"
 
 
 def _setup() -> None:
@@ -207,9 +208,9 @@ def train(
     target: Annotated[
         str,
         typer.Option(
-            help="What the network outputs: level (the seed's: the next bandwidth), residual "
-            "(its change from the last sample) or window (that change in units of the "
-            "window's mean); docs/bandwidth.md."
+            help="What the network outputs: residual (the next bandwidth's change from the "
+            "last sample), level (the next bandwidth: the seed's exact model) or window (the "
+            "change in units of the window's mean); docs/bandwidth.md."
         ),
     ] = DEFAULT_TARGET,
     as_json: Json = False,

@@ -20,6 +20,7 @@ from fogfl.bandwidth.files import load_weights, read_model, write_model
 from fogfl.bandwidth.metrics import forecast_metrics
 from fogfl.bandwidth.series import BANDWIDTH, FEATURES, TRACE_CONSTANTS
 from fogfl.bandwidth.targets import (
+    DEFAULT_TARGET,
     SEED_TARGET,
     TARGETS,
     forecasts,
@@ -39,7 +40,8 @@ EpochCallback = Callable[[int, float, float], None]
 @dataclass(frozen=True)
 class Architecture:
     """LSTM layers, each followed by dropout and batch norm; then the dense head; `target`
-    is what the network outputs (fogfl.bandwidth.targets; "level" is the seed's)."""
+    is what the network outputs (fogfl.bandwidth.targets). The layers are the seed's;
+    SEED_ARCHITECTURE is the seed's exact model, which outputs the level."""
 
     features: int = len(FEATURES)
     sequence_length: int = SEQUENCE_LENGTH
@@ -47,7 +49,7 @@ class Architecture:
     lstm_dropout: float = 0.2
     dense_units: tuple[int, ...] = (16, 8)
     dense_dropout: float = 0.3
-    target: str = SEED_TARGET
+    target: str = DEFAULT_TARGET
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +80,9 @@ class Architecture:
                 f"{where}: unknown target {built.target!r}; fogfl knows {', '.join(TARGETS)}"
             )
         return built
+
+
+SEED_ARCHITECTURE = Architecture(target=SEED_TARGET)
 
 
 class BandwidthLSTM(nn.Module):

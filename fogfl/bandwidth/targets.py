@@ -24,6 +24,10 @@ FloatArray = npt.NDArray[np.float64]
 
 TARGETS = ("level", "residual", "window")
 SEED_TARGET = "level"
+# With the same layers the residual is far better than the level on the seed's smooth
+# links and better on real throughput traces; only on the QoE scenarios, independent draws
+# around a mean, is it a little worse (docs/bandwidth.md).
+DEFAULT_TARGET = "residual"
 # The window scale's floor, as a share of the training split's bandwidth range.
 WINDOW_SCALE_FLOOR = 0.01
 

@@ -45,7 +45,7 @@ def test_early_stopping_by_hand() -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, object, object]:
     torch.set_num_threads(1)
     data = windowed([synthetic_series("internet", 400, seed=0)])
-    small = Architecture(lstm_units=(16, 8), dense_units=(8, 4))
+    small = Architecture(lstm_units=(16, 8), dense_units=(8, 4), target="level")
     predictor, report = train_predictor(data, TrainSettings(epochs=6, patience=6), small)
     return predictor, report, data
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fogfl.bandwidth.predictor import Architecture
+from fogfl.bandwidth import cli
+from fogfl.bandwidth.predictor import SEED_ARCHITECTURE, Architecture
 from fogfl.bandwidth.targets import TARGETS, forecasts, network_inputs, network_targets
 from fogfl.bandwidth.windows import Normalisation
 from fogfl.errors import BandwidthError
@@ -75,3 +76,15 @@ def test_the_target_is_part_of_the_saved_architecture() -> None:
         Architecture.from_json({**saved, "target": "delta"}, "p.json")
     with pytest.raises(BandwidthError, match="unknown target"):
         network_targets("delta", windows_of([1.0]), np.array([1.0]), NORM)
+
+
+def test_the_default_is_the_residual_and_the_seeds_model_stays_available() -> None:
+    assert Architecture().target == "residual" == cli.DEFAULT_TARGET
+    assert SEED_ARCHITECTURE.target == "level"
+    # Only the target differs: the seed's layers are the default's.
+    assert {**SEED_ARCHITECTURE.to_json(), "target": None} == {
+        **Architecture().to_json(),
+        "target": None,
+    }
+    assert SEED_ARCHITECTURE.lstm_units == (128, 64, 32)
+    assert (SEED_ARCHITECTURE.lstm_dropout, SEED_ARCHITECTURE.dense_dropout) == (0.2, 0.3)
