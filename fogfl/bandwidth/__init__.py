@@ -5,6 +5,7 @@
 - windows.py     10-step windows, the 70/15/15 split, normalisation from the training split
 - baselines.py   last value, EWMA, harmonic mean, recursive least squares
 - metrics.py     mse, mae, mape, accuracy (within 2%), within 10%
+- targets.py     what the LSTM outputs (residual, the seed's level, window) and back
 - predictor.py   the LSTM forecaster, its training and saved form
 - ladder.py      a share of the model's bytes → a concrete codec
 - environment.py a client's uploads over a replayed trace, the deadline, the reward
