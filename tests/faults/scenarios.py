@@ -310,7 +310,15 @@ def fake_regions(federation: FaultyFederation, watcher: Recorder) -> str:
 # Attacks on a secure federation (tests/security/test_attacks.py): the run must end as if
 # nothing had happened.
 def forged_models_and_fake_regions(federation: FaultyFederation, watcher: Recorder) -> str:
-    return f"{forged_models(federation, watcher)}; {fake_regions(federation, watcher)}"
+    """Both at once, in round 2: one after the other, the run could end before the second."""
+    strangers: list[str] = []
+    joining = threading.Thread(
+        target=lambda: strangers.append(fake_regions(federation, watcher)), daemon=True
+    )
+    joining.start()
+    forged = forged_models(federation, watcher)
+    joining.join(90)
+    return f"{forged}; {strangers[0] if strangers else 'the strangers never returned'}"
 
 
 ATTACKS: dict[str, Fault] = {

@@ -144,8 +144,16 @@ def test_provisioning_writes_every_identity_with_private_files(bundle: Path) -> 
 
 def test_the_acl_gives_each_identity_its_own_topics_only(bundle: Path) -> None:
     rules = read_acl_file((bundle / "broker" / "acl").read_text())
-    writes = {user: sorted(r.topic for r in rs if r.allows("write")) for user, rs in rules.items()}
+    writes = {
+        user: sorted(r.topic for r in rs if r.allows("write") and not r.topic.endswith("/chunk/+"))
+        for user, rs in rules.items()
+    }
+    chunked = {
+        user: sorted(r.topic for r in rs if r.topic.endswith("/chunk/+"))
+        for user, rs in rules.items()
+    }
     assert writes["client-a"] == ["fl/updates/north/a"]
+    assert "fl/updates/north/a/chunk/+" in chunked["client-a"]  # its large updates' chunks
     assert writes["fog-north"] == ["fl/partial/north", "fl/region_model/north"]
     assert writes["bridge-north"] == writes["monitor"] == []
     assert "fl/global_model" in writes["server"]
