@@ -110,8 +110,9 @@ def check_the_same_round(run: tuple[Path, Path]) -> None:
     assert float(row["train_loss"]) == pytest.approx(record.train_loss, rel=1e-5)
     assert (int(row["clients"]), int(row["regions"])) == (record.clients, record.regions)
     for column in ("bytes_up", "bytes_down", "bytes_edge", "bytes_cloud"):
-        # Only the senders' clocks differ (sent_at, train_seconds in the metadata).
-        assert int(row[column]) == pytest.approx(getattr(record, column), rel=0.002)
+        # Only the senders' clocks differ (sent_at, train and transfer seconds in the
+        # metadata): a few bytes per message, however small the model.
+        assert int(row[column]) == pytest.approx(getattr(record, column), rel=0.002, abs=200)
 
 
 def test_report_reads_a_runtime_run_directory(
