@@ -113,7 +113,9 @@ def test_hierarchy_equals_flat_fedavg_and_survives_garbage(
     injected: list[str] = []
 
     def inject_garbage_mid_run(received: Received, meta: dict[str, str]) -> None:
-        if not injected and meta.get("kind") == "update" and meta.get("round") == "2":
+        # As round 2's global model goes out: the fog broker has the round's announcement
+        # (the server sent it first) and no client has trained yet, so the round is open.
+        if not injected and meta.get("kind") == "global" and meta.get("round") == "2":
             injected.append("yes")
             intruder.publish(
                 TOPICS.updates("north", "intruder"), b"\x07\x00\x00\x00\x00\x00\x00\x00{broken"
