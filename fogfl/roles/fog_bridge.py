@@ -164,7 +164,7 @@ class FogBridge:
                         max_bytes=self.config.wire.max_payload_bytes,
                         schema=schema,
                         run_id=key[0],
-                        verify=self.security.verify,
+                        # Its signature was checked when it was filed (`_file`).
                     )
                     self.waiting[key] = message  # kept, for a round asked again
                     return partial
