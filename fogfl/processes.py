@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,10 +15,41 @@ from pathlib import Path
 from typing import IO
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out as the source ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; also covers most other systems' ranges
+
+
+def _bound_outside_ephemeral(host: str) -> socket.socket:
+    """A socket bound to a free port below the ephemeral range.
+
+    A listener on an ephemeral port can be lost while it is down: a client that keeps
+    reconnecting to it (a serving bridge, a client waiting for a restarted broker) may be
+    given that very port as its source port, and TCP then connects the socket to itself,
+    so the port is taken when the listener comes back. Ports below the range are never
+    handed out that way. Falls back to the kernel's pick when none is free."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.bind((host, port))
+            return probe
+        except OSError:
+            probe.close()
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.bind((host, 0))
+    return probe
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
+    """A TCP port that nothing listens on right now, outside the ephemeral range."""
+    with _bound_outside_ephemeral(host) as probe:
         return int(probe.getsockname()[1])
 
 
@@ -28,9 +60,7 @@ def reserve_port(host: str = "127.0.0.1") -> socket.socket:
     """Hold a free port for a child that binds it later: bound, never listening. Hand it to
     the child with `ChildProcess(..., held_port=socket)`; the child calls `release_held_port()`
     right before it binds, so no other program can take the port in between."""
-    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    holder.bind((host, 0))
-    return holder
+    return _bound_outside_ephemeral(host)
 
 
 def release_held_port() -> None:
