@@ -69,6 +69,9 @@ class MqttSettings(_Section):
 TierCodec = Literal["float32", "float16", "bfloat16", "int8", "int4", "topk"]
 ModelCodec = Literal["float32", "float16", "bfloat16", "int8", "int4"]  # absolute models
 Compression = Literal["none", "zstd"]
+# `adaptive`: each client picks a TierCodec every round (fogfl/bandwidth/adaptive.py).
+UpdateCodec = Literal["float32", "float16", "bfloat16", "int8", "int4", "topk", "adaptive"]
+Controller = Literal["ddqn", "rule", "robust-rule", "oracle"]
 
 
 class WireSettings(_Section):
@@ -100,12 +103,33 @@ class WireSettings(_Section):
         description="bytes one receiver's transfers in reassembly hold together, at most",
     )
     # Per tier, over `codec` (fogfl/codecs; docs/protocol.md, "Codecs"). None: `codec`.
-    update_codec: TierCodec | None = Field(None, description="clients' updates, as deltas")
+    update_codec: UpdateCodec | None = Field(
+        None, description="clients' updates, as deltas; adaptive: chosen each round"
+    )
     partial_codec: TierCodec | None = Field(None, description="fog brokers' partials")
     global_codec: TierCodec | None = Field(None, description="the server's global model")
     topk_fraction: float = Field(0.05, gt=0, le=1, description="share of entries topk sends")
     error_feedback: bool = Field(True, description="clients add what their codec dropped next")
     compression: Compression = "none"
+    # update_codec: adaptive (docs/bandwidth.md, "In the runtime and the simulation").
+    controller: Controller = Field(
+        "robust-rule", description="what picks an adaptive update's codec each round"
+    )
+    upload_deadline_s: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the time an adaptive update has for its upload, counted from when its "
+        "round opened; default fog.deadline_s",
+    )
+    agent: Path | None = Field(
+        None, description="the ddqn controller's agent directory (fogfl agent train --out)"
+    )
+    predictor: Path | None = Field(
+        None,
+        description="a bandwidth predictor directory (fogfl bandwidth train --out) whose "
+        "forecast the controllers use instead of the harmonic mean",
+    )
 
     def announced(self) -> dict[str, Any]:
         """The coding the server announces with every round (`RoundPlan`), so clients and
@@ -116,6 +140,8 @@ class WireSettings(_Section):
             "topk_fraction": self.topk_fraction,
             "compression": self.compression,
             "error_feedback": self.error_feedback,
+            "controller": self.controller,
+            "upload_deadline_s": self.upload_deadline_s,
         }
 
     @model_validator(mode="after")
@@ -126,6 +152,14 @@ class WireSettings(_Section):
                     f"{key}: topk sends a delta from the model a client trained from, which "
                     "only updates have; use it as wire.update_codec"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _ddqn_has_an_agent(self) -> WireSettings:
+        if self.update_codec == "adaptive" and self.controller == "ddqn" and self.agent is None:
+            raise ValueError(
+                "controller ddqn needs wire.agent: the directory `fogfl agent train --out` wrote"
+            )
         return self
 
     @model_validator(mode="after")
@@ -163,11 +197,13 @@ class RoundPlan(TrainingSettings):
     participants: dict[str, list[str]] | None = None
     ended: bool = Field(False, description="the run is over: nothing more will be announced")
     # How updates, partials and region models travel (fogfl/codecs; WireSettings.announced).
-    update_codec: TierCodec = "float32"
+    update_codec: UpdateCodec = "float32"
     partial_codec: ModelCodec = "float32"
     topk_fraction: float = Field(0.05, gt=0, le=1)
     compression: Compression = "none"
     error_feedback: bool = True
+    controller: Controller = "robust-rule"
+    upload_deadline_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @property
     def training(self) -> TrainingSettings:
@@ -417,6 +453,17 @@ class FogflConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _oracle_knows_the_links(self) -> FogflConfig:
+        wire = self.wire
+        oracle = wire.update_codec == "adaptive" and wire.controller == "oracle"
+        if oracle and not self.links.enabled:
+            raise ValueError(
+                "wire.controller oracle knows the link's future, which only emulated "
+                "links have: add a links: section, or use rule, robust-rule or ddqn"
+            )
+        return self
+
 
 def region_names(count: int) -> list[str]:
     """Names for `count` regions: compass points, then region1, region2, …"""
@@ -443,6 +490,7 @@ def load_config(
         file_data = _read_yaml(path)
         resolve_python_path(file_data, path.parent)
         resolve_trace_paths(file_data, path.parent)
+        resolve_model_paths(file_data, path.parent)
         _merge(data, file_data)
         origins.update({key: str(path) for key in _dotted_keys(file_data)})
     env = os.environ if environ is None else environ
@@ -473,6 +521,16 @@ def resolve_python_path(data: dict[str, Any], base: Path) -> None:
         data["python_path"] = [
             str((base / entry).resolve()) if isinstance(entry, str) else entry for entry in entries
         ]
+
+
+def resolve_model_paths(data: dict[str, Any], base: Path) -> None:
+    """Make a config file's relative `wire.agent` and `wire.predictor` directories relative
+    to `base`, the file's directory, like `python_path`."""
+    wire = data.get("wire")
+    if isinstance(wire, dict):
+        for key in ("agent", "predictor"):
+            if isinstance(wire.get(key), str):
+                wire[key] = str((base / Path(wire[key]).expanduser()).resolve())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from torch import nn
 
 from fogfl.codecs import ErrorFeedback, Reference
 from fogfl.config import RoundPlan, TrainingSettings
+from fogfl.errors import FogflError
 from fogfl.tasks.base import Partition, Task, load_tensors, model_tensors, training_seed
 from fogfl.wire import Envelope, ModelSchema, encode
 
@@ -56,11 +57,15 @@ def encode_update(
 ) -> bytes:
     """The update as the round's plan says it travels: in `update_codec`, a lossy one as the
     delta from `start` (the model it was trained from, as this client decoded it), with the
-    client's error `feedback` when the plan keeps it."""
-    lossy = plan.update_codec != "float32"
+    client's error `feedback` when the plan keeps it. An `adaptive` plan must have had its
+    codec chosen first (`fogfl.bandwidth.adaptive.Choice.plan`)."""
+    codec = plan.update_codec
+    if codec == "adaptive":
+        raise FogflError("an adaptive update's codec is chosen before it is encoded")
+    lossy = codec != "float32"
     return encode(
         update,
-        plan.update_codec,
+        codec,
         compression=plan.compression,
         reference=Reference(start.tensors, schema) if lossy else None,
         feedback=feedback if lossy and plan.error_feedback else None,

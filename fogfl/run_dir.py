@@ -61,6 +61,11 @@ class RoundRecord:
     links, `wire_bytes_up`/`wire_bytes_down` are the bytes the links carried during the
     round (MQTT framing, acknowledgements and keep-alives included). `cloud_upload_s` is the
     slowest partial's seconds from its fog broker to its bridge.
+
+    Under `wire.update_codec: adaptive` (docs/bandwidth.md): `codecs`, how many clients
+    sent each codec (`int8:3 topk_0.05:1`, the last edge round's choice);
+    `predicted_upload_s_median`, the median of the upload seconds the controllers
+    predicted; `upload_prediction_error`, the median of |predicted − measured| / measured.
     """
 
     round: int
@@ -86,6 +91,9 @@ class RoundRecord:
     late_updates: int | None = None
     wire_bytes_up: int | None = None
     wire_bytes_down: int | None = None
+    codecs: str | None = None
+    predicted_upload_s_median: float | None = None
+    upload_prediction_error: float | None = None
 
     def set_evaluation(self, metrics: Mapping[str, float]) -> None:
         """Fill the eval_* cells from clients' example-weighted evaluation metrics."""
@@ -102,6 +110,9 @@ class RoundRecord:
         self.download_s_max = transfers.download_s_max
         self.download_s_median = transfers.download_s_median
         self.stragglers = transfers.stragglers
+        self.codecs = transfers.codecs
+        self.predicted_upload_s_median = transfers.predicted_upload_s_median
+        self.upload_prediction_error = transfers.upload_prediction_error
 
 
 COLUMNS = tuple(f.name for f in fields(RoundRecord))

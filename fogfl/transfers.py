@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 DOWNLOAD_METRIC = "download_seconds"
+# What an adaptive update's metrics add (fogfl.bandwidth.adaptive).
+SHARE_METRIC = "upload_share"
+PREDICTED_METRIC = "predicted_upload_s"
+_CODEC_LABEL = re.compile(r"[a-z0-9_.]{1,24}")
 STATS_KEY = "transfers"
 # What a bridge hands Flower beside the partial's metrics.
 TRANSFERS_METRIC = "transfers"
@@ -37,6 +43,10 @@ class RegionTransfers:
     download_s: dict[str, float] = field(default_factory=dict)
     stragglers: int = 0
     late: dict[int, int] = field(default_factory=dict)
+    # Adaptive update codecs: each client's codec (its last edge round's) and the upload
+    # seconds its controller predicted (summed over edge rounds, like upload_s).
+    codecs: dict[str, str] = field(default_factory=dict)
+    predicted_upload_s: dict[str, float] = field(default_factory=dict)
 
     def add_upload(self, client_id: str, seconds: float) -> None:
         _add(self.upload_s, client_id, seconds)
@@ -45,14 +55,31 @@ class RegionTransfers:
         if seconds is not None:
             _add(self.download_s, client_id, seconds)
 
+    def add_choice(self, client_id: str, metrics: Mapping[str, float], codec: str) -> None:
+        """An update's codec, and what its controller predicted when it chose adaptively
+        (the update's `upload_share` and `predicted_upload_s` metrics)."""
+        share = metrics.get(SHARE_METRIC)
+        if isinstance(share, float) and 0 < share <= 1:
+            from fogfl.bandwidth.ladder import codec_for_share
+
+            codec = codec_for_share(share).label
+            _add(self.predicted_upload_s, client_id, metrics.get(PREDICTED_METRIC, -1.0))
+        self.codecs[client_id] = codec
+
     def as_stats(self) -> dict[str, Any]:
         """The partial's `stats.transfers`."""
-        return {
+        stats: dict[str, Any] = {
             "upload_s": {c: round(s, 6) for c, s in self.upload_s.items()},
             "download_s": {c: round(s, 6) for c, s in self.download_s.items()},
             "stragglers": self.stragglers,
             "late": {str(r): n for r, n in self.late.items()},
         }
+        if self.predicted_upload_s:
+            stats["codecs"] = dict(self.codecs)
+            stats["predicted_upload_s"] = {
+                c: round(s, 6) for c, s in self.predicted_upload_s.items()
+            }
+        return stats
 
     @classmethod
     def of_stats(cls, stats: Mapping[str, Any]) -> RegionTransfers:
@@ -61,7 +88,11 @@ class RegionTransfers:
         found = cls()
         if not isinstance(raw, Mapping):
             return found
-        for name, into in (("upload_s", found.upload_s), ("download_s", found.download_s)):
+        for name, into in (
+            ("upload_s", found.upload_s),
+            ("download_s", found.download_s),
+            ("predicted_upload_s", found.predicted_upload_s),
+        ):
             values = raw.get(name)
             if isinstance(values, Mapping):
                 for client, seconds in values.items():
@@ -69,6 +100,13 @@ class RegionTransfers:
                         into[str(client)] = float(seconds)
         if _count(raw.get("stragglers")):
             found.stragglers = int(raw["stragglers"])
+        codecs = raw.get("codecs")
+        if isinstance(codecs, Mapping):
+            found.codecs = {
+                str(client): codec
+                for client, codec in codecs.items()
+                if isinstance(codec, str) and _CODEC_LABEL.fullmatch(codec)
+            }
         late = raw.get("late")
         if isinstance(late, Mapping):
             for round_text, count in late.items():
@@ -98,6 +136,9 @@ class RoundTransfers:
     download_s_max: float | None
     download_s_median: float | None
     stragglers: int
+    codecs: str | None = None
+    predicted_upload_s_median: float | None = None
+    upload_prediction_error: float | None = None
 
 
 def combine(regions: Iterable[RegionTransfers]) -> RoundTransfers:
@@ -105,16 +146,28 @@ def combine(regions: Iterable[RegionTransfers]) -> RoundTransfers:
     uploads: list[float] = []
     downloads: list[float] = []
     stragglers = 0
+    chosen: Counter[str] = Counter()
+    predicted: list[float] = []
+    errors: list[float] = []
     for region in regions:
         uploads += region.upload_s.values()
         downloads += region.download_s.values()
         stragglers += region.stragglers
+        chosen.update(region.codecs.values())
+        for client, seconds in region.predicted_upload_s.items():
+            predicted.append(seconds)
+            measured = region.upload_s.get(client)
+            if measured:
+                errors.append(abs(seconds - measured) / measured)
     return RoundTransfers(
         max(uploads, default=None),
         statistics.median(uploads) if uploads else None,
         max(downloads, default=None),
         statistics.median(downloads) if downloads else None,
         stragglers,
+        " ".join(f"{codec}:{n}" for codec, n in sorted(chosen.items())) if predicted else None,
+        statistics.median(predicted) if predicted else None,
+        statistics.median(errors) if errors else None,
     )
 
 

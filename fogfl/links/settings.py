@@ -34,6 +34,10 @@ from fogfl.links.traces import read_trace
 # Offsets into a trace come from a stream of their own, apart from the tasks' data streams.
 TRACE_OFFSET_STREAM = 0x11AC
 
+# Set by `fogfl up` for a client on an emulated link: the Unix time of the links' time 0,
+# so the client can read its own link model where the run has got to (the oracle).
+LINK_ORIGIN_ENV = "FOGFL_LINK_ORIGIN"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)

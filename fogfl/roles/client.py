@@ -15,11 +15,23 @@ of an earlier run never starts work.
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+
 import torch
 
+from fogfl.bandwidth.adaptive import (
+    ADAPTIVE,
+    BUDGET_METRIC,
+    AdaptiveCodec,
+    upload_budget,
+)
+from fogfl.bandwidth.controllers import LinkFuture
 from fogfl.codecs import ErrorFeedback
 from fogfl.config import FogflConfig, RoundPlan, read_round_plan
 from fogfl.errors import WireError
+from fogfl.links.settings import LINK_ORIGIN_ENV
 from fogfl.local_round import encode_update, evaluate_final, train_from
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received, role_client_id
@@ -27,7 +39,7 @@ from fogfl.security.identities import client_identity
 from fogfl.security.role import role_security
 from fogfl.tasks import load_task
 from fogfl.tasks.base import model_tensors
-from fogfl.transfers import DOWNLOAD_METRIC, transfer_seconds
+from fogfl.transfers import DOWNLOAD_METRIC, PREDICTED_METRIC, transfer_seconds
 from fogfl.wire import Envelope, ModelSchema, decode, encode
 
 ROLE = "client"
@@ -66,6 +78,11 @@ class FederatedClient:
         self.feedback = ErrorFeedback()
         # When each model arrived, for the download seconds the next update reports.
         self.arrived_at: dict[tuple[bool, int, int], float] = {}
+        # Under wire.update_codec: adaptive, what picks each round's codec; it learns from
+        # every upload this client makes.
+        self.adaptive = AdaptiveCodec(
+            config.wire, 4 * self.schema.num_values, self.log, self._link_future()
+        )
 
     def run(self) -> int:
         """Take part in rounds until the server publishes the final model (with `serve`,
@@ -179,10 +196,22 @@ class FederatedClient:
         downloaded = transfer_seconds(start.sent_at, self.arrived_at.pop(_progress(start), 0.0))
         if downloaded is not None:
             update.metrics[DOWNLOAD_METRIC] = downloaded
-        self.session.publish(
-            self.topics.updates(self.region, self.client_id),
-            encode_update(update, start, plan, self.schema, self.feedback),
-        )
+        coding = plan
+        if plan.update_codec == ADAPTIVE:
+            # The round opened when its start model was sent (the fog broker's deadline runs
+            # from then); without a plausible timestamp, from when it got here.
+            spent = transfer_seconds(start.sent_at, time.time())
+            if spent is None:
+                spent = (downloaded or 0.0) + update.metrics["train_seconds"]
+            choice = self.adaptive.choose(
+                plan, upload_budget(plan, self.config.fog.deadline_s, spent)
+            )
+            coding = choice.plan(plan)
+            update.metrics.update(choice.metrics)
+        payload = encode_update(update, start, coding, self.schema, self.feedback)
+        began = time.monotonic()
+        self.session.publish(self.topics.updates(self.region, self.client_id), payload)
+        self.adaptive.measured(len(payload), time.monotonic() - began)
         edge = f" (edge round {start.edge_round})" if start.kind == "region" else ""
         metrics = update.metrics
         before = (
@@ -190,14 +219,42 @@ class FederatedClient:
             if "eval_loss" in metrics
             else ""
         )
+        codec = ""
+        if coding is not plan:
+            predicted = metrics.get(PREDICTED_METRIC)
+            codec = (
+                f"; sent {_codec_label(coding)} ({len(payload):,} bytes) in "
+                f"{self.adaptive.history[-1].seconds:.2f} s"
+                + (f", predicted {predicted:.2f} s" if predicted is not None else "")
+                + f", budget {metrics[BUDGET_METRIC]:.2f} s"
+            )
         self.log.info(
-            "round %d%s: %strain_loss %.4f, %.2f s",
+            "round %d%s: %strain_loss %.4f, %.2f s%s",
             start.round,
             edge,
             before,
             metrics["train_loss"],
             metrics["train_seconds"],
+            codec,
         )
+
+    def _link_future(self) -> Callable[[], LinkFuture] | None:
+        """Under an emulated link with a known clock: bytes → seconds an upload starting
+        now takes (the oracle controller's knowledge); else None."""
+        origin = os.environ.get(LINK_ORIGIN_ENV, "")
+        link = self.config.links.link_for(self.region, self.client_id, self.config.federation.seed)
+        try:
+            origin_unix_s = float(origin)
+        except ValueError:
+            return None
+        if link is None:
+            return None
+
+        def future() -> LinkFuture:
+            now = time.time() - origin_unix_s
+            return lambda n_bytes: link.transfer_time(n_bytes, now, "uplink")
+
+        return future
 
     def _evaluate_final(self, final_model: Envelope) -> None:
         report = evaluate_final(
@@ -209,6 +266,11 @@ class FederatedClient:
             report.metrics["eval_loss"],
             final_model.run_id,
         )
+
+
+def _codec_label(plan: RoundPlan) -> str:
+    codec = plan.update_codec
+    return f"topk {plan.topk_fraction:g}" if codec == "topk" else codec
 
 
 def _progress(model: Envelope) -> tuple[bool, int, int]:

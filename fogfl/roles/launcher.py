@@ -33,6 +33,7 @@ from fogfl.broker import (
 )
 from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
 from fogfl.errors import FogflError
+from fogfl.links.settings import LINK_ORIGIN_ENV
 from fogfl.logs import role_logger
 from fogfl.mqtt import Topics
 from fogfl.processes import (
@@ -137,6 +138,7 @@ class Federation:
         self.server: ChildProcess | None = None
         self.links: ChildProcess | None = None
         self.link_ports: dict[str, int] = {}
+        self.link_origin: float | None = None
         self.roles: list[ChildProcess] = []
         self.flower_port: socket.socket | None = None
         self.started_at = 0.0
@@ -200,9 +202,12 @@ class Federation:
         for region, members in self.config.federation.client_ids().items():
             for client_id in members:
                 arguments = ["client", "--id", client_id, "--region", region]
+                extra = {}
                 if client_id in self.link_ports:
                     arguments += ["--mqtt-port", str(self.link_ports[client_id])]
-                self.roles.append(self._spawn(f"client-{client_id}", arguments))
+                    if self.link_origin is not None:
+                        extra[LINK_ORIGIN_ENV] = repr(self.link_origin)
+                self.roles.append(self._spawn(f"client-{client_id}", arguments, env=extra))
 
     def _start_links(self) -> None:
         """The links runner: one proxy per client in front of the broker; waits until every
@@ -249,7 +254,20 @@ class Federation:
                 )
             time.sleep(0.05)
         self.link_ports = {str(k): int(v) for k, v in json.loads(ports_path.read_text()).items()}
+        self.link_origin = self._link_origin(directory / LINKS_COUNTERS_FILE, deadline)
         self.log.info("emulated links for %d clients (%s)", len(self.link_ports), directory)
+
+    def _link_origin(self, counters: Path, deadline: float) -> float | None:
+        """The Unix time of the links' time 0, from the runner's first counters (which say
+        both clocks at once); None if they do not come in time."""
+        while time.monotonic() < deadline:
+            try:
+                report = json.loads(counters.read_text())
+                return float(report["written_unix_s"]) - float(report["link_time_s"])
+            except (OSError, ValueError, KeyError, TypeError):
+                time.sleep(0.05)
+        self.log.warning("the links runner wrote no counters; the oracle controller is off")
+        return None
 
     def _provision(self) -> BrokerSecurity | None:
         """Every identity of the run gets its credentials (in the run directory, unless the
@@ -329,11 +347,16 @@ class Federation:
                 self.flower_port = None
 
     def _spawn(
-        self, name: str, arguments: list[str], held_port: socket.socket | None = None
+        self,
+        name: str,
+        arguments: list[str],
+        held_port: socket.socket | None = None,
+        env: dict[str, str] | None = None,
     ) -> ChildProcess:
         argv = [sys.executable, "-m", "fogfl", *arguments, "--config", str(self.config_path)]
         log_path = self.run_dir / LOG_DIR / f"{name}.log"
-        return ChildProcess(name, argv, log_path, env=_child_environment(), held_port=held_port)
+        environment = {**_child_environment(), **(env or {})}
+        return ChildProcess(name, argv, log_path, env=environment, held_port=held_port)
 
     def _failed(self, child: ChildProcess, code: int) -> str:
         return (

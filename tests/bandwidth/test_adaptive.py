@@ -1,0 +1,165 @@
+"""`wire.update_codec: adaptive`: a client's codec choice from its measured uploads, the
+plan it encodes with, and what the fog broker and metrics.csv make of the choices."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from fogfl.bandwidth.adaptive import AdaptiveCodec, Choice, upload_budget
+from fogfl.bandwidth.controllers import Decision
+from fogfl.bandwidth.ladder import step_named
+from fogfl.config import ConfigError, RoundPlan, WireSettings, load_config
+from fogfl.errors import FogflError
+from fogfl.local_round import encode_update
+from fogfl.transfers import RegionTransfers, combine
+from fogfl.wire import Envelope, ModelSchema
+
+MODEL_BYTES = 1_000_000  # 1 MB of float32
+ADAPTIVE = RoundPlan(update_codec="adaptive", controller="robust-rule")
+
+
+def codec_after(
+    uploads: list[tuple[int, float]], budget_s: float, plan: RoundPlan = ADAPTIVE
+) -> str:
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES)
+    for n_bytes, seconds in uploads:
+        adaptive.measured(n_bytes, seconds)
+    return adaptive.choose(plan, budget_s).decision.codec.label
+
+
+def test_without_history_the_smallest_codec_measures_the_link() -> None:
+    assert codec_after([], budget_s=100) == "topk_0.05"
+
+
+def test_a_fast_link_sends_float32_and_a_slow_one_compresses() -> None:
+    fast = [(1_000_000, 0.1)] * 5  # 80 Mbit/s: the whole model in 0.1 s
+    assert codec_after(fast, budget_s=1.0) == "float32"
+    slow = [(250_000, 1.0)] * 5  # 2 Mbit/s: 1 s fits 250 kB, int8's quarter of the model
+    assert codec_after(slow, budget_s=1.05) == "int8"
+    assert codec_after(slow, budget_s=0.6) == "int4"
+    # A budget already spent still gets an answer: the smallest codec.
+    assert codec_after(slow, budget_s=-3) == "topk_0.05"
+
+
+def test_the_robust_rule_discounts_by_its_recent_errors() -> None:
+    steady = [(250_000, 1.0)] * 5
+    jumpy = [(250_000, 1.0), (250_000, 0.5), (250_000, 1.0), (250_000, 0.5), (250_000, 1.0)]
+    rule = RoundPlan(update_codec="adaptive", controller="rule")
+    assert codec_after(steady, 1.05, rule) == codec_after(steady, 1.05) == "int8"
+    # The plain rule trusts the harmonic mean of the jumpy link; the robust one does not.
+    assert codec_after(jumpy, 1.05, rule) == "int8"
+    assert codec_after(jumpy, 1.05) in {"int4", "topk_0.2", "topk_0.1", "topk_0.05"}
+
+
+def test_unmeasurable_uploads_are_not_history() -> None:
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES)
+    for n_bytes, seconds in [(0, 1.0), (10, 0.0), (10, float("inf")), (10, -1.0)]:
+        adaptive.measured(n_bytes, seconds)
+    assert adaptive.history == []
+    for _ in range(100):
+        adaptive.measured(1000, 0.01)
+    assert len(adaptive.history) == 32  # bounded
+
+
+def test_the_oracle_reads_the_link_future() -> None:
+    # 8 Mbit/s: 1 MB in 1 s. The oracle sees it without any history.
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES, link_future=lambda: lambda n: n * 8 / 8e6)
+    oracle = RoundPlan(update_codec="adaptive", controller="oracle")
+    assert adaptive.choose(oracle, 1.01).decision.codec.label == "float32"
+    assert adaptive.choose(oracle, 0.51).decision.codec.label == "float16"
+    assert adaptive.choose(oracle, 0.51).decision.predicted_upload_s == pytest.approx(0.5)
+
+
+def test_a_controller_this_client_cannot_run_falls_back_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES, logging.getLogger("test"))
+    for name in ("ddqn", "oracle"):
+        plan = RoundPlan(update_codec="adaptive", controller=name)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                assert adaptive.choose(plan, 1.0).decision.controller == "robust-rule"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "ddqn controller, but wire.agent is not set" in warnings[0]
+    assert "oracle controller, but this client's link is not emulated" in warnings[1]
+
+
+def test_a_choice_becomes_the_plan_the_update_is_encoded_with() -> None:
+    def choice(label: str) -> Choice:
+        return Choice(Decision("rule", 0.1, step_named(label), 1, 2.0, 0.4), 0.9)
+
+    topk = choice("topk_0.1").plan(ADAPTIVE)
+    assert (topk.update_codec, topk.topk_fraction) == ("topk", 0.1)
+    assert choice("int8").plan(ADAPTIVE).update_codec == "int8"
+    assert choice("int8").metrics == {
+        "upload_share": 0.1,
+        "upload_budget_s": 0.9,
+        "predicted_upload_s": 0.4,
+    }
+    tensors = {"w": np.ones(8, dtype=np.float32)}
+    start = Envelope(kind="global", run_id="r", round=1, sender="server", tensors=tensors)
+    update = Envelope(kind="update", run_id="r", round=1, sender="c", region="n", tensors=tensors)
+    with pytest.raises(FogflError, match="chosen before it is encoded"):
+        encode_update(update, start, ADAPTIVE, ModelSchema.of(tensors))
+
+
+def test_the_budget_is_the_deadline_less_what_the_round_took_so_far() -> None:
+    assert upload_budget(ADAPTIVE, fog_deadline_s=60, spent_s=10) == 50
+    planned = RoundPlan(update_codec="adaptive", upload_deadline_s=8.0)
+    assert upload_budget(planned, fog_deadline_s=60, spent_s=3) == 5
+    assert upload_budget(planned, fog_deadline_s=60, spent_s=-2) == 8  # a clock ahead
+
+
+def test_choices_reach_the_round_row() -> None:
+    north, south = RegionTransfers(), RegionTransfers()
+    north.add_upload("n1", 2.0)
+    north.add_choice("n1", {"upload_share": 0.3, "predicted_upload_s": 1.5}, "int8")
+    north.add_upload("n2", 1.0)
+    north.add_choice("n2", {"upload_share": 0.3, "predicted_upload_s": 1.0}, "int8")
+    south.add_upload("s1", 4.0)
+    south.add_choice("s1", {"upload_share": 0.1, "predicted_upload_s": 2.0}, "topk")
+    # Through a partial's stats, as the bridge hands them to the server.
+    regions = [RegionTransfers.of_json(r.to_json()) for r in (north, south)]
+    row = combine(regions)
+    assert row.codecs == "int8:2 topk_0.05:1"
+    assert row.predicted_upload_s_median == 1.5
+    assert row.upload_prediction_error == pytest.approx(0.25)  # of 0.25, 0, 0.5
+    # Fixed codecs leave the columns empty.
+    fixed = RegionTransfers()
+    fixed.add_upload("n1", 2.0)
+    fixed.add_choice("n1", {}, "int8")
+    assert combine([fixed]).codecs is None
+
+
+def test_malformed_choices_in_a_partial_are_left_out() -> None:
+    stats = {
+        "transfers": {
+            "codecs": {"a": "int8", "b": "<script>", "c": 7, "d": "x" * 100},
+            "predicted_upload_s": {"a": 1.0, "b": -1, "c": "soon", "d": float("nan")},
+        }
+    }
+    found = RegionTransfers.of_stats(stats)
+    assert found.codecs == {"a": "int8"}
+    assert found.predicted_upload_s == {"a": 1.0}
+
+
+def test_configs_that_cannot_choose_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"controller ddqn needs wire\.agent"):
+        load_config(None, {"wire.update_codec": "adaptive", "wire.controller": "ddqn"})
+    with pytest.raises(ConfigError, match="only emulated links have"):
+        load_config(None, {"wire.update_codec": "adaptive", "wire.controller": "oracle"})
+    with pytest.raises(ConfigError, match=r"wire\.controller"):
+        load_config(None, {"wire.controller": "psychic"})
+    linked = load_config(
+        None,
+        {
+            "wire.update_codec": "adaptive",
+            "wire.controller": "oracle",
+            "links.default": {"rate_mbit": 4},
+        },
+    )
+    assert linked.wire.announced()["controller"] == "oracle"
