@@ -55,16 +55,16 @@ class RegionTransfers:
         if seconds is not None:
             _add(self.download_s, client_id, seconds)
 
-    def add_choice(self, client_id: str, metrics: Mapping[str, float], codec: str) -> None:
-        """An update's codec, and what its controller predicted when it chose adaptively
-        (the update's `upload_share` and `predicted_upload_s` metrics)."""
+    def add_choice(self, client_id: str, metrics: Mapping[str, float]) -> None:
+        """The codec an adaptive update's controller chose, and the upload seconds it
+        predicted (the update's `upload_share` and `predicted_upload_s` metrics)."""
         share = metrics.get(SHARE_METRIC)
-        if isinstance(share, float) and 0 < share <= 1:
-            from fogfl.bandwidth.ladder import codec_for_share
+        if not (isinstance(share, float) and 0 < share <= 1):
+            return  # a fixed codec: nothing was chosen
+        from fogfl.bandwidth.ladder import codec_for_share
 
-            codec = codec_for_share(share).label
-            _add(self.predicted_upload_s, client_id, metrics.get(PREDICTED_METRIC, -1.0))
-        self.codecs[client_id] = codec
+        self.codecs[client_id] = codec_for_share(share).label
+        _add(self.predicted_upload_s, client_id, metrics.get(PREDICTED_METRIC, -1.0))
 
     def as_stats(self) -> dict[str, Any]:
         """The partial's `stats.transfers`."""
@@ -74,7 +74,7 @@ class RegionTransfers:
             "stragglers": self.stragglers,
             "late": {str(r): n for r, n in self.late.items()},
         }
-        if self.predicted_upload_s:
+        if self.codecs:
             stats["codecs"] = dict(self.codecs)
             stats["predicted_upload_s"] = {
                 c: round(s, 6) for c, s in self.predicted_upload_s.items()
@@ -165,7 +165,7 @@ def combine(regions: Iterable[RegionTransfers]) -> RoundTransfers:
         max(downloads, default=None),
         statistics.median(downloads) if downloads else None,
         stragglers,
-        " ".join(f"{codec}:{n}" for codec, n in sorted(chosen.items())) if predicted else None,
+        " ".join(f"{codec}:{n}" for codec, n in sorted(chosen.items())) or None,
         statistics.median(predicted) if predicted else None,
         statistics.median(errors) if errors else None,
     )

@@ -332,7 +332,7 @@ class FogBroker:
             if uploaded is not None:
                 current.transfers.add_upload(update.sender, uploaded)
             current.transfers.add_download(update.sender, update.metrics.get(DOWNLOAD_METRIC))
-            current.transfers.add_choice(update.sender, update.metrics, update.codec)
+            current.transfers.add_choice(update.sender, update.metrics)
         self.log.debug("round %d: %s (%d examples)", current.round, who, update.num_examples)
         self._close_if_complete()
 

@@ -117,22 +117,26 @@ def test_the_budget_is_the_deadline_less_what_the_round_took_so_far() -> None:
 def test_choices_reach_the_round_row() -> None:
     north, south = RegionTransfers(), RegionTransfers()
     north.add_upload("n1", 2.0)
-    north.add_choice("n1", {"upload_share": 0.3, "predicted_upload_s": 1.5}, "int8")
+    north.add_choice("n1", {"upload_share": 0.3, "predicted_upload_s": 1.5})
     north.add_upload("n2", 1.0)
-    north.add_choice("n2", {"upload_share": 0.3, "predicted_upload_s": 1.0}, "int8")
+    north.add_choice("n2", {"upload_share": 0.3, "predicted_upload_s": 1.0})
     south.add_upload("s1", 4.0)
-    south.add_choice("s1", {"upload_share": 0.1, "predicted_upload_s": 2.0}, "topk")
+    south.add_choice("s1", {"upload_share": 0.1, "predicted_upload_s": 2.0})
     # Through a partial's stats, as the bridge hands them to the server.
     regions = [RegionTransfers.of_json(r.to_json()) for r in (north, south)]
     row = combine(regions)
     assert row.codecs == "int8:2 topk_0.05:1"
     assert row.predicted_upload_s_median == 1.5
     assert row.upload_prediction_error == pytest.approx(0.25)  # of 0.25, 0, 0.5
-    # Fixed codecs leave the columns empty.
+    # Fixed codecs leave the columns empty; a choice without a prediction (the rules'
+    # first round) still counts its codec.
     fixed = RegionTransfers()
     fixed.add_upload("n1", 2.0)
-    fixed.add_choice("n1", {}, "int8")
+    fixed.add_choice("n1", {})
     assert combine([fixed]).codecs is None
+    fixed.add_choice("n2", {"upload_share": 0.1})
+    assert combine([fixed]).codecs == "topk_0.05:1"
+    assert combine([fixed]).predicted_upload_s_median is None
 
 
 def test_malformed_choices_in_a_partial_are_left_out() -> None:
