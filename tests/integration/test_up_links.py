@@ -89,3 +89,46 @@ def test_a_links_file_that_cannot_work_is_refused_before_anything_starts(tmp_pat
     assert "links.clients.north-01.scenario" in result.stderr
     assert "unknown scenario 'moon'" in result.stderr
     assert not run_dir.exists()
+
+
+# A 200 kB model on a 0.4 Mbit/s uplink: float32 takes 4 s, float16 2 s, int8 about 1 s,
+# and the update has 3 s from when its round opened.
+ADAPTIVE_CONFIG = """
+task: {name: synthetic, options: {megabytes: 0.2}}
+federation: {rounds: 2, regions: [north], clients_per_region: 2}
+wire: {update_codec: adaptive, controller: CONTROLLER, upload_deadline_s: 3.0}
+links: {default: {uplink_mbit: 0.4, downlink_mbit: 40}}
+"""
+SMALLEST = "topk_0.05"
+
+
+@pytest.mark.parametrize("controller", ["robust-rule", "oracle"])
+def test_clients_choose_their_codec_from_their_link(tmp_path: Path, controller: str) -> None:
+    (tmp_path / "fogfl.yaml").write_text(ADAPTIVE_CONFIG.replace("CONTROLLER", controller))
+    run_dir = tmp_path / "run"
+    broker = ["--broker", "mosquitto"] if mosquitto_binary() else ["--broker", "embedded"]
+    config = ["--config", str(tmp_path / "fogfl.yaml"), "--run-dir", str(run_dir)]
+    up = run_reaped([sys.executable, "-m", "fogfl", "up", *config, *broker], timeout=180)
+    assert up.returncode == 0, up.output
+    assert up.leftovers == []
+
+    rows = {int(row["round"]): row for row in read_metrics(run_dir / METRICS_FILE)}
+    chosen = {r: rows[r]["codecs"] for r in (1, 2)}
+    if controller == "robust-rule":
+        # Nothing measured yet: the smallest codec, which measures the link; then the
+        # largest that the measured throughput fits into what is left of the 3 s.
+        assert chosen[1] == f"{SMALLEST}:2", rows[1]
+        assert rows[1]["predicted_upload_s_median"] == ""
+        assert SMALLEST not in chosen[2] and "float32" not in chosen[2], rows[2]
+    else:
+        # The oracle reads the emulated link: float32 cannot fit, a smaller codec does,
+        # from round 1 on.
+        for r in (1, 2):
+            assert SMALLEST not in chosen[r] and "float32" not in chosen[r], rows[r]
+            assert float(rows[r]["predicted_upload_s_median"]) > 0.5
+    predicted = float(rows[2]["predicted_upload_s_median"])
+    assert 0 < predicted < 3.0, rows[2]
+    assert float(rows[2]["upload_prediction_error"]) >= 0
+    assert rows[2]["stragglers"] == "0"
+    log = (run_dir / "logs" / "client-north-01.log").read_text()
+    assert "; sent " in log and "budget" in log, log
