@@ -107,14 +107,26 @@ def monitor_view(state: MonitorState, recent: Sequence[Observation]) -> Renderab
     if not state.clients:
         return Group(regions, messages)
     clients = Table(title="clients", title_justify="left")
-    for label in ("client", "region", "round", "upload s", "download s", "link", "uplink"):
+    for label in (
+        "client",
+        "region",
+        "round",
+        "codec",
+        "upload s",
+        "predicted s",
+        "download s",
+        "link",
+        "uplink",
+    ):
         clients.add_column(label, justify="right")
     for name, link in sorted(state.clients.items()):
         clients.add_row(
             name,
             link.region,
             str(link.round),
+            link.codec,
             _seconds(link.upload_seconds),
+            _seconds(link.predicted_upload_seconds),
             _seconds(link.download_seconds),
             link.state,
             "" if link.rate_mbit is None else f"{link.rate_mbit:g} Mbit/s",

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from fogfl.bandwidth.ladder import codec_for_share
 from fogfl.config import FogflConfig
 from fogfl.errors import WireError
 from fogfl.logs import Rejections, role_logger
 from fogfl.mqtt import MqttSession, Received, Topics
 from fogfl.security.identities import monitor_identity
 from fogfl.security.role import role_security
+from fogfl.transfers import DOWNLOAD_METRIC, PREDICTED_METRIC, SHARE_METRIC
 from fogfl.wire import Verifier, metadata_count, read_metadata
 
 ROLE = "monitor"
@@ -50,6 +52,10 @@ class Observation:
     # The sender's clock at publishing, and what a client said its download took.
     sent_at: float | None = None
     download_seconds: float | None = None
+    # The codec an update travels in (an adaptive one's choice, `topk_0.05` …) and the
+    # upload seconds its controller predicted.
+    codec: str = ""
+    predicted_upload_seconds: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -74,6 +80,8 @@ class ClientLink:
     round: int = 0
     upload_seconds: float | None = None
     download_seconds: float | None = None
+    codec: str = ""
+    predicted_upload_seconds: float | None = None
     state: str = ""
     rate_mbit: float | None = None
     uplink_bytes: int | None = None
@@ -149,6 +157,8 @@ class MonitorState:
             # one clock (the senders' and the monitor's clocks must agree).
             link.upload_seconds = max(0.0, seen.time - seen.sent_at)
         link.download_seconds = seen.download_seconds
+        link.codec = seen.codec
+        link.predicted_upload_seconds = seen.predicted_upload_seconds
 
     def read_links(self, counters: Path) -> None:
         """Fold in the links runner's counters file (`fogfl up --links`): each client's
@@ -195,10 +205,13 @@ def observe(received: Received, verify: Verifier | None = None) -> Observation:
     seen.num_examples = _count_or_none(meta, "num_examples")
     seen.final = meta.get("final") == "true"
     seen.sent_at = _float_or_none(meta.get("sent_at"))
-    downloaded = _json_object(meta, "metrics").get("download_seconds")
-    seen.download_seconds = (
-        float(downloaded) if isinstance(downloaded, int | float) and downloaded >= 0 else None
-    )
+    metrics = _json_object(meta, "metrics")
+    seen.download_seconds = _seconds_or_none(metrics.get(DOWNLOAD_METRIC))
+    seen.codec = meta.get("codec", "")[:MAX_SHOWN]
+    share = metrics.get(SHARE_METRIC)
+    if isinstance(share, float) and 0 < share <= 1:
+        seen.codec = codec_for_share(share).label  # what an adaptive update chose
+        seen.predicted_upload_seconds = _seconds_or_none(metrics.get(PREDICTED_METRIC))
     if seen.kind == "partial":
         expected = _json_object(meta, "stats").get("expected")
         seen.expected = expected if _is_count(expected) else None
@@ -263,6 +276,12 @@ def _json_object(meta: dict[str, str], key: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _seconds_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _float_or_none(text: str | None) -> float | None:

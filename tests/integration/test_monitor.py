@@ -15,6 +15,7 @@ from rich.console import Console
 
 from fogfl.aggregation import RegionRound
 from fogfl.broker import LocalBroker
+from fogfl.codecs import Reference
 from fogfl.mqtt import Received, Topics
 from fogfl.roles.monitor import MonitorState, Observation, observe
 from fogfl.views import monitor_view
@@ -245,3 +246,15 @@ def test_the_monitor_shows_each_clients_transfers_and_link(tmp_path: Path) -> No
     console.print(monitor_view(state, []))
     shown = console.export_text()
     assert "stalled" in shown and "4 Mbit/s" in shown and "1.25" in shown
+    assert link.codec == "float32" and link.predicted_upload_seconds is None
+
+    # An adaptive update: the codec its controller chose, and the upload it predicted.
+    update.metrics |= {"upload_share": 0.3, "predicted_upload_s": 0.75, "upload_budget_s": 2.0}
+    chosen = encode(
+        update, "int8", reference=Reference(update.tensors, ModelSchema.of(update.tensors))
+    )
+    state.add(observe(Received(TOPICS.updates("north", "north-01"), chosen, False)), TOPICS)
+    assert (link.codec, link.predicted_upload_seconds) == ("int8", 0.75)
+    console.print(monitor_view(state, []))
+    shown = console.export_text()
+    assert "int8" in shown and "0.75" in shown
