@@ -4,15 +4,17 @@ plan it encodes with, and what the fog broker and metrics.csv make of the choice
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fogfl.bandwidth.adaptive import AdaptiveCodec, Choice, upload_budget
+from fogfl.bandwidth.agent import DDQNAgent
 from fogfl.bandwidth.controllers import Decision
 from fogfl.bandwidth.ladder import step_named
 from fogfl.config import ConfigError, RoundPlan, WireSettings, load_config
-from fogfl.errors import FogflError
+from fogfl.errors import BandwidthError, FogflError
 from fogfl.local_round import encode_update
 from fogfl.transfers import RegionTransfers, combine
 from fogfl.wire import Envelope, ModelSchema
@@ -167,3 +169,19 @@ def test_configs_that_cannot_choose_are_refused() -> None:
         },
     )
     assert linked.wire.announced()["controller"] == "oracle"
+
+
+def test_the_ddqn_controller_asks_the_agent_the_config_names(tmp_path: Path) -> None:
+    DDQNAgent().save(tmp_path / "agent", {})
+    wire = WireSettings(update_codec="adaptive", controller="ddqn", agent=tmp_path / "agent")
+    adaptive = AdaptiveCodec(wire, MODEL_BYTES)
+    adaptive.measured(250_000, 1.0)
+    choice = adaptive.choose(RoundPlan(update_codec="adaptive", controller="ddqn"), 1.0)
+    assert choice.decision.controller == "ddqn"
+    assert choice.decision.predicted_upload_s is not None  # at the harmonic mean
+    # A damaged agent is an error that names the file, not a silent fallback.
+    (tmp_path / "agent" / "agent.json").write_text("{")
+    with pytest.raises(BandwidthError, match="agent"):
+        AdaptiveCodec(wire, MODEL_BYTES).choose(
+            RoundPlan(update_codec="adaptive", controller="ddqn"), 1.0
+        )
