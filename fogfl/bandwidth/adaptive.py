@@ -94,6 +94,12 @@ class AdaptiveCodec:
         self._predictor_loaded = False
         self._warned: set[str] = set()
 
+    def load_models(self) -> None:
+        """Load the agent and the predictor the configuration names now, so a missing or
+        damaged file stops a client as it starts (BandwidthError), not in a round."""
+        self._load_agent()
+        self._forecast()
+
     def choose(self, plan: RoundPlan, budget_s: float) -> Choice:
         """The codec for this round's upload, with `budget_s` seconds left for it."""
         budget = max(MIN_BUDGET_S, budget_s)

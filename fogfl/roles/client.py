@@ -83,6 +83,7 @@ class FederatedClient:
         self.adaptive = AdaptiveCodec(
             config.wire, 4 * self.schema.num_values, self.log, self._link_future()
         )
+        self.adaptive.load_models()
 
     def run(self) -> int:
         """Take part in rounds until the server publishes the final model (with `serve`,

@@ -179,9 +179,7 @@ def test_the_ddqn_controller_asks_the_agent_the_config_names(tmp_path: Path) -> 
     choice = adaptive.choose(RoundPlan(update_codec="adaptive", controller="ddqn"), 1.0)
     assert choice.decision.controller == "ddqn"
     assert choice.decision.predicted_upload_s is not None  # at the harmonic mean
-    # A damaged agent is an error that names the file, not a silent fallback.
+    # A damaged agent is an error as the client starts (load_models), not in a round.
     (tmp_path / "agent" / "agent.json").write_text("{")
     with pytest.raises(BandwidthError, match="agent"):
-        AdaptiveCodec(wire, MODEL_BYTES).choose(
-            RoundPlan(update_codec="adaptive", controller="ddqn"), 1.0
-        )
+        AdaptiveCodec(wire, MODEL_BYTES).load_models()
