@@ -71,10 +71,16 @@ class SimulatedNetwork:
         link = self.links.get(client_id)
         if link is None:
             return ClientTiming(client_id, start_s, 0.0, train_s, 0.0)
-        download_s = link.transfer_time(download_bytes, start_s, "downlink")
+        download_s = self.download_time(client_id, start_s, download_bytes)
         upload_start = start_s + download_s + train_s
         upload_s = link.transfer_time(upload_bytes, upload_start, "uplink")
         return ClientTiming(client_id, start_s, download_s, train_s, upload_s)
+
+    def download_time(self, client_id: str, start_s: float, download_bytes: int) -> float:
+        """Seconds the client's download of the start model takes from `start_s` (what it
+        knows before it trains; 0 on an unshaped link)."""
+        link = self.links.get(client_id)
+        return 0.0 if link is None else link.transfer_time(download_bytes, start_s, "downlink")
 
 
 def close_edge_round(

@@ -8,7 +8,10 @@ region's partial goes to the cloud's Flower strategy, exactly as the bridges han
 After the last round every client evaluates the final model. Traffic is the length of the
 payloads the runtime would publish. Time is simulated (`fogfl.sim.clock`): each client's
 download, training and upload over its link; an update that reaches its fog broker after it
-closed the edge round is a straggler and is left out, as in the runtime.
+closed the edge round is a straggler and is left out, as in the runtime. Under
+`wire.update_codec: adaptive` each client picks its codec after training from the uploads
+its link has carried so far (`workers.UploadClock`), and its choice reaches the round's row
+as the fog broker records it.
 """
 
 from __future__ import annotations
@@ -26,13 +29,23 @@ from flwr.server.client_proxy import ClientProxy
 
 from fogfl import flower
 from fogfl.aggregation import MetricsMean, RegionRound, mean_metrics, model_aggregate
+from fogfl.bandwidth.adaptive import ADAPTIVE, HISTORY
+from fogfl.bandwidth.controllers import Upload
 from fogfl.codecs import Reference
 from fogfl.config import FogflConfig, RoundPlan
 from fogfl.run_dir import RoundRecord, new_run_id
 from fogfl.schedules import final_population, round_participants
 from fogfl.security.signing import Signer, TrustPolicy
 from fogfl.sim.clock import ClientTiming, SimulatedNetwork, close_edge_round
-from fogfl.sim.workers import SENT_AT, ClientJob, ClientPool, ClientReply, TaskKey, client_round
+from fogfl.sim.workers import (
+    SENT_AT,
+    ClientJob,
+    ClientPool,
+    ClientReply,
+    TaskKey,
+    UploadClock,
+    client_round,
+)
 from fogfl.transfers import combine
 from fogfl.wire import Codec, Envelope, ModelSchema, Tensors, decode, encode
 
@@ -123,6 +136,8 @@ class _Hierarchy:
         self.population = config.federation.client_ids()
         self.network = SimulatedNetwork.of(config)
         self.clock_s = 0.0  # link time at the start of the next round
+        # Each client's uploads on the simulated clock, for its adaptive codec's next choice.
+        self.uploads: dict[str, list[Upload]] = {}
         self.owner = {
             client: index
             for index, client in enumerate(c for ids in self.population.values() for c in ids)
@@ -210,7 +225,12 @@ class _Hierarchy:
             for region, start in start_models.items():
                 fog[region].reference = start.tensors  # what clipped_mean clips against
             jobs = [
-                self._job(client_id, region, starts[region])
+                self._job(
+                    client_id,
+                    region,
+                    starts[region],
+                    upload_clock=self._upload_clock(client_id, opened[region], starts[region]),
+                )
                 for region in fog
                 for client_id in participants[region]
             ]
@@ -225,6 +245,11 @@ class _Hierarchy:
                 )
                 for job, reply in zip(jobs, replies, strict=True)
             ]
+            for job, reply, timing in zip(jobs, replies, timings, strict=True):
+                # What the client measured of its upload, late or not.
+                history = self.uploads.setdefault(job.client_id, [])
+                history.append(Upload(len(reply.payload), timing.upload_s))
+                del history[:-HISTORY]
             included = self._close_edge_rounds(fog, jobs, timings, opened)
             # Folded in job order, not arrival order: the same sums on every run.
             for job, reply, timing in zip(jobs, replies, timings, strict=True):
@@ -233,6 +258,7 @@ class _Hierarchy:
                 update = self._fold_update(fog[job.region], reply, references[job.region])
                 fog[job.region].transfers.add_upload(job.client_id, timing.upload_s)
                 fog[job.region].transfers.add_download(job.client_id, timing.download_s)
+                fog[job.region].transfers.add_choice(job.client_id, update.metrics)
                 drifts.append(_distance(update.tensors, start_models[job.region].tensors))
                 updates += 1
         round_sim_s = max(opened.values(), default=self.clock_s) - self.clock_s
@@ -354,7 +380,14 @@ class _Hierarchy:
     def _replies(self, jobs: Sequence[ClientJob]) -> Iterator[ClientReply]:
         return self.pool.run(client_round, jobs, [self.owner[job.client_id] for job in jobs])
 
-    def _job(self, client_id: str, region: str, start: bytes, final: bool = False) -> ClientJob:
+    def _job(
+        self,
+        client_id: str,
+        region: str,
+        start: bytes,
+        final: bool = False,
+        upload_clock: UploadClock | None = None,
+    ) -> ClientJob:
         return ClientJob(
             task=self.key,
             client_id=client_id,
@@ -363,6 +396,23 @@ class _Hierarchy:
             settings=self.config.training,
             max_bytes=self.max_bytes,
             final=final,
+            upload_clock=upload_clock,
+        )
+
+    def _upload_clock(self, client_id: str, opened_s: float, start: bytes) -> UploadClock | None:
+        """What the client knows of its edge round when it picks an adaptive update's
+        codec: its uploads so far and what downloading `start` took; the oracle its link.
+        None under a fixed update codec."""
+        wire = self.config.wire
+        if wire.update_codec != ADAPTIVE:
+            return None
+        return UploadClock(
+            wire,
+            self.config.fog.deadline_s,
+            tuple(self.uploads.get(client_id, ())),
+            opened_s,
+            self.network.download_time(client_id, opened_s, len(start)),
+            self.network.links.get(client_id) if wire.controller == "oracle" else None,
         )
 
     def _fold_update(self, fog: RegionRound, reply: ClientReply, reference: Reference) -> Envelope:

@@ -7,6 +7,11 @@ share of the clients and keeps their data and one model per task, so a client's 
 loaded once per experiment however many rounds and variants it takes part in. Results come
 back in the order the jobs were given, so the aggregates do not depend on the number of
 workers.
+
+Under `wire.update_codec: adaptive` a client picks its update's codec after training, as
+`fogfl client` does (`fogfl.bandwidth.adaptive`), from what the coordinator tells it of its
+simulated clock (`UploadClock`): the uploads it has measured, what the download took and,
+for the oracle, its link.
 """
 
 from __future__ import annotations
@@ -22,8 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from fogfl.bandwidth.adaptive import ADAPTIVE, AdaptiveCodec, Choice, upload_budget
+from fogfl.bandwidth.controllers import LinkFuture, Upload
 from fogfl.codecs import ErrorFeedback
-from fogfl.config import FogflConfig, TrainingSettings, read_round_plan
+from fogfl.config import FogflConfig, RoundPlan, TrainingSettings, WireSettings, read_round_plan
+from fogfl.errors import FogflError
+from fogfl.links.model import LinkModel
+from fogfl.logs import role_logger
 from fogfl.transfers import DOWNLOAD_METRIC
 from fogfl.wire import ModelSchema, decode, encode
 
@@ -34,6 +44,7 @@ if TYPE_CHECKING:
 
 JobT = TypeVar("JobT")
 ResultT = TypeVar("ResultT")
+StateT = TypeVar("StateT")
 
 # Wall-clock fields of a message (its sent_at, the client's train_seconds) take fixed values
 # of the runtime's usual length, so that simulated byte counts are the same on every run.
@@ -41,7 +52,8 @@ SENT_AT = 1_700_000_000.123456
 TRAIN_SECONDS = 0.123456789012345
 DOWNLOAD_SECONDS = 0.0123456789012345
 JOBS_AHEAD_PER_WORKER = 8
-# Error feedback is per client and run; a worker keeps that of its last few runs.
+# Error feedback and adaptive codecs are per client and run; a worker keeps those of its
+# last few runs.
 FEEDBACK_RUNS = 4
 
 
@@ -61,9 +73,38 @@ class TaskKey:
         return cls(config.task.name, options, config.federation.seed, python_path)
 
 
+@dataclass(frozen=True)
+class UploadClock:
+    """What a client under `wire.update_codec: adaptive` knows of its edge round on the
+    simulated clock when it picks its codec: its measured uploads (oldest first), when the
+    round opened and what the start model's download took (link time, seconds); for the
+    oracle controller, its link."""
+
+    wire: WireSettings
+    fog_deadline_s: float
+    uploads: tuple[Upload, ...]
+    opened_s: float
+    download_s: float
+    link: LinkModel | None = None
+
+    def budget_s(self, plan: RoundPlan, train_s: float) -> float:
+        """The seconds left for the upload after `train_s` of training, as the runtime's
+        client reckons them from when the round opened."""
+        return upload_budget(plan, self.fog_deadline_s, self.download_s + train_s)
+
+    def link_future(self, train_s: float) -> Callable[[], LinkFuture] | None:
+        """The oracle's knowledge: bytes → seconds the upload takes from when it starts."""
+        link = self.link
+        if link is None:
+            return None
+        upload_start_s = self.opened_s + self.download_s + train_s
+        return lambda: lambda n_bytes: link.transfer_time(n_bytes, upload_start_s, "uplink")
+
+
 @dataclass
 class ClientJob:
-    """One client receiving one model: train on it (`final` False) or only evaluate it."""
+    """One client receiving one model: train on it (`final` False) or only evaluate it.
+    `upload_clock` is set when the round's update codec is adaptive."""
 
     task: TaskKey
     client_id: str
@@ -72,6 +113,7 @@ class ClientJob:
     settings: TrainingSettings
     max_bytes: int
     final: bool = False
+    upload_clock: UploadClock | None = None
 
 
 @dataclass
@@ -95,6 +137,7 @@ class _TaskState:
 
 _STATE: dict[TaskKey, _TaskState] = {}
 _FEEDBACK: OrderedDict[str, dict[str, ErrorFeedback]] = OrderedDict()
+_ADAPTIVE: OrderedDict[str, dict[str, AdaptiveCodec]] = OrderedDict()
 
 
 def client_round(job: ClientJob) -> ClientReply:
@@ -127,18 +170,52 @@ def client_round(job: ClientJob) -> ClientReply:
         message.metrics[DOWNLOAD_METRIC] = DOWNLOAD_SECONDS
         message.sent_at = SENT_AT
         feedback = _feedback(start.run_id, job.client_id)
-        payload = encode_update(message, start, plan, state.schema, feedback)
+        coding = plan
+        if plan.update_codec == ADAPTIVE:
+            # The choice travels in the update's metrics, as the runtime client sends it.
+            choice = _choose_codec(job, plan, start.run_id, 4 * state.schema.num_values, measured)
+            coding = choice.plan(plan)
+            message.metrics.update(choice.metrics)
+        payload = encode_update(message, start, coding, state.schema, feedback)
         return ClientReply(payload, data.description, data.num_train, data.num_test, measured)
     return ClientReply(payload, data.description, data.num_train, data.num_test)
 
 
+def _choose_codec(
+    job: ClientJob, plan: RoundPlan, run_id: str, model_bytes: int, train_s: float
+) -> Choice:
+    """The codec the client sends this update in, picked after `train_s` seconds of
+    training from its uploads so far and the time left before its fog broker's deadline."""
+    clock = job.upload_clock
+    if clock is None:
+        raise FogflError(f"client {job.client_id}'s job under an adaptive codec has no clock")
+    clients = _of_run(_ADAPTIVE, run_id)
+    adaptive = clients.get(job.client_id)
+    if adaptive is None:
+        # One per client and run, as each runtime client has one: its agent and predictor
+        # load once, and a controller it cannot run is reported once.
+        log = role_logger("client", job.region, job.client_id)
+        adaptive = clients[job.client_id] = AdaptiveCodec(clock.wire, model_bytes, log)
+    # The coordinator's clock measured the uploads; they replace what this one had.
+    adaptive.history.clear()
+    for upload in clock.uploads:
+        adaptive.measured(upload.bytes, upload.seconds)
+    adaptive.link_future = clock.link_future(train_s)
+    return adaptive.choose(plan, clock.budget_s(plan, train_s))
+
+
 def _feedback(run_id: str, client_id: str) -> ErrorFeedback:
     """The client's error feedback in this run (kept in the worker that owns the client)."""
-    clients = _FEEDBACK.setdefault(run_id, {})
-    _FEEDBACK.move_to_end(run_id)
-    while len(_FEEDBACK) > FEEDBACK_RUNS:
-        _FEEDBACK.popitem(last=False)
-    return clients.setdefault(client_id, ErrorFeedback())
+    return _of_run(_FEEDBACK, run_id).setdefault(client_id, ErrorFeedback())
+
+
+def _of_run(store: OrderedDict[str, dict[str, StateT]], run_id: str) -> dict[str, StateT]:
+    """The clients' state of this run in `store`, which keeps the last FEEDBACK_RUNS runs."""
+    clients = store.setdefault(run_id, {})
+    store.move_to_end(run_id)
+    while len(store) > FEEDBACK_RUNS:
+        store.popitem(last=False)
+    return clients
 
 
 def load_partitions(key: TaskKey, client_ids: Sequence[str]) -> dict[str, Partition]:
@@ -189,6 +266,7 @@ class ClientPool:
         self._executors = []
         _STATE.clear()
         _FEEDBACK.clear()
+        _ADAPTIVE.clear()
 
     def run(
         self,
