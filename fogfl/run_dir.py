@@ -22,6 +22,7 @@ from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
 from fogfl.errors import FogflError
+from fogfl.links.settings import CLOUD_LINK_PREFIX
 from fogfl.transfers import RoundTransfers
 
 METRICS_FILE = "metrics.csv"
@@ -59,8 +60,10 @@ class RoundRecord:
     upload and download seconds; `stragglers`, updates missing when a fog broker closed an
     (edge) round; `late_updates`, updates that came after their round closed. With emulated
     links, `wire_bytes_up`/`wire_bytes_down` are the bytes the links carried during the
-    round (MQTT framing, acknowledgements and keep-alives included). `cloud_upload_s` is the
-    slowest partial's seconds from its fog broker to its bridge.
+    round (MQTT framing, acknowledgements and keep-alives included); with emulated cloud
+    links (`links.cloud`), `cloud_wire_bytes_up`/`cloud_wire_bytes_down` are what the fog
+    sites' links to the Flower server carried (gRPC framing included). `cloud_upload_s` is
+    the slowest partial's seconds from its fog broker to its bridge.
 
     Under `wire.update_codec: adaptive` (docs/bandwidth.md): `codecs`, how many clients
     sent each codec (`int8:3 topk_0.05:1`, the last edge round's choice);
@@ -91,6 +94,8 @@ class RoundRecord:
     late_updates: int | None = None
     wire_bytes_up: int | None = None
     wire_bytes_down: int | None = None
+    cloud_wire_bytes_up: int | None = None
+    cloud_wire_bytes_down: int | None = None
     codecs: str | None = None
     predicted_upload_s_median: float | None = None
     upload_prediction_error: float | None = None
@@ -248,10 +253,13 @@ def _cell(value: object) -> str:
 
 @dataclass(frozen=True)
 class LinkBytes:
-    """What every emulated link had carried by a moment: payload bytes each way."""
+    """What the emulated links had carried by a moment, payload bytes each way: the
+    clients' links, and the fog sites' cloud links (`cloud-<region>`)."""
 
     uplink: int
     downlink: int
+    cloud_uplink: int = 0
+    cloud_downlink: int = 0
 
 
 def read_link_bytes(
@@ -264,10 +272,14 @@ def read_link_bytes(
     while True:
         try:
             report = json.loads(path.read_text())
-            links = report["links"].values()
+            links = report["links"]
+            edge = [v for k, v in links.items() if not k.startswith(CLOUD_LINK_PREFIX)]
+            cloud = [v for k, v in links.items() if k.startswith(CLOUD_LINK_PREFIX)]
             totals = LinkBytes(
-                sum(int(link["uplink_bytes"]) for link in links),
-                sum(int(link["downlink_bytes"]) for link in links),
+                sum(int(link["uplink_bytes"]) for link in edge),
+                sum(int(link["downlink_bytes"]) for link in edge),
+                sum(int(link["uplink_bytes"]) for link in cloud),
+                sum(int(link["downlink_bytes"]) for link in cloud),
             )
             written = float(report["written_unix_s"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -161,16 +161,43 @@ class LinkSettings(_Section):
         return fixed_link(f"{client_id}:fixed", uplink, downlink, latency, jitter, outages)
 
 
+CLOUD_LINK_PREFIX = "cloud-"
+
+
 class LinksSettings(_Section):
-    """Emulated links per client; no entry at all means every link is unshaped."""
+    """Emulated links per client, and per fog site to the cloud; no entry at all means
+    every link is unshaped."""
 
     default: LinkSettings | None = Field(None, description="every client without its own entry")
     regions: dict[str, LinkSettings] = Field(default_factory=dict)
     clients: dict[str, LinkSettings] = Field(default_factory=dict)
+    cloud: LinkSettings | None = Field(
+        None,
+        description="every fog site's link to the cloud: its bridge's connection to the "
+        "Flower server, which carries the global model down and the partial up",
+    )
+    cloud_regions: dict[str, LinkSettings] = Field(
+        default_factory=dict, description="a fog site's own cloud link, over `cloud`"
+    )
 
     @property
     def enabled(self) -> bool:
+        """Whether any client's link is emulated."""
         return self.default is not None or bool(self.regions) or bool(self.clients)
+
+    @property
+    def any(self) -> bool:
+        """Whether any link at all is emulated (a client's or a fog site's)."""
+        return self.enabled or self.cloud is not None or bool(self.cloud_regions)
+
+    def cloud_entry_for(self, region: str) -> LinkSettings | None:
+        """A fog site's cloud link: its own, the `cloud` default, or None (unshaped)."""
+        return self.cloud_regions.get(region, self.cloud)
+
+    @staticmethod
+    def cloud_link_name(region: str) -> str:
+        """The name of a fog site's cloud link (its proxy, its counters, its variation)."""
+        return f"{CLOUD_LINK_PREFIX}{region}"
 
     def entry_for(self, region: str, client_id: str) -> LinkSettings | None:
         """The entry that applies to a client: its own, its region's, the default, or None."""
@@ -192,8 +219,8 @@ def resolve_trace_paths(data: dict[str, Any], base: Path) -> None:
     links = data.get("links")
     if not isinstance(links, dict):
         return
-    entries = [links.get("default")]
-    for group in ("regions", "clients"):
+    entries = [links.get("default"), links.get("cloud")]
+    for group in ("regions", "clients", "cloud_regions"):
         if isinstance(links.get(group), dict):
             entries += list(links[group].values())
     for entry in entries:

@@ -117,10 +117,16 @@ def preflight(config: FogflConfig, broker_mode: BrokerMode) -> None:
         FogflConfig.model_validate(yaml.safe_load(dump_config(config)))
     except ValidationError as exc:
         raise FogflError(f"the resolved configuration does not load back: {exc}") from None
-    if config.links.enabled:
-        for region, members in config.federation.client_ids().items():
-            for client_id in members:
-                config.links.link_for(region, client_id, config.federation.seed)  # LinkError
+    links, seed = config.links, config.federation.seed
+    for region, members in config.federation.client_ids().items():
+        for client_id in members:
+            links.link_for(region, client_id, seed)  # LinkError
+        cloud = links.cloud_entry_for(region)
+        if cloud is not None:
+            cloud.build(links.cloud_link_name(region), seed)
+    unknown = sorted(set(links.cloud_regions) - set(config.federation.regions))
+    if unknown:
+        raise FogflError(f"links.cloud_regions names regions the run has not: {unknown}")
 
 
 class Federation:
@@ -180,8 +186,8 @@ class Federation:
         self.config.mqtt.port = self.broker.port
         if self.broker.kind == "embedded":
             self.config.mqtt.protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
-        if self.config.links.enabled:
-            self._start_links()
+        if self.config.links.any:
+            self._start_links(flower_port)
         self.config.server.address = f"127.0.0.1:{flower_port}"
         self.config.server.run_dir = self.run_dir
         self.config.fog.state_dir = self.run_dir / "state"
@@ -196,9 +202,11 @@ class Federation:
             self.roles.append(
                 self._spawn(f"fog-broker-{region}", ["fog-broker", "--region", region])
             )
-            self.roles.append(
-                self._spawn(f"fog-bridge-{region}", ["fog-bridge", "--region", region])
-            )
+            bridge = ["fog-bridge", "--region", region]
+            cloud = self.link_ports.get(self.config.links.cloud_link_name(region))
+            if cloud is not None:
+                bridge += ["--server", f"127.0.0.1:{cloud}"]
+            self.roles.append(self._spawn(f"fog-bridge-{region}", bridge))
         for region, members in self.config.federation.client_ids().items():
             for client_id in members:
                 arguments = ["client", "--id", client_id, "--region", region]
@@ -209,20 +217,32 @@ class Federation:
                         extra[LINK_ORIGIN_ENV] = repr(self.link_origin)
                 self.roles.append(self._spawn(f"client-{client_id}", arguments, env=extra))
 
-    def _start_links(self) -> None:
-        """The links runner: one proxy per client in front of the broker; waits until every
-        proxy listens (LaunchError, with the runner's last lines, if it exits first)."""
+    def _start_links(self, flower_port: int) -> None:
+        """The links runner: one proxy per client in front of the broker, and one per fog
+        site with a cloud link in front of the Flower server; waits until every proxy
+        listens (LaunchError, with the runner's last lines, if it exits first)."""
         directory = self.run_dir / LINKS_DIR
         directory.mkdir(parents=True, exist_ok=True)
         spec_path, ports_path = directory / LINKS_SPEC_FILE, directory / LINKS_PORTS_FILE
         ports_path.unlink(missing_ok=True)
         links = self.config.links
-        proxies = []
+        proxies: list[dict[str, object]] = []
         for region, members in self.config.federation.client_ids().items():
             for client_id in members:
                 entry = links.entry_for(region, client_id)
                 link = None if entry is None else entry.model_dump(mode="json", exclude_none=True)
                 proxies.append({"name": client_id, "link": link})
+        for region in self.config.federation.regions:
+            cloud = links.cloud_entry_for(region)
+            if cloud is not None:
+                proxies.append(
+                    {
+                        "name": links.cloud_link_name(region),
+                        "link": cloud.model_dump(mode="json", exclude_none=True),
+                        "upstream_host": "127.0.0.1",
+                        "upstream_port": flower_port,
+                    }
+                )
         spec = {
             "upstream_host": self.config.mqtt.host,
             "upstream_port": self.config.mqtt.port,

@@ -292,6 +292,9 @@ class Server:
         if now is not None and self.link_bytes is not None:
             record.wire_bytes_up = now.uplink - self.link_bytes.uplink
             record.wire_bytes_down = now.downlink - self.link_bytes.downlink
+            if self.config.links.cloud is not None or self.config.links.cloud_regions:
+                record.cloud_wire_bytes_up = now.cloud_uplink - self.link_bytes.cloud_uplink
+                record.cloud_wire_bytes_down = now.cloud_downlink - self.link_bytes.cloud_downlink
         self.link_bytes = now
 
     def _count_late(self, regions: list[RegionTransfers]) -> None:

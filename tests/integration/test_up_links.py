@@ -18,6 +18,7 @@ from tests.reaper import run_reaped
 pytestmark = pytest.mark.integration
 
 RATE_MBIT = 0.8
+CLOUD_MBIT = 4.0
 # A 50 kB model: each transfer takes about half a second at 0.8 Mbit/s.
 CONFIG = """
 task: {name: synthetic, options: {megabytes: 0.05}}
@@ -27,7 +28,9 @@ federation: {rounds: 2, regions: [north], clients_per_region: 2}
 
 def test_a_round_over_emulated_links_takes_the_time_the_links_predict(tmp_path: Path) -> None:
     (tmp_path / "fogfl.yaml").write_text(CONFIG)
-    (tmp_path / "links.yaml").write_text(f"links:\n  default: {{rate_mbit: {RATE_MBIT}}}\n")
+    (tmp_path / "links.yaml").write_text(
+        f"links:\n  default: {{rate_mbit: {RATE_MBIT}}}\n  cloud: {{rate_mbit: {CLOUD_MBIT}}}\n"
+    )
     run_dir = tmp_path / "run"
     # With Mosquitto over TLS too: the proxies carry it through untouched.
     broker = ["--broker", "mosquitto", "--tls"] if mosquitto_binary() else ["--broker", "embedded"]
@@ -65,14 +68,23 @@ def test_a_round_over_emulated_links_takes_the_time_the_links_predict(tmp_path: 
         wire_up, wire_down = int(row["wire_bytes_up"]), int(row["wire_bytes_down"])
         assert updates_bytes <= wire_up <= updates_bytes * 1.05 + 20_000, row
         assert global_bytes * clients <= wire_down <= global_bytes * clients * 1.05 + 20_000, row
-        assert 0 <= float(row["cloud_upload_s"]) < 1  # the cloud tier is not emulated
+        assert 0 <= float(row["cloud_upload_s"]) < 1  # fog broker → bridge: one broker
+        # The fog site's cloud link carried the global model down to the bridge and the
+        # partial up to the Flower server (gRPC framing and the final evaluation on top).
+        cloud_up, cloud_down = int(row["cloud_wire_bytes_up"]), int(row["cloud_wire_bytes_down"])
+        assert global_bytes * 0.95 <= cloud_up <= global_bytes * 2 + 20_000, row
+        assert global_bytes * 0.95 <= cloud_down <= global_bytes * 3 + 20_000, row
     # The clients had subscribed before round 2's model was published: no retained copy.
     download_floor = int(rows[2]["bytes_down"]) / 2 / bytes_per_s * 0.9
     assert download_floor <= float(rows[2]["download_s_median"]) < 5
 
     counters = json.loads((run_dir / LINKS_DIR / LINKS_COUNTERS_FILE).read_text())
-    assert set(counters["links"]) == {"north-01", "north-02"}
-    assert all(link["rate_mbit"]["uplink"] == RATE_MBIT for link in counters["links"].values())
+    links = counters["links"]
+    assert set(links) == {"north-01", "north-02", "cloud-north"}
+    assert all(links[c]["rate_mbit"]["uplink"] == RATE_MBIT for c in ("north-01", "north-02"))
+    assert links["cloud-north"]["rate_mbit"]["uplink"] == CLOUD_MBIT
+    bridge = (run_dir / "logs" / "fog-bridge-north.log").read_text()
+    assert f"127.0.0.1:{links['cloud-north']['port']}" in bridge, bridge
 
 
 def test_a_links_file_that_cannot_work_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ region's or the default, every mistake a one-line error naming the key."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from fogfl.links.model import BYTES_PER_MBIT
 from fogfl.links.settings import LinkSettings, LinksSettings, resolve_trace_paths
+from fogfl.run_dir import LinkBytes, read_link_bytes
 
 
 def test_a_client_gets_its_own_entry_else_its_regions_else_the_default() -> None:
@@ -116,3 +118,30 @@ def test_fogfl_config_reads_links_from_its_file_with_traces_beside_it(tmp_path: 
     config_file.write_text("links:\n  clients: {north-01: {trace: missing.txt}}\n")
     with pytest.raises(ConfigError, match=r"links\.clients\.north-01\.trace: .*missing\.txt"):
         load_config(config_file, environ={})
+
+
+def test_a_fog_sites_cloud_link_is_its_own_else_the_cloud_default(tmp_path: Path) -> None:
+    (tmp_path / "wan.txt").write_text("0 8\n1 4\n")
+    data = yaml.safe_load(
+        "links:\n  cloud: {rate_mbit: 20}\n  cloud_regions: {south: {trace: wan.txt}}\n"
+    )
+    resolve_trace_paths(data, tmp_path)
+    links = LinksSettings.model_validate(data["links"])
+    # Cloud links alone emulate no client's link.
+    assert links.any and not links.enabled
+    north, south = links.cloud_entry_for("north"), links.cloud_entry_for("south")
+    assert north is not None and north.rate_mbit == 20
+    assert south is not None and south.trace == tmp_path / "wan.txt"
+    assert links.cloud_link_name("south") == "cloud-south"
+    assert LinksSettings().cloud_entry_for("north") is None
+
+
+def test_link_bytes_are_split_into_the_clients_and_the_cloud(tmp_path: Path) -> None:
+    counters = tmp_path / "counters.json"
+    counted = {
+        "north-01": {"uplink_bytes": 10, "downlink_bytes": 20},
+        "north-02": {"uplink_bytes": 1, "downlink_bytes": 2},
+        "cloud-north": {"uplink_bytes": 300, "downlink_bytes": 400},
+    }
+    counters.write_text(json.dumps({"written_unix_s": 1.0, "links": counted}))
+    assert read_link_bytes(counters) == LinkBytes(11, 22, 300, 400)
