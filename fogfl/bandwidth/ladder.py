@@ -1,19 +1,27 @@
 """From a share of the model's bytes to a concrete update codec.
 
 The agent's ten actions are shares of the float32 update's bytes, 10 % … 100 %. A share
-maps to the most faithful codec of the ladder whose bytes fit in it. The byte ratios are
-nominal (bytes per float32 byte, before scales, indices or headers); the fidelities are
-1 − the relative L2 error each codec leaves on a standard normal vector of 2²⁰ entries
-(blocks of 64 with an absmax scale for int8 and int4; top-k without error feedback, one
-round). When fogfl/codecs/ lands, these figures come from its codecs and their measured
-sizes and errors instead; `codec_for_share` keeps its signature.
+maps to the most faithful codec of the ladder whose bytes fit in it. Each rung's byte
+ratio (tensor bytes per float32 byte, the codec's scales and indices included, headers
+not) and fidelity (1 − the relative L2 error it leaves) are measured with fogfl's own
+codecs (`fogfl.codecs`), once per process, on a delta of 2¹⁶ standard normal values in
+one tensor: the same code the clients send their updates with. Top-k's fidelity is one
+round's, without error feedback.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
 
 from fogfl.errors import BandwidthError
+
+PROBE_VALUES = 2**16
+PROBE_SEED = 0
+TOPK_FRACTIONS = (0.2, 0.1, 0.05)
+CODEC_ORDER = ("float32", "float16", "bfloat16", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -30,17 +38,36 @@ class CodecStep:
         return self.codec if self.topk_fraction is None else f"topk_{self.topk_fraction:g}"
 
 
-LADDER: tuple[CodecStep, ...] = (
-    CodecStep("float32", 1.0, 1.0),
-    CodecStep("float16", 0.5, 1 - 2.1e-4),
-    CodecStep("bfloat16", 0.5, 1 - 1.7e-3),
-    CodecStep("int8", 0.25, 1 - 5.9e-3),
-    CodecStep("int4", 0.125, 1 - 0.108),
-    # top-k sends an int32 index and a float32 value per kept entry: 2·fraction of the bytes.
-    CodecStep("topk", 0.4, 1 - 0.592, 0.2),
-    CodecStep("topk", 0.2, 1 - 0.749, 0.1),
-    CodecStep("topk", 0.1, 1 - 0.849, 0.05),
-)
+def measure(codec: str, topk_fraction: float | None = None) -> CodecStep:
+    """A rung as fogfl's codecs code the probe delta (see the module's docstring)."""
+    from fogfl.codecs import Reference, decode_model, encode_model
+    from fogfl.wire import ModelSchema
+
+    delta = np.random.default_rng(PROBE_SEED).standard_normal(PROBE_VALUES).astype(np.float32)
+    start = {"w": np.zeros(PROBE_VALUES, dtype=np.float32)}
+    schema = ModelSchema.of(start)
+    reference = Reference(start, schema)
+    coded = encode_model(
+        {"w": delta},
+        schema,
+        codec,
+        reference=reference if codec != "float32" else None,
+        topk_fraction=topk_fraction or 0.05,
+    )
+    decoded = decode_model(coded.tensors, coded.metadata, schema, reference=reference)["w"]
+    error = float(np.linalg.norm(decoded - delta) / np.linalg.norm(delta))
+    return CodecStep(codec, coded.nbytes / delta.nbytes, 1.0 - error, topk_fraction)
+
+
+@cache
+def ladder() -> tuple[CodecStep, ...]:
+    """Every rung, measured once per process."""
+    return tuple(measure(codec) for codec in CODEC_ORDER) + tuple(
+        measure("topk", fraction) for fraction in TOPK_FRACTIONS
+    )
+
+
+LADDER = ladder()
 SHARES: tuple[float, ...] = tuple((action + 1) / 10 for action in range(10))
 ACTIONS = len(SHARES)
 

@@ -64,15 +64,19 @@ def test_rules_start_with_the_smallest_share() -> None:
 
 def test_oracle_uses_the_future_and_needs_it() -> None:
     oracle = Oracle(MODEL, DEADLINE)
-    decision = oracle.decide([], link_future=lambda n: n * 8 / 1e6 / 1.0)  # 1 Mbit/s ahead
-    assert decision.codec.label == "int8" and decision.predicted_upload_s == pytest.approx(2.0)
+    decision = oracle.decide([], link_future=lambda n: n * 8 / 1e6 / 1.1)  # 1.1 Mbit/s ahead
+    # int8's 251 kB take 1.83 s of the 2; float16's 500 kB would take 3.6.
+    assert decision.codec.label == "int8"
+    assert decision.predicted_upload_s == pytest.approx(decision.upload_bytes * 8 / 1.1e6)
+    assert decision.upload_bytes == 250_977
     with pytest.raises(BandwidthError, match="needs the link's future"):
         oracle.decide([])
 
 
 def test_fixed_random_and_names() -> None:
     fixed = FixedCodec(MODEL, DEADLINE, "int4").decide(uploads(1.0))
-    assert fixed.upload_bytes == 125_000 and fixed.controller == "fixed_int4"
+    # A nibble per value and a float32 scale per 64 values: 4.5 bits.
+    assert fixed.upload_bytes == 140_625 and fixed.controller == "fixed_int4"
     shares = {RandomShare(MODEL, DEADLINE, seed=1).decide([]).share for _ in range(3)}
     assert shares <= set(SHARES)
     assert make_controller("robust-rule", MODEL, DEADLINE).name == "robust-rule"
