@@ -72,6 +72,8 @@ _MAX_METADATA_JSON_VALUES = (
 # Tensors carried by these kinds (docs/protocol.md): round and evaluation carry none.
 _NO_TENSORS = frozenset({"round", "evaluation"})
 _FROM_CLIENTS = frozenset({"update", "evaluation"})
+# Kinds whose `final` is written even when false; an update or region model never is final.
+_MAY_BE_FINAL = frozenset({"global", "round", "partial", "evaluation"})
 _HEADER_LENGTH = struct.Struct("<Q")
 _HEADER_DEPTH = 3  # header → tensor entry → shape
 _ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
@@ -245,8 +247,9 @@ class Envelope:
     """One fogfl message: who sent what for which run and round, with the tensors.
 
     Kind-specific fields: `metrics` (update, partial, evaluation), `contributors` and
-    `stats` (partial), `config` and `schema` (global, round), `final` (global, round, partial),
-    `edge_round` (update, region: which of the round's edge rounds, from 1).
+    `stats` (partial), `config` and `schema` (global, round), `final` (global, round,
+    partial, evaluation), `edge_round` (update, region: which of the round's edge rounds,
+    from 1).
     """
 
     kind: Kind
@@ -320,12 +323,19 @@ def encode(
         "num_examples": str(message.num_examples),
         "codec": chosen,
         "sent_at": repr(message.sent_at or time.time()),
-        "final": "true" if message.final else "false",
-        "metrics": json.dumps(message.metrics),
-        "contributors": json.dumps(message.contributors),
-        "config": json.dumps(message.config),
-        "stats": json.dumps(message.stats),
     }
+    if message.final or message.kind in _MAY_BE_FINAL:
+        metadata["final"] = "true" if message.final else "false"
+    # The JSON fields travel only when they hold something: absent means empty, and the
+    # kinds that do not carry one (an update's config, contributors, stats) save its bytes.
+    for key, value in (
+        ("metrics", message.metrics),
+        ("contributors", message.contributors),
+        ("config", message.config),
+        ("stats", message.stats),
+    ):
+        if value:
+            metadata[key] = json.dumps(value, separators=(",", ":"))
     if message.schema is not None:
         metadata["schema"] = message.schema.to_json()
     if signer is not None:

@@ -43,7 +43,10 @@ class CodecHeader:
     compressed_bytes: int | None = None
 
     def metadata(self) -> dict[str, str]:
-        fields = {"codec": self.codec, "compression": self.compression}
+        """The fields as strings; `compression` only when not `none`, its default."""
+        fields = {"codec": self.codec}
+        if self.compression != "none":
+            fields["compression"] = self.compression
         if self.delta_from is not None:
             fields["delta_from"] = self.delta_from
         if self.topk_k is not None:
@@ -284,7 +287,7 @@ def _add_reference(
             f"message from {sender} is a delta from model {(header.delta_from or '')[:12]}…, "
             f"this receiver holds {held}; was it trained from this round's model?",
         )
-    overflow_possible = reference.absmax + _delta_bound(header.codec, tensors) > _FLOAT32_MAX
+    overflow_possible = reference.absmax + _delta_bound(header.codec, tensors, parts) > _FLOAT32_MAX
     for part in parts.parts:
         value = values[part.name]
         with np.errstate(over="ignore"):
@@ -296,11 +299,10 @@ def _add_reference(
             )
 
 
-def _delta_bound(codec: str, tensors: Mapping[str, npt.NDArray[Any]]) -> float:
+def _delta_bound(codec: str, tensors: Mapping[str, npt.NDArray[Any]], parts: ModelParts) -> float:
     """An upper bound of any decoded delta's magnitude, from the wire tensors alone."""
     if codec in blockwise.BLOCK:
-        scales = tensors[blockwise.SCALES_NAME]
-        return float(scales.max()) * (blockwise.LEVELS[codec] + 1) if scales.size else 0.0
+        return blockwise.delta_bound(codec, tensors, parts)
     if codec == "topk":
         kept = tensors[topk.VALUES_NAME]
         return float(np.abs(kept).max()) if kept.size else 0.0

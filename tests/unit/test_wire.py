@@ -148,11 +148,9 @@ def test_rejects_nan_and_inf() -> None:
 
 
 def test_rejects_non_numeric_metrics() -> None:
-    payload = encode(update(metrics={"train_loss": 1.0}))
-    assert (
-        rejection(payload.replace(b'{\\"train_loss\\": 1.0}', b'{\\"train_loss\\": \\"x\\"}'))
-        == "bad-field"
-    )
+    payload = encode(update(metrics={"train_loss": 0.125}))
+    # The same length: only the value's type changes.
+    assert rejection(payload.replace(b":0.125}", b':\\"x\\"}')) == "bad-field"
 
 
 def test_rejects_tensor_offsets_outside_the_payload() -> None:
@@ -250,7 +248,8 @@ def test_arbitrary_headers_and_data_decode_to_the_schema_or_raise_wire_errors(
 def test_corrupted_valid_payloads_decode_to_the_schema_or_raise_wire_errors(
     data: st.DataObject,
 ) -> None:
-    payload = bytearray(encode(update()))
+    # A fixed sent_at: the clock's digits would change the header's length between examples.
+    payload = bytearray(encode(update(sent_at=1_700_000_000.25)))
     (length,) = struct.unpack_from("<Q", payload)
     letters = [
         i for i in range(8, 8 + length) if chr(payload[i]).isascii() and chr(payload[i]).isalpha()

@@ -97,7 +97,7 @@ def test_a_delta_needs_the_model_it_names() -> None:
         assert caught.value.reason == "wrong-reference"
     # Without a schema (the monitor) the tensors stay as they travel.
     raw = decode(payload, kinds={"update"}, max_bytes=LIMIT)
-    assert set(raw.tensors) == {"__int8__", "__scales__", "steps"}
+    assert set(raw.tensors) == {"__int8__", "steps"}
 
 
 def test_error_feedback_keeps_what_the_codec_dropped() -> None:
@@ -121,19 +121,55 @@ def test_signatures_cover_every_codec() -> None:
 
 def test_a_header_that_does_not_fit_the_codec_is_rejected() -> None:
     meta = read_metadata(encode(update(), "int8", reference=START))
-    short_scales = {
-        "__int8__": np.zeros(448, np.int8),
-        "__scales__": np.zeros(3, np.float32),
+    # 448 levels, then the exponents of 3 blocks (256 + 128 of the weight, 64 of the bias).
+    short: dict[str, np.ndarray] = {
+        "__int8__": np.zeros(448 + 2, np.int8),
         "steps": np.array([7], np.int64),
     }
-    negative = {**short_scales, "__scales__": -np.ones(4, np.float32)}
+    out_of_range = {**short, "__int8__": np.full(448 + 3, 121, np.int8)}  # exponents ≤ 120
     cases = {
-        "wrong-shape": safetensors_save(short_scales, metadata=meta),
-        "bad-scale": safetensors_save(negative, metadata=meta),
-        "bad-codec": safetensors_save(negative, metadata={**meta, "codec": "int9"}),
+        "wrong-shape": safetensors_save(short, metadata=meta),
+        "bad-scale": safetensors_save(out_of_range, metadata=meta),
+        "bad-codec": safetensors_save(out_of_range, metadata={**meta, "codec": "int9"}),
         "wrong-tensors": safetensors_save(model(), metadata=meta),
     }
     for reason, payload in cases.items():
         with pytest.raises(WireError) as caught:
             received(payload)
         assert caught.value.reason == reason, caught.value
+
+
+def test_an_int8_update_of_the_ecg5000_model_is_at_most_26_percent_of_float32() -> None:
+    """Issue 9's uplink budget for the whole message a client publishes: the envelope as
+    a client fills it (a run id as `new_run_id` makes them, every metric at full
+    precision), not only the codec's tensors."""
+    from fogfl.tasks import load_task
+    from fogfl.tasks.base import model_tensors
+
+    start = model_tensors(load_task("ecg5000").build_model(0))
+    rng = np.random.default_rng(0)
+    trained = {
+        k: v + np.float32(0.01) * rng.standard_normal(v.shape, np.float32) for k, v in start.items()
+    }
+    message = Envelope(
+        "update",
+        "20261201-120000-ab12cd",
+        12,
+        "north-01",
+        "north",
+        560,
+        tensors=trained,
+        metrics={
+            "train_loss": 0.7611311078071594,
+            "eval_loss": 1.7155308723449707,
+            "eval_examples": 22.0,
+            "eval_accuracy": 0.6363636363636364,
+            "train_seconds": 1.2345678901234567,
+            "download_seconds": 0.012345678901234567,
+        },
+        sent_at=1796174427.8698359,
+    )
+    reference = Reference(start, ModelSchema.of(start))
+    float32 = len(encode(message, "float32"))
+    int8 = len(encode(message, "int8", reference=reference))
+    assert int8 <= 0.26 * float32, f"{int8} bytes, {int8 / float32:.2%} of float32's {float32}"
