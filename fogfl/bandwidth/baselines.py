@@ -5,11 +5,13 @@ linear autoregressive model fitted online by recursive least squares."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from fogfl.bandwidth.windows import WindowedData, Windows
+if TYPE_CHECKING:  # annotations only: the runtime's controllers import this module
+    from fogfl.bandwidth.windows import WindowedData, Windows
 
 FloatArray = npt.NDArray[np.float64]
 
