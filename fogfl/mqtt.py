@@ -12,7 +12,8 @@ is away.
 
 A payload larger than `wire.chunk_bytes` travels in chunks (fogfl/chunks.py): `publish()`
 splits it, `receive()` hands the role the message whole, and `ack()` of that message
-acknowledges every chunk of it.
+acknowledges every chunk of it. `clear_retained()` clears a topic's retained message and
+every retained chunk of one, whichever process left them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ _SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT: another connection took this cli
 # Chunks of one message a publisher has sent and not yet seen acknowledged: enough to keep
 # the link busy, few enough that the copies cost little memory.
 CHUNKS_IN_FLIGHT = 4
+# How long the broker may go quiet while it sends a new subscription the retained messages
+# it holds before they are taken to be all in (it sends them at once, one after another).
+RETAINED_QUIET_S = 0.5
 
 Logger: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 
@@ -141,6 +145,50 @@ class Received:
     parts: tuple[Received, ...] = field(default=(), compare=False, repr=False)
 
 
+class _RetainedProbe:
+    """A moment's subscription to chunk subtopics, to learn which the broker keeps retained:
+    the broker sends a new subscription every retained message it matches."""
+
+    def __init__(self, filters: list[str]) -> None:
+        self.filters = filters
+        self.found: set[str] = set()
+        self.refused: list[str] = []
+        self._subscribed = False
+        self._last_seen = 0.0
+        self._changed = threading.Condition()
+
+    def covers(self, topic: str) -> bool:
+        return any(paho.topic_matches_sub(wanted, topic) for wanted in self.filters)
+
+    def subscribed(self, refused: list[str]) -> None:
+        with self._changed:
+            self.refused = refused
+            self._subscribed = True
+            self._last_seen = time.monotonic()
+            self._changed.notify_all()
+
+    def saw(self, topic: str) -> None:
+        with self._changed:
+            self.found.add(topic)
+            self._last_seen = time.monotonic()
+            self._changed.notify_all()
+
+    def wait(self, deadline: float) -> bool:
+        """Wait for the subscription, then for RETAINED_QUIET_S without a retained message;
+        False when `deadline` (time.monotonic()) came first."""
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                quiet_at = self._last_seen + RETAINED_QUIET_S
+                if self._subscribed and now >= quiet_at:
+                    return True
+                if now >= deadline:
+                    return False
+                self._changed.wait(
+                    (min(quiet_at, deadline) if self._subscribed else deadline) - now
+                )
+
+
 class _ZeroCopyClient(paho.Client):
     """paho's client, queuing outgoing packets as memoryviews.
 
@@ -223,6 +271,7 @@ class MqttSession:
         # Topic → chunks of the retained chunked message this session last published there,
         # so that a later one clears the indices it does not overwrite.
         self._retained_chunks: dict[str, int] = {}
+        self._probe: _RetainedProbe | None = None  # guarded by _lock
         self._subscriptions: list[str] = []
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
@@ -370,6 +419,49 @@ class MqttSession:
             # A whole message replaces a chunked one: its indices must not outlive it.
             for index in range(self._retained_chunks.pop(topic, 0)):
                 self.publish(chunks.chunk_topic(topic, index), b"", retain=True)
+
+    def clear_retained(self, topics: Sequence[str], *, chunks_of: Sequence[str] = ()) -> int:
+        """Clear, with empty retained messages, what the broker keeps retained on each of
+        `topics` and on every `<topic>/chunk/<i>` of them and of `chunks_of` (whose
+        messages a new one will replace), whichever process left it. Nothing says how many
+        chunks a process that is gone left, so a moment's subscription to the chunk
+        subtopics learns which are there (the session's login must be allowed to read
+        them). Returns how many chunk topics were cleared."""
+        left = self._retained_chunk_topics([*topics, *chunks_of])
+        for topic in left:
+            self.publish(topic, b"", retain=True)
+        for topic in [*topics, *chunks_of]:
+            self._retained_chunks.pop(topic, None)
+        for topic in topics:
+            self.publish(topic, b"", retain=True)
+        return len(left)
+
+    def _retained_chunk_topics(self, topics: Sequence[str]) -> list[str]:
+        """The chunk topics of `topics` on which the broker holds a retained message."""
+        filters = [wanted for wanted in map(chunks.chunk_filter, topics) if wanted is not None]
+        if not filters:
+            return []
+        probe = _RetainedProbe(filters)
+        with self._lock:
+            self._probe = probe
+        try:
+            _, mid = self._client.subscribe([(wanted, QOS) for wanted in filters])
+            complete = mid is not None and probe.wait(
+                time.monotonic() + self.settings.publish_timeout_s
+            )
+        finally:
+            with self._lock:
+                self._probe = None
+            self._client.unsubscribe(filters)
+        if not complete or probe.refused:
+            why = ", ".join(probe.refused) or "no answer to the subscription"
+            self.log.warning(
+                "could not learn which chunks are left retained on %s (%s); chunks an "
+                "earlier process left there stay",
+                ", ".join(topics),
+                why,
+            )
+        return sorted(probe.found, key=lambda topic: (len(topic), topic))
 
     def _publish_chunked(self, topic: str, payload: bytes | bytearray, retain: bool) -> None:
         """Publish `payload` as chunks, at most CHUNKS_IN_FLIGHT unacknowledged at a time;
@@ -587,6 +679,17 @@ class MqttSession:
         reasons: list[ReasonCode],
         properties: Any,
     ) -> None:
+        with self._lock:
+            probe = None if mid in self._pending_subacks else self._probe
+        if probe is not None:
+            probe.subscribed(
+                [
+                    f"{topic} ({reason})"
+                    for topic, reason in zip(probe.filters, reasons, strict=False)
+                    if reason.is_failure
+                ]
+            )
+            return
         refused = [
             f"{topic} ({reason})"
             for topic, reason in zip(self._subscriptions, reasons, strict=False)
@@ -637,6 +740,10 @@ class MqttSession:
             self._acks.notify_all()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._probe_takes(message):
+            if self.manual_ack and message.qos > 0:
+                client.ack(message.mid, message.qos)
+            return
         if not message.payload or not self._subscribed_to(message.topic):
             # An empty payload clears a retained message (a new run's server does so); it is
             # never a fogfl message, and no role needs to see it. A topic this session never
@@ -711,6 +818,23 @@ class MqttSession:
             self.rejections.record_error(step.error, step.topic)
         elif step.note:
             self.log.debug("ignored chunks on %s: %s", step.topic, step.note)
+
+    def _probe_takes(self, message: paho.MQTTMessage) -> bool:
+        """Note a retained chunk a `clear_retained` probe asked for; True when the role did
+        not subscribe to it, so has no use for it."""
+        with self._lock:
+            probe = self._probe
+        if probe is None:
+            return False
+        try:
+            topic = message.topic
+            if not probe.covers(topic):
+                return False
+        except (TypeError, ValueError):  # a topic that is not UTF-8 was not asked for
+            return False
+        if message.retain and message.payload:
+            probe.saw(topic)
+        return not self._subscribed_to(topic)
 
     def _subscribed_to(self, topic: str) -> bool:
         try:

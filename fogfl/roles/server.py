@@ -6,12 +6,13 @@ to fit. After the last round it publishes the final model marked final, collects
 clients' evaluation of it through the bridges, announces that the run is over, writes the
 run directory and exits.
 
-A new run first clears the retained partials and region models of its regions, so nothing
-of an earlier run is taken for its own. After every round it keeps a checkpoint in the run
-directory; `resume` continues the run from the last completed round, republishing that
-round's successor. A round short of `federation.min_regions`, or any error in the rounds
-(a publish that fails, …), ends the process at once with exit code 1 and the reason in one
-line; the checkpoint stays, to resume from.
+A new run first clears the retained partials and region models of its regions, and every
+retained chunk an earlier run left, so nothing of an earlier run is taken for its own.
+After every round it keeps a checkpoint in the run directory; `resume` continues the run
+from the last completed round, republishing that round's successor. A round short of
+`federation.min_regions`, or any error in the rounds (a publish that fails, …), ends the
+process at once with exit code 1 and the reason in one line; the checkpoint stays, to
+resume from.
 """
 
 from __future__ import annotations
@@ -376,13 +377,23 @@ class Server:
     def _clear_retained(self) -> None:
         """A new run supersedes what earlier runs left retained for its regions: their
         partials and region models are cleared (an empty retained message, which sessions
-        never hand to a role)."""
+        never hand to a role), with every chunk of one; so are the chunks left beside the
+        global model and the announcement, which the new run's own replace only whole."""
         topics = self.session.topics
         regions = self.config.federation.regions
-        for region in regions:
-            for topic in (topics.partial(region), topics.region_model(region)):
-                self.session.publish(topic, b"", retain=True)
-        self.log.info("cleared retained partials and region models of %s", ", ".join(regions))
+        chunks = self.session.clear_retained(
+            [
+                topic
+                for region in regions
+                for topic in (topics.partial(region), topics.region_model(region))
+            ],
+            chunks_of=[topics.global_model, topics.round_announcement],
+        )
+        self.log.info(
+            "cleared retained partials and region models of %s (%d retained chunks in all)",
+            ", ".join(regions),
+            chunks,
+        )
 
     def _announce_end(self) -> None:
         """Tell roles that join later that the run is over: its last announcement says so."""

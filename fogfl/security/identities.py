@@ -17,7 +17,7 @@ from typing import Literal
 from fogfl.chunks import chunk_filter
 from fogfl.config import FogflConfig
 from fogfl.mqtt import Topics
-from fogfl.security.mosquitto_files import AclRule
+from fogfl.security.mosquitto_files import Access, AclRule
 
 RoleName = Literal["server", "monitor", "fog-broker", "fog-bridge", "client"]
 
@@ -73,8 +73,15 @@ def acl_rules(identity: Identity, topics: Topics) -> list[AclRule]:
     """The topics `identity` may read and write, and the chunks of each message there;
     nothing else is allowed."""
     rules = _message_rules(identity, topics)
-    below = [(rule.access, chunk_filter(rule.topic)) for rule in rules]
+    below = [(_chunk_access(identity, rule.access), chunk_filter(rule.topic)) for rule in rules]
     return rules + [AclRule(access, topic) for access, topic in below if topic is not None]
+
+
+def _chunk_access(identity: Identity, access: Access) -> Access:
+    """The access to the chunks of a message: the message's, except that the server reads
+    the chunks it may write, to learn which ones an earlier run left retained (a new run
+    clears them, `MqttSession.clear_retained`)."""
+    return "readwrite" if identity.role == "server" and access == "write" else access
 
 
 def _message_rules(identity: Identity, topics: Topics) -> list[AclRule]:

@@ -132,6 +132,39 @@ def test_a_late_subscriber_gets_the_retained_chunked_global_model_whole(
         server.close()
 
 
+def test_a_new_session_clears_the_retained_chunks_a_process_that_is_gone_left(
+    mqtt_broker: LocalBroker,
+) -> None:
+    """What a new run's server does: the chunks an earlier fog broker left retained (a
+    chunked partial and a stray index beyond it, as a crash mid-message leaves) go, and so
+    do the chunks beside a global model that a whole one replaces; that whole one stays."""
+    topics = Topics("chunks-clear")
+    partial, global_topic = topics.partial("north"), topics.global_model
+    earlier = session(mqtt_broker, "chunks-clear-fog", [], persistent=False)
+    earlier.publish(partial, global_model(1, 80_000), retain=True)  # 5 chunks
+    earlier.publish(chunks.chunk_topic(partial, 40), global_model(2, 100), retain=True)
+    earlier.publish(global_topic, global_model(3, 60_000), retain=True)  # 4 chunks
+    earlier.close()
+    assert retained_indices(mqtt_broker, partial) == [0, 1, 2, 3, 4, 40]
+    server = session(mqtt_broker, "chunks-clear-server", [], persistent=False)
+    try:
+        whole = global_model(4, 100)
+        server.publish(global_topic, whole, retain=True)  # it knows of no chunks there
+        assert retained_indices(mqtt_broker, global_topic) == [0, 1, 2, 3]
+        assert server.clear_retained([partial], chunks_of=[global_topic]) == 10
+        assert retained_indices(mqtt_broker, partial) == []
+        assert retained_indices(mqtt_broker, global_topic) == []
+        late = session(mqtt_broker, "chunks-clear-late", [partial, global_topic], persistent=False)
+        got = late.receive(timeout=10)
+        assert got is not None and got.topic == global_topic and bytes(got.payload) == whole
+        assert late.receive(timeout=NEVER_S) is None and late.rejections.total == 0
+        late.close()
+        assert server.clear_retained([partial]) == 0  # nothing left: no chunk, no waiting
+    finally:
+        server.publish(global_topic, b"", retain=True)
+        server.close()
+
+
 @pytest.mark.skipif(mosquitto_binary() is None, reason="a secure fogfl up needs Mosquitto")
 def test_a_model_of_many_chunks_goes_through_a_secure_hierarchy(tmp_path: Path) -> None:
     config = tmp_path / "chunks.yaml"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from pathlib import Path
@@ -11,11 +12,14 @@ import pytest
 
 from fogfl.broker import LocalBroker
 from fogfl.chunks import chunk_topic
+from fogfl.config import WireSettings
 from fogfl.errors import BrokerError
+from fogfl.mqtt import MqttSession
 from fogfl.security.certs import CertificateAuthority
 from tests.security.conftest import TOPICS, session, settings_as
 
 pytestmark = pytest.mark.integration
+LOG = logging.getLogger("test")
 
 # (identity, topic, allowed): every role's own topics, and what it must not write.
 PUBLISHES = [
@@ -97,6 +101,36 @@ def test_a_client_reads_neither_other_clients_updates_nor_other_regions(
     time.sleep(1.0)
     assert snoop.receive(timeout=0) is None
     snoop.close()
+
+
+def test_the_server_clears_the_retained_chunks_a_fog_broker_left(
+    secure_broker: LocalBroker, bundle: Path
+) -> None:
+    """A new run's server may read the chunk subtopics it clears (and no whole partial), so
+    it learns which chunks an earlier fog broker left and clears them."""
+    wire = WireSettings(chunk_bytes=64 * 1024)
+    partial = TOPICS.partial("north")
+    fog = MqttSession(
+        settings_as(secure_broker, bundle, "fog-north"),
+        "test-fog",
+        LOG,
+        persistent=False,
+        wire=wire,
+    ).connect()
+    fog.publish(partial, bytes(5 * wire.chunk_bytes), retain=True)  # 5 chunks
+    fog.close()
+    server = MqttSession(
+        settings_as(secure_broker, bundle, "server"),
+        "test-server",
+        LOG,
+        persistent=False,
+        wire=wire,
+    ).connect()
+    assert server.clear_retained([partial]) == 5
+    server.close()
+    bridge = session(settings_as(secure_broker, bundle, "bridge-north"), [partial])
+    assert bridge.receive(timeout=1.5) is None  # nothing retained, whole or in chunks
+    bridge.close()
 
 
 def test_tls_needs_a_certificate_of_the_federation(

@@ -158,6 +158,10 @@ def test_the_acl_gives_each_identity_its_own_topics_only(bundle: Path) -> None:
     assert writes["bridge-north"] == writes["monitor"] == []
     assert "fl/global_model" in writes["server"]
     assert [user for user, topics in writes.items() if "fl/global_model" in topics] == ["server"]
+    # A new run's server reads the chunks it clears (MqttSession.clear_retained), no message.
+    reads = {user: sorted(r.topic for r in rs if r.allows("read")) for user, rs in rules.items()}
+    assert reads["server"] == chunked["server"]
+    assert "fl/partial/+/chunk/+" in reads["server"]
 
 
 def test_provisioning_again_keeps_keys_and_adds_the_missing(bundle: Path) -> None:
