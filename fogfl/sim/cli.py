@@ -97,12 +97,14 @@ def sim(
     import os
     import time
 
+    from fogfl.errors import ConfigError
     from fogfl.logs import setup_logging
     from fogfl.sim.experiment import (
         Reshape,
         configuration_variables,
         is_experiment_file,
         load_experiment,
+        missing_agents,
         plain_experiment,
         select,
     )
@@ -138,6 +140,19 @@ def sim(
                 highlight=False,
             )
     experiment = select(loaded, only or [])
+    untrained = missing_agents(experiment)
+    if untrained:
+        for name, folder in untrained.items():
+            console.print(
+                f"[yellow]fogfl sim: leaving out variant {name}[/]: wire.agent {folder} holds "
+                f"no trained agent; train one with `fogfl agent train --out {folder}` "
+                "(docs/bandwidth.md)",
+                highlight=False,
+            )
+        kept = [v.name for v in experiment.variants if v.name not in untrained]
+        if not kept:
+            raise ConfigError("no variant is left to run: train the agents above first")
+        experiment = select(experiment, kept)
     out_dir = out or default_out_dir(experiment.name)
     console.print(
         f"fogfl sim: experiment [bold]{experiment.name}[/], {len(experiment.variants)} "

@@ -31,7 +31,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fogfl.config import ENV_PREFIX, FogflConfig, load_config, region_names, resolve_python_path
+from fogfl.config import (
+    ENV_PREFIX,
+    FogflConfig,
+    load_config,
+    region_names,
+    resolve_model_paths,
+    resolve_python_path,
+)
 from fogfl.errors import ConfigError
 from fogfl.links.settings import resolve_trace_paths
 
@@ -189,6 +196,7 @@ def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
     if isinstance(raw.get("base"), dict):
         resolve_python_path(raw["base"], path.parent)
         resolve_trace_paths(raw["base"], path.parent)
+        resolve_model_paths(raw["base"], path.parent)
     return build_experiment(raw, reshape or Reshape(), source=str(path))
 
 
@@ -244,6 +252,21 @@ def select(experiment: Experiment, names: Iterable[str]) -> Experiment:
     if isinstance(baseline, str) and baseline not in wanted:
         baseline = None
     return replace(experiment, variants=chosen, baseline=baseline)
+
+
+def missing_agents(experiment: Experiment) -> dict[str, Path]:
+    """The variants whose `wire.controller: ddqn` names an agent folder that holds no trained
+    agent yet (`fogfl agent train --out DIR` writes DIR/agent.json), with the folder."""
+    from fogfl.bandwidth.adaptive import ADAPTIVE
+    from fogfl.bandwidth.agent import STEM
+
+    missing = {}
+    for variant in experiment.variants:
+        wire = variant.config.wire
+        ddqn = wire.update_codec == ADAPTIVE and wire.controller == "ddqn"
+        if ddqn and wire.agent is not None and not (wire.agent / f"{STEM}.json").is_file():
+            missing[variant.name] = wire.agent
+    return missing
 
 
 def baselines(experiment: Experiment) -> dict[str, str]:

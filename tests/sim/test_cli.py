@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from fogfl.cli import app
 from fogfl.run_dir import read_metrics
+from fogfl.sim.experiment import load_experiment, missing_agents
 
 EXPERIMENTS = sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml"))
 ECG_DATA = Path(__file__).parents[3] / "shared" / "data" / "ecg5000"
@@ -35,12 +36,24 @@ def shrink(experiment: Path) -> list[str]:
     return [*flags, "--set", "task.options.duration_s=30"]
 
 
+def missing_traces(experiment: Path) -> list[Path]:
+    """The trace files the experiment's links replay (relative to it) that are not here."""
+    links = yaml.safe_load(experiment.read_text())["base"].get("links") or {}
+    entries = [links.get("default"), *(links.get("regions") or {}).values()]
+    entries += list((links.get("clients") or {}).values())
+    traces = [experiment.parent / e["trace"] for e in entries if e and e.get("trace")]
+    return [trace for trace in traces if not trace.exists()]
+
+
 def test_experiments_are_shipped() -> None:
     assert {p.stem for p in EXPERIMENTS} >= {"comico", "reduction", "hierfavg"}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.stem)
 def test_every_shipped_experiment_runs_in_a_reduced_form(experiment: Path, tmp_path: Path) -> None:
+    absent = missing_traces(experiment)
+    if absent:
+        pytest.skip(f"{experiment.name} replays {absent[0]}, which is not here")
     out = tmp_path / "out"
     flags = shrink(experiment)
     arguments = ["sim", "--config", str(experiment), "--out", str(out), *flags]
@@ -52,7 +65,10 @@ def test_every_shipped_experiment_runs_in_a_reduced_form(experiment: Path, tmp_p
     sweep_points = 1
     for values in raw.get("sweep", {}).values():
         sweep_points *= len(values)
-    assert len(variants) == max(1, len(raw.get("variants", []))) * sweep_points
+    # A ddqn arm without its trained agent is left out, and the command says so.
+    untrained = missing_agents(load_experiment(experiment))
+    assert all(f"leaving out variant {name}" in result.output for name in untrained)
+    assert len(variants) == max(1, len(raw.get("variants", []))) * sweep_points - len(untrained)
     history = read_metrics(out / "history.csv")
     assert len(history) == 3 * len(variants)  # rounds 0, 1, 2 of each
     assert all(row["variant"] in variants for row in history)

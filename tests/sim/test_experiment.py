@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from fogfl.errors import ConfigError
-from fogfl.sim.experiment import Reshape, baselines, build_experiment, load_experiment, select
+from fogfl.sim.experiment import (
+    Reshape,
+    baselines,
+    build_experiment,
+    load_experiment,
+    missing_agents,
+    select,
+)
 
 QOE = {"task": {"name": "qoe", "options": {"duration_s": 60}}}
 
@@ -145,3 +152,20 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
         load_experiment(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_experiment(tmp_path / "missing.yaml")
+
+
+def test_a_ddqn_arm_whose_agent_is_not_trained_yet_is_found(tmp_path: Path) -> None:
+    (tmp_path / "models" / "agent").mkdir(parents=True)
+    path = tmp_path / "experiments" / "adaptive.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "base: {task: {name: qoe}, wire: {agent: ../models/agent}}\n"
+        "variants:\n"
+        "  - {name: int8, overrides: {wire.update_codec: int8}}\n"
+        "  - {name: ddqn, overrides: {wire.update_codec: adaptive, wire.controller: ddqn}}\n"
+    )
+    # wire.agent is relative to the experiment file, like its traces.
+    folder = (tmp_path / "models" / "agent").resolve()
+    assert missing_agents(load_experiment(path)) == {"ddqn": folder}
+    (folder / "agent.json").write_text("{}")
+    assert missing_agents(load_experiment(path)) == {}
