@@ -47,10 +47,18 @@ FALLBACK_CONTROLLER = "robust-rule"
 
 @dataclass(frozen=True)
 class Choice:
-    """One round's pick: the controller's decision and the budget it was made for."""
+    """One round's pick: the controller's decision and the budget it was made for.
+
+    `fresh_feedback`: the client leaves top-k for a dense codec, and starts its error
+    feedback afresh. What top-k held back is most of several rounds' updates, each from an
+    older model; added to one dense update all at once it is a jump the federation does
+    not recover from within a run (measured in `configs/experiments/adaptive.yaml`,
+    docs/bandwidth.md), where the dense codecs' own residuals are small."""
 
     decision: Decision
     budget_s: float
+    overhead_bytes: int = 0
+    fresh_feedback: bool = False
 
     def plan(self, plan: RoundPlan) -> RoundPlan:
         """The round's plan with the chosen codec in place of `adaptive`."""
@@ -93,6 +101,9 @@ class AdaptiveCodec:
         self._predictor: Predictor | None = None
         self._predictor_loaded = False
         self._warned: set[str] = set()
+        # A message's bytes beyond its codec's (the envelope), from the last one encoded.
+        self.overhead_bytes = 0
+        self._last_codec: str | None = None
 
     def load_models(self) -> None:
         """Load the agent and the predictor the configuration names now, so a missing or
@@ -106,7 +117,17 @@ class AdaptiveCodec:
         controller = self._controller(plan.controller, budget)
         future = self.link_future() if controller.name == "oracle" and self.link_future else None
         decision = controller.decide(self.history, self._forecast(), future)
-        return Choice(decision, budget)
+        codec = decision.codec.codec
+        fresh = self._last_codec == "topk" and codec != "topk"
+        self._last_codec = codec
+        return Choice(decision, budget, self.overhead_bytes, fresh)
+
+    def encoded(self, choice: Choice, n_bytes: int) -> None:
+        """The update of `choice` came to `n_bytes`: what beyond its codec's bytes the next
+        choices count on."""
+        self.overhead_bytes = max(
+            0, n_bytes - (choice.decision.upload_bytes - choice.overhead_bytes)
+        )
 
     def measured(self, n_bytes: int, seconds: float) -> None:
         """Record an upload that took `seconds` for `n_bytes` (ignored when not a time)."""
@@ -122,7 +143,7 @@ class AdaptiveCodec:
                 return self._fallback(name, budget_s, "wire.agent is not set")
         if name == "oracle" and self.link_future is None:
             return self._fallback(name, budget_s, "this client's link is not emulated")
-        return make_controller(name, self.model_bytes, budget_s, agent)
+        return make_controller(name, self.model_bytes, budget_s, agent, self.overhead_bytes)
 
     def _fallback(self, name: str, budget_s: float, why: str) -> Controller:
         if name not in self._warned:
@@ -133,7 +154,9 @@ class AdaptiveCodec:
                 why,
                 FALLBACK_CONTROLLER,
             )
-        return make_controller(FALLBACK_CONTROLLER, self.model_bytes, budget_s)
+        return make_controller(
+            FALLBACK_CONTROLLER, self.model_bytes, budget_s, overhead_bytes=self.overhead_bytes
+        )
 
     def _load_agent(self) -> Policy | None:
         if self._agent is None and self.wire.agent is not None:

@@ -138,11 +138,19 @@ class Controller:
 
     name = "controller"
 
-    def __init__(self, model_bytes: int, deadline_s: float) -> None:
-        if model_bytes < 1 or not deadline_s > 0:
-            raise BandwidthError("a controller needs a model of ≥ 1 byte and a deadline > 0 s")
+    def __init__(self, model_bytes: int, deadline_s: float, overhead_bytes: int = 0) -> None:
+        if model_bytes < 1 or not deadline_s > 0 or overhead_bytes < 0:
+            raise BandwidthError(
+                "a controller needs a model of ≥ 1 byte, a deadline > 0 s and overhead ≥ 0"
+            )
         self.model_bytes = model_bytes
         self.deadline_s = deadline_s
+        # What a message adds to the codec's bytes (its envelope), as the client last saw.
+        self.overhead_bytes = overhead_bytes
+
+    def size(self, codec: CodecStep) -> int:
+        """The bytes an update in `codec` takes: the codec's, and the envelope's."""
+        return upload_bytes(self.model_bytes, codec) + self.overhead_bytes
 
     def decide(
         self,
@@ -164,7 +172,7 @@ class Controller:
     def decision(self, share: float, predicted_mbit_s: float | None) -> Decision:
         """The decision for `share`, its upload time predicted at `predicted_mbit_s`."""
         codec = codec_for_share(share)
-        n_bytes = upload_bytes(self.model_bytes, codec)
+        n_bytes = self.size(codec)
         seconds = None
         if predicted_mbit_s is not None:
             seconds = n_bytes * 8 / 1e6 / predicted_mbit_s if predicted_mbit_s > 0 else np.inf
@@ -174,8 +182,7 @@ class Controller:
         """The largest share whose codec's upload takes at most the deadline (else the
         smallest share)."""
         for share in reversed(SHARES):
-            n_bytes = upload_bytes(self.model_bytes, codec_for_share(share))
-            if upload_seconds(n_bytes) <= self.deadline_s:
+            if upload_seconds(self.size(codec_for_share(share))) <= self.deadline_s:
                 return share
         return SHARES[0]
 
@@ -251,8 +258,10 @@ class DDQNController(Controller):
 
     name = "ddqn"
 
-    def __init__(self, model_bytes: int, deadline_s: float, agent: Policy) -> None:
-        super().__init__(model_bytes, deadline_s)
+    def __init__(
+        self, model_bytes: int, deadline_s: float, agent: Policy, overhead_bytes: int = 0
+    ) -> None:
+        super().__init__(model_bytes, deadline_s, overhead_bytes)
         self.agent = agent
 
     def _decide(
@@ -283,7 +292,7 @@ class FixedCodec(Controller):
         forecast_mbit_s: float | None,
         link_future: LinkFuture | None,
     ) -> Decision:
-        n_bytes = upload_bytes(self.model_bytes, self.codec)
+        n_bytes = self.size(self.codec)
         predicted = harmonic_prediction(history)
         seconds = n_bytes * 8 / 1e6 / predicted if predicted else None
         return Decision(self.name, self.codec.byte_ratio, self.codec, n_bytes, predicted, seconds)
@@ -308,14 +317,18 @@ class RandomShare(Controller):
 
 
 def make_controller(
-    name: str, model_bytes: int, deadline_s: float, agent: Policy | None = None
+    name: str,
+    model_bytes: int,
+    deadline_s: float,
+    agent: Policy | None = None,
+    overhead_bytes: int = 0,
 ) -> Controller:
     """A controller by its configuration name: ddqn (needs `agent`), rule, robust-rule,
     oracle (its decide needs `link_future`)."""
     if name == "ddqn":
         if agent is None:
             raise BandwidthError("the ddqn controller needs a trained agent (fogfl agent train)")
-        return DDQNController(model_bytes, deadline_s, agent)
+        return DDQNController(model_bytes, deadline_s, agent, overhead_bytes)
     simple: dict[str, type[Controller]] = {
         "rule": ThroughputRule,
         "robust-rule": RobustRule,
@@ -323,4 +336,4 @@ def make_controller(
     }
     if name not in simple:
         raise BandwidthError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
-    return simple[name](model_bytes, deadline_s)
+    return simple[name](model_bytes, deadline_s, overhead_bytes)

@@ -197,7 +197,7 @@ class FederatedClient:
         downloaded = transfer_seconds(start.sent_at, self.arrived_at.pop(_progress(start), 0.0))
         if downloaded is not None:
             update.metrics[DOWNLOAD_METRIC] = downloaded
-        coding = plan
+        coding, choice = plan, None
         if plan.update_codec == ADAPTIVE:
             # The round opened when its start model was sent (the fog broker's deadline runs
             # from then); without a plausible timestamp, from when it got here.
@@ -209,7 +209,11 @@ class FederatedClient:
             )
             coding = choice.plan(plan)
             update.metrics.update(choice.metrics)
+            if choice.fresh_feedback:
+                self.feedback.reset()
         payload = encode_update(update, start, coding, self.schema, self.feedback)
+        if choice is not None:
+            self.adaptive.encoded(choice, len(payload))
         began = time.monotonic()
         self.session.publish(self.topics.updates(self.region, self.client_id), payload)
         self.adaptive.measured(len(payload), time.monotonic() - began)

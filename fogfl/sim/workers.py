@@ -170,13 +170,17 @@ def client_round(job: ClientJob) -> ClientReply:
         message.metrics[DOWNLOAD_METRIC] = DOWNLOAD_SECONDS
         message.sent_at = SENT_AT
         feedback = _feedback(start.run_id, job.client_id)
-        coding = plan
+        coding, choice = plan, None
         if plan.update_codec == ADAPTIVE:
             # The choice travels in the update's metrics, as the runtime client sends it.
             choice = _choose_codec(job, plan, start.run_id, 4 * state.schema.num_values, measured)
             coding = choice.plan(plan)
             message.metrics.update(choice.metrics)
+            if choice.fresh_feedback:
+                feedback.reset()
         payload = encode_update(message, start, coding, state.schema, feedback)
+        if choice is not None:
+            _of_run(_ADAPTIVE, start.run_id)[job.client_id].encoded(choice, len(payload))
         return ClientReply(payload, data.description, data.num_train, data.num_test, measured)
     return ClientReply(payload, data.description, data.num_train, data.num_test)
 

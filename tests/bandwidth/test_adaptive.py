@@ -183,3 +183,30 @@ def test_the_ddqn_controller_asks_the_agent_the_config_names(tmp_path: Path) -> 
     (tmp_path / "agent" / "agent.json").write_text("{")
     with pytest.raises(BandwidthError, match="agent"):
         AdaptiveCodec(wire, MODEL_BYTES).load_models()
+
+
+def test_the_envelope_counts_once_an_update_was_encoded() -> None:
+    # 2 Mbit/s and 1.05 s: int8's 250,977 bytes fit, not with 30 kB of envelope on top.
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES)
+    for _ in range(5):
+        adaptive.measured(250_000, 1.0)
+    first = adaptive.choose(ADAPTIVE, 1.05)
+    assert first.decision.codec.label == "int8" and first.overhead_bytes == 0
+    adaptive.encoded(first, first.decision.upload_bytes + 30_000)
+    second = adaptive.choose(ADAPTIVE, 1.05)
+    assert second.decision.codec.label == "int4"
+    assert second.decision.upload_bytes == 140_625 + 30_000
+    assert second.decision.predicted_upload_s == pytest.approx(170_625 * 8 / 2e6)
+    # The estimate follows the last message, never below nothing.
+    adaptive.encoded(second, 100)
+    assert adaptive.overhead_bytes == 0
+
+
+def test_leaving_topk_for_a_dense_codec_starts_error_feedback_afresh() -> None:
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES)
+    assert adaptive.choose(ADAPTIVE, 1.0).decision.codec.codec == "topk"  # no history
+    for _ in range(5):
+        adaptive.measured(1_000_000, 0.1)
+    dense = adaptive.choose(ADAPTIVE, 1.0)
+    assert dense.decision.codec.label == "float32" and dense.fresh_feedback
+    assert not adaptive.choose(ADAPTIVE, 1.0).fresh_feedback  # dense to dense
