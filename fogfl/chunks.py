@@ -8,11 +8,12 @@ on topic ``T`` goes to ``T/chunk/<i>``, with the message's retain flag, so the b
 decides who may send it and a late subscriber finds every index of a retained message.
 `docs/protocol.md` ("Chunked transfers") is the specification.
 
-`split` makes the chunks; `read_chunk` reads one, totally: a WireError with the reason for
-a chunk that is wrong, None for a payload that is not a chunk at all. `Reassembler` puts
-transfers together in any order, ignores duplicates, holds at most `wire.chunk_transfers`
-transfers and `wire.chunk_buffer_bytes` bytes, and drops a transfer that has had no chunk
-for `wire.chunk_timeout_s`. It never touches MQTT: it hands back the receipts of the
+`split` makes the chunks, `sent_bytes` says how many bytes they come to (what a link
+carries); `read_chunk` reads one, totally: a WireError with the reason for a chunk that is
+wrong, None for a payload that is not a chunk at all. `Reassembler` puts transfers
+together in any order, ignores duplicates, holds at most `wire.chunk_transfers` transfers
+and `wire.chunk_buffer_bytes` bytes, and drops a transfer that has had no chunk for
+`wire.chunk_timeout_s`. It never touches MQTT: it hands back the receipts of the
 chunks it is done with, for the session to acknowledge.
 """
 
@@ -108,15 +109,9 @@ def split(payload: bytes | bytearray | memoryview, chunk_bytes: int) -> Iterator
     view = memoryview(payload).cast("B")
     total = len(view)
     count = chunk_count(total, chunk_bytes)
-    common = {
-        "fogfl": PROTOCOL_VERSION,
-        "kind": KIND,
-        "transfer": secrets.token_hex(16),
-        "count": str(count),
-        "chunk_bytes": str(chunk_bytes),
-        "total_bytes": str(total),
-        "sha256": hashlib.sha256(view).hexdigest(),
-    }
+    common = _common_metadata(
+        secrets.token_hex(16), count, chunk_bytes, total, hashlib.sha256(view).hexdigest()
+    )
     for index in range(count):
         data = view[index * chunk_bytes : (index + 1) * chunk_bytes]
         metadata = {
@@ -125,6 +120,50 @@ def split(payload: bytes | bytearray | memoryview, chunk_bytes: int) -> Iterator
             "chunk_sha256": hashlib.sha256(data).hexdigest(),
         }
         yield safetensors_save({TENSOR: np.frombuffer(data, dtype=np.uint8)}, metadata=metadata)
+
+
+def sent_bytes(total_bytes: int, chunk_bytes: int) -> int:
+    """The bytes a payload of `total_bytes` travels as, in MQTT messages: itself when it is
+    at most `chunk_bytes`, else the chunks `split` makes of it, each its header and its
+    piece. From the sizes alone (ids and checksums have fixed lengths): one header for each
+    count of the index's decimals, and the last chunk's."""
+    if total_bytes <= chunk_bytes:
+        return total_bytes
+    count = chunk_count(total_bytes, chunk_bytes)
+    common = _common_metadata("0" * 32, count, chunk_bytes, total_bytes, "0" * 64)
+    headers, first = 0, 0
+    while first < count - 1:
+        end = min(count - 1, 10 ** len(str(first)))  # the full chunks with as many decimals
+        headers += (end - first) * _header_bytes(common, first, chunk_bytes)
+        first = end
+    last = total_bytes - (count - 1) * chunk_bytes
+    return total_bytes + headers + _header_bytes(common, count - 1, last)
+
+
+def _common_metadata(
+    transfer: str, count: int, chunk_bytes: int, total_bytes: int, sha256: str
+) -> dict[str, str]:
+    """The metadata every chunk of one transfer carries."""
+    return {
+        "fogfl": PROTOCOL_VERSION,
+        "kind": KIND,
+        "transfer": transfer,
+        "count": str(count),
+        "chunk_bytes": str(chunk_bytes),
+        "total_bytes": str(total_bytes),
+        "sha256": sha256,
+    }
+
+
+def _header_bytes(common: dict[str, str], index: int, piece_bytes: int) -> int:
+    """The length prefix and padded header of chunk `index`, a piece of `piece_bytes`: the
+    header of a one-byte piece, whose length shows twice (shape and offsets) as "1"."""
+    metadata = {**common, "index": str(index), "chunk_sha256": "0" * 64}
+    one = safetensors_save({TENSOR: np.zeros(1, np.uint8)}, metadata=metadata)
+    (length,) = _HEADER_LENGTH.unpack_from(one)
+    text = len(one[_HEADER_LENGTH.size : _HEADER_LENGTH.size + length].rstrip(b" "))
+    text += 2 * (len(str(piece_bytes)) - 1)
+    return _HEADER_LENGTH.size + -(-text // 8) * 8  # padded to a multiple of 8 bytes
 
 
 def read_chunk(payload: bytes | bytearray | memoryview) -> Chunk | None:

@@ -4,7 +4,9 @@ runtime's emulator paces real bytes with (`fogfl.links`).
 
 A client's edge round starts when its fog broker sends the start model (the global model,
 or the region model under edge rounds): it downloads it, trains (the seconds its training
-really took in the simulation's worker), and uploads its update. The fog broker closes the
+really took in the simulation's worker), and uploads its update; a transfer is the bytes
+the message travels as, its chunks with their headers when it is over `wire.chunk_bytes`
+(`fogfl.chunks.sent_bytes`), as the runtime's links carry it. The fog broker closes the
 edge round by the runtime's rule: once every expected update is in, or at `fog.deadline_s`
 once at least `fog.min_updates` are; updates arriving later are stragglers and are left
 out. A round ends when its slowest region has closed its last edge round; the cloud tier is
@@ -18,7 +20,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from fogfl.config import FogflConfig
+from fogfl.chunks import sent_bytes
+from fogfl.config import FogflConfig, WireSettings
 from fogfl.links.model import LinkModel
 
 
@@ -47,10 +50,16 @@ class EdgeRoundClose:
 
 
 class SimulatedNetwork:
-    """Every client's link (None: unshaped, transfers take no time)."""
+    """Every client's link (None: unshaped, transfers take no time), carrying messages
+    chunked as senders of `chunk_bytes` chunk them."""
 
-    def __init__(self, links: Mapping[str, LinkModel | None]) -> None:
+    def __init__(
+        self,
+        links: Mapping[str, LinkModel | None],
+        chunk_bytes: int = WireSettings().chunk_bytes,
+    ) -> None:
         self.links = dict(links)
+        self.chunk_bytes = chunk_bytes
 
     @classmethod
     def of(cls, config: FogflConfig) -> SimulatedNetwork:
@@ -60,27 +69,39 @@ class SimulatedNetwork:
                 client_id: settings.link_for(region, client_id, seed)
                 for region, members in config.federation.client_ids().items()
                 for client_id in members
-            }
+            },
+            config.wire.chunk_bytes,
         )
 
     def timing(
         self, client_id: str, start_s: float, download_bytes: int, train_s: float, upload_bytes: int
     ) -> ClientTiming:
-        """The client's edge round from `start_s`: download, train, upload, one after the
-        other, each on the link as it is at that moment."""
+        """The client's edge round from `start_s`: download, train, upload (of messages of
+        these payload bytes), one after the other, each on the link as it is then."""
         link = self.links.get(client_id)
         if link is None:
             return ClientTiming(client_id, start_s, 0.0, train_s, 0.0)
         download_s = self.download_time(client_id, start_s, download_bytes)
         upload_start = start_s + download_s + train_s
-        upload_s = link.transfer_time(upload_bytes, upload_start, "uplink")
+        upload_s = link.transfer_time(self.sent_bytes(upload_bytes), upload_start, "uplink")
         return ClientTiming(client_id, start_s, download_s, train_s, upload_s)
 
     def download_time(self, client_id: str, start_s: float, download_bytes: int) -> float:
         """Seconds the client's download of the start model takes from `start_s` (what it
         knows before it trains; 0 on an unshaped link)."""
         link = self.links.get(client_id)
-        return 0.0 if link is None else link.transfer_time(download_bytes, start_s, "downlink")
+        if link is None:
+            return 0.0
+        return link.transfer_time(self.sent_bytes(download_bytes), start_s, "downlink")
+
+    @property
+    def emulated(self) -> bool:
+        """Whether any link is shaped: then, as in the runtime, every client's is counted."""
+        return any(link is not None for link in self.links.values())
+
+    def sent_bytes(self, payload_bytes: int) -> int:
+        """The bytes a link carries for a message of `payload_bytes` (MQTT framing aside)."""
+        return sent_bytes(payload_bytes, self.chunk_bytes)
 
 
 def close_edge_round(

@@ -6,9 +6,10 @@ fog aggregate combines the updates by the fog broker's rule (`RegionRound`); und
 κ edge rounds the region model goes back to the region's participants κ − 1 times; each
 region's partial goes to the cloud's Flower strategy, exactly as the bridges hand it over.
 After the last round every client evaluates the final model. Traffic is the length of the
-payloads the runtime would publish. Time is simulated (`fogfl.sim.clock`): each client's
-download, training and upload over its link; an update that reaches its fog broker after it
-closed the edge round is a straggler and is left out, as in the runtime. Under
+payloads the runtime would publish; over links, the wire bytes are what the clients' links
+carry, a chunked message's chunk headers included. Time is simulated (`fogfl.sim.clock`):
+each client's download, training and upload over its link; an update that reaches its fog
+broker after it closed the edge round is a straggler and is left out, as in the runtime. Under
 `wire.update_codec: adaptive` each client picks its codec after training from the uploads
 its link has carried so far (`workers.UploadClock`), and its choice reaches the round's row
 as the fog broker records it.
@@ -215,6 +216,7 @@ class _Hierarchy:
         opened = {region: self.clock_s for region in fog}  # when each edge round opened
         drifts: list[float] = []
         updates = 0
+        wire_up = wire_down = 0  # what the clients' links carry, chunk headers included
         for edge_round in range(1, federation.edge_rounds + 1):
             if edge_round > 1:
                 starts = {region: self._region_model(region, fog[region]) for region in fog}
@@ -250,6 +252,8 @@ class _Hierarchy:
                 history = self.uploads.setdefault(job.client_id, [])
                 history.append(Upload(len(reply.payload), timing.upload_s))
                 del history[:-HISTORY]
+                wire_down += self.network.sent_bytes(len(starts[job.region]))
+                wire_up += self.network.sent_bytes(len(reply.payload))
             included = self._close_edge_rounds(fog, jobs, timings, opened)
             # Folded in job order, not arrival order: the same sums on every run.
             for job, reply, timing in zip(jobs, replies, timings, strict=True):
@@ -290,6 +294,9 @@ class _Hierarchy:
         result.records[-1].set_transfers(combine(region.transfers for region in fog.values()))
         # Every straggler of a simulation does arrive, after its round closed.
         result.records[-1].late_updates = result.records[-1].stragglers
+        if self.network.emulated:
+            result.records[-1].wire_bytes_up = wire_up
+            result.records[-1].wire_bytes_down = wire_down
         result.sim_seconds.append(round_sim_s)
         result.client_updates.append(updates)
         result.partials.append(len(partials))

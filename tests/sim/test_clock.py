@@ -1,10 +1,12 @@
-"""The simulated clock: transfer times from the link model, the fog broker's close by the
-runtime's rule, and a simulated run whose rounds take the time its links predict."""
+"""The simulated clock: transfer times from the link model (chunk headers included), the fog
+broker's close by the runtime's rule, and a simulated run whose rounds take the time its
+links predict."""
 
 from __future__ import annotations
 
 import pytest
 
+from fogfl.chunks import sent_bytes
 from fogfl.links.model import BYTES_PER_MBIT, fixed_link
 from fogfl.sim.clock import ClientTiming, SimulatedNetwork, close_edge_round
 from fogfl.sim.hierarchy import simulate
@@ -66,3 +68,28 @@ def test_a_simulated_round_takes_the_slowest_clients_transfers_and_drops_straggl
     # Only north-01's update made it, in both rounds: north-02's link never catches up.
     assert [record.clients for record in run.records[1:]] == [1, 1]
     assert run.final_tensors().keys() == plain.final_tensors().keys()
+
+
+def test_a_chunked_message_takes_its_chunk_headers_time_on_the_link(pool: ClientPool) -> None:
+    """Over `wire.chunk_bytes` a message travels as chunks, and a link carries their headers
+    too: the simulated transfers and wire bytes count them, the payload bytes do not."""
+    base = {
+        "federation.regions": ["north"],
+        "federation.rounds": 1,
+        "task.options.megabytes": 0.04,  # ~10 chunks of 4 kB
+        "links": {"default": {"rate_mbit": 1}},
+    }
+    whole = simulate(synthetic_config(**base), pool).records[1]
+    chunked = simulate(synthetic_config(**base, **{"wire.chunk_bytes": 4096}), pool).records[1]
+    clients = whole.clients
+    model = whole.bytes_down // clients
+    update = (whole.bytes_edge - whole.bytes_down) // clients  # the clients' updates
+    assert (chunked.bytes_edge, chunked.bytes_down) == (whole.bytes_edge, whole.bytes_down)
+    assert (whole.wire_bytes_down, whole.wire_bytes_up) == (model * clients, update * clients)
+    model_sent, update_sent = sent_bytes(model, 4096), sent_bytes(update, 4096)
+    assert update_sent > 1.05 * update
+    assert chunked.wire_bytes_down == model_sent * clients
+    assert chunked.wire_bytes_up == pytest.approx(update_sent * clients, abs=clients)
+    assert chunked.download_s_max == pytest.approx(model_sent / BYTES_PER_MBIT, rel=1e-3)
+    assert chunked.upload_s_max == pytest.approx(update_sent / BYTES_PER_MBIT, rel=1e-3)
+    assert whole.upload_s_max == pytest.approx(update / BYTES_PER_MBIT, rel=1e-3)

@@ -1,7 +1,8 @@
 """The simulation and the runtime agree: one `fogfl up` round — real processes over a real
 broker — and one simulated round of the same configuration give the same global model, the
 same metrics, and about the same traffic; with float32 updates and with int8 ones (deltas
-the fog brokers decode against the global model)."""
+the fog brokers decode against the global model); and over emulated links with chunked
+messages, the bytes the links carried."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from fogfl.broker import mosquitto_binary
 from fogfl.cli import app
 from fogfl.config import load_config
 from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
-from fogfl.sim.hierarchy import simulate
+from fogfl.sim.hierarchy import SimulatedRun, simulate
 from fogfl.sim.workers import ClientPool
 from fogfl.wire import decode
 from tests.sim.helpers import assert_same_model
@@ -45,6 +46,13 @@ def runtime_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
 def int8_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """The same run with int8 updates."""
     yield from _up(tmp_path_factory, {**CONFIG, "wire": {"update_codec": "int8"}})
+
+
+@pytest.fixture(scope="module")
+def chunked_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The same run over emulated links, every message over 4 kB in chunks."""
+    links = {"default": {"rate_mbit": 20}}
+    yield from _up(tmp_path_factory, {**CONFIG, "links": links, "wire": {"chunk_bytes": 4096}})
 
 
 def _up(
@@ -91,7 +99,25 @@ def test_one_round_of_int8_updates_gives_the_same_global_model_in_both(
     assert int(int8_up["bytes_up"]) < 0.75 * int(float32_up["bytes_up"])
 
 
-def check_the_same_round(run: tuple[Path, Path]) -> None:
+def test_the_links_carry_the_chunks_the_simulation_counts(
+    chunked_run: tuple[Path, Path],
+) -> None:
+    """Chunked messages over emulated links: the runtime's links carry what the simulation
+    says they do, chunk headers included, plus only MQTT's framing and acknowledgements."""
+    simulated = check_the_same_round(chunked_run)
+    row, record = read_metrics(chunked_run[1] / METRICS_FILE)[1], simulated.records[1]
+    assert record.wire_bytes_up is not None and record.wire_bytes_down is not None
+    headers = record.wire_bytes_down - record.bytes_down  # the global model's chunk headers
+    assert headers > 1000 * record.clients
+    for column, simulated_bytes in (
+        ("wire_bytes_up", record.wire_bytes_up),
+        ("wire_bytes_down", record.wire_bytes_down),
+    ):
+        framing = int(row[column]) - simulated_bytes
+        assert 0 <= framing < headers / 2, (column, row[column], simulated_bytes)
+
+
+def check_the_same_round(run: tuple[Path, Path]) -> SimulatedRun:
     config_path, run_dir = run
     config = load_config(config_path, environ={})
     with ClientPool(0) as pool:
@@ -113,6 +139,7 @@ def check_the_same_round(run: tuple[Path, Path]) -> None:
         # Only the senders' clocks differ (sent_at, train and transfer seconds in the
         # metadata): a few bytes per message, however small the model.
         assert int(row[column]) == pytest.approx(getattr(record, column), rel=0.002, abs=200)
+    return simulated
 
 
 def test_report_reads_a_runtime_run_directory(

@@ -70,6 +70,18 @@ def test_a_chunk_is_a_readable_safetensors_file() -> None:
     assert last.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
 
 
+@pytest.mark.parametrize(
+    ("total", "stride"),
+    [(10_000, 4096), (8192, 4096), (8193, 4096), (4096, 4096), (12_345, 10), (5, 4), (50, 1)],
+)
+def test_sent_bytes_are_what_the_chunks_come_to(total: int, stride: int) -> None:
+    """What a link carries for a message: its chunks, headers and all (the index grows a
+    decimal at 10 and 1,000 chunks here), or the payload itself when it fits one."""
+    payload = random.Random(total).randbytes(total)
+    sent = sum(map(len, chunks.split(payload, stride))) if total > stride else total
+    assert chunks.sent_bytes(total, stride) == sent
+
+
 def test_topics_of_chunks() -> None:
     assert chunks.chunk_topic("fl/global_model", 7) == "fl/global_model/chunk/7"
     assert chunks.located("fl/global_model/chunk/7") == ("fl/global_model", 7)
