@@ -9,9 +9,12 @@ the message travels as, its chunks with their headers when it is over `wire.chun
 (`fogfl.chunks.sent_bytes`), as the runtime's links carry it. The fog broker closes the
 edge round by the runtime's rule: once every expected update is in, or at `fog.deadline_s`
 once at least `fog.min_updates` are; updates arriving later are stragglers and are left
-out. A round ends when its slowest region has closed its last edge round; the cloud tier is
-not emulated (no time). Link time 0 is the start of round 1; it runs on across rounds, so a
-trace is replayed where the run has got to.
+out. A region is done when its partial has reached the Flower server: after its last edge
+round closed, and after the fit that asks for it has come down to its bridge, the partial
+goes up; both cross the fog site's cloud link (`links.cloud`), as float32 arrays, as
+Flower carries them, and take no time without one. A round ends when its slowest region is
+done. Link time 0 is the start of round 1; it runs on across rounds, so a trace is
+replayed where the run has got to.
 """
 
 from __future__ import annotations
@@ -57,13 +60,20 @@ class SimulatedNetwork:
         self,
         links: Mapping[str, LinkModel | None],
         chunk_bytes: int = WireSettings().chunk_bytes,
+        cloud: Mapping[str, LinkModel | None] | None = None,
     ) -> None:
         self.links = dict(links)
         self.chunk_bytes = chunk_bytes
+        self.cloud = dict(cloud or {})  # each fog site's link to the Flower server
 
     @classmethod
     def of(cls, config: FogflConfig) -> SimulatedNetwork:
         settings, seed = config.links, config.federation.seed
+        cloud = {}
+        for region in config.federation.regions:
+            entry = settings.cloud_entry_for(region)
+            name = settings.cloud_link_name(region)
+            cloud[region] = entry.build(name, seed) if entry is not None else None
         return cls(
             {
                 client_id: settings.link_for(region, client_id, seed)
@@ -71,7 +81,25 @@ class SimulatedNetwork:
                 for client_id in members
             },
             config.wire.chunk_bytes,
+            cloud,
         )
+
+    def region_done(
+        self, region: str, round_start_s: float, closed_s: float, model_bytes: int
+    ) -> float:
+        """When the region's partial reaches the Flower server: the fit's global model
+        (`model_bytes`) comes down its cloud link from the round's start, the partial goes
+        up once both that and the region's last edge round (closed at `closed_s`) are done."""
+        link = self.cloud.get(region)
+        if link is None:
+            return closed_s
+        fit_in = round_start_s + link.transfer_time(model_bytes, round_start_s, "downlink")
+        ready = max(closed_s, fit_in)
+        return ready + link.transfer_time(model_bytes, ready, "uplink")
+
+    @property
+    def cloud_emulated(self) -> bool:
+        return any(link is not None for link in self.cloud.values())
 
     def timing(
         self, client_id: str, start_s: float, download_bytes: int, train_s: float, upload_bytes: int

@@ -265,7 +265,13 @@ class _Hierarchy:
                 fog[job.region].transfers.add_choice(job.client_id, update.metrics)
                 drifts.append(_distance(update.tensors, start_models[job.region].tensors))
                 updates += 1
-        round_sim_s = max(opened.values(), default=self.clock_s) - self.clock_s
+        # Flower carries the model as float32 arrays both ways on a fog site's cloud link.
+        arrays_bytes = 4 * self.schema.num_values
+        done = [
+            self.network.region_done(region, self.clock_s, closed, arrays_bytes)
+            for region, closed in opened.items()
+        ]
+        round_sim_s = max(done, default=self.clock_s) - self.clock_s
         self.clock_s += round_sim_s
         partials = [self._partial(region, fog[region]) for region in fog]
         model = self._cloud(server_round, partials, model)
@@ -297,6 +303,11 @@ class _Hierarchy:
         if self.network.emulated:
             result.records[-1].wire_bytes_up = wire_up
             result.records[-1].wire_bytes_down = wire_down
+        if self.network.cloud_emulated:
+            # Payload only: the runtime's links count gRPC's framing too.
+            linked = sum(self.network.cloud.get(region) is not None for region in fog)
+            result.records[-1].cloud_wire_bytes_up = arrays_bytes * linked
+            result.records[-1].cloud_wire_bytes_down = arrays_bytes * linked
         result.sim_seconds.append(round_sim_s)
         result.client_updates.append(updates)
         result.partials.append(len(partials))

@@ -11,7 +11,7 @@ from fogfl.links.model import BYTES_PER_MBIT, fixed_link
 from fogfl.sim.clock import ClientTiming, SimulatedNetwork, close_edge_round
 from fogfl.sim.hierarchy import simulate
 from fogfl.sim.workers import ClientPool
-from tests.sim.helpers import synthetic_config
+from tests.sim.helpers import assert_same_model, synthetic_config
 
 
 def test_a_client_downloads_then_trains_then_uploads_on_its_link() -> None:
@@ -93,3 +93,34 @@ def test_a_chunked_message_takes_its_chunk_headers_time_on_the_link(pool: Client
     assert chunked.download_s_max == pytest.approx(model_sent / BYTES_PER_MBIT, rel=1e-3)
     assert chunked.upload_s_max == pytest.approx(update_sent / BYTES_PER_MBIT, rel=1e-3)
     assert whole.upload_s_max == pytest.approx(update / BYTES_PER_MBIT, rel=1e-3)
+
+
+def test_a_fog_site_is_done_when_its_partial_crossed_its_cloud_link() -> None:
+    network = SimulatedNetwork({}, cloud={"north": fixed_link("cloud-north", 2, 8), "south": None})
+    model = 1_000_000  # 0.5 s down at 8 Mbit/s once the fit is asked, 2 s up at 2 Mbit/s
+    # The partial is ready at 3 s, after the fit came down (0.5 s): it goes up then.
+    assert network.region_done("north", 0.0, 3.0, model) == pytest.approx(3.0 + 4.0)
+    # A region that closes before the fit came down waits for it.
+    assert network.region_done("north", 0.0, 0.1, model) == pytest.approx(1.0 + 4.0)
+    assert network.region_done("south", 0.0, 3.0, model) == 3.0  # no cloud link
+    assert network.cloud_emulated and not SimulatedNetwork({}).cloud_emulated
+
+
+def test_a_simulated_round_waits_for_the_slowest_fog_sites_cloud_link(pool: ClientPool) -> None:
+    base = {
+        "federation.regions": ["north", "south"],
+        "federation.rounds": 1,
+        "task.options.megabytes": 0.04,  # 0.16 s each way at 2 Mbit/s
+    }
+    plain = simulate(synthetic_config(**base), pool)
+    assert plain.sim_seconds[0] < 0.1 and plain.records[1].cloud_wire_bytes_up is None
+    links = {"cloud": {"rate_mbit": 8}, "cloud_regions": {"south": {"rate_mbit": 2}}}
+    run = simulate(synthetic_config(**base, links=links), pool)
+    arrays = 4 * sum(a.size for a in run.final_tensors().values())
+    # South's fit comes down at 2 Mbit/s while its clients train (unshaped, in far less
+    # than 0.16 s), then its partial goes up at 2 Mbit/s.
+    assert run.sim_seconds[0] == pytest.approx(2 * arrays / (2 * BYTES_PER_MBIT))
+    row = run.records[1]
+    assert (row.cloud_wire_bytes_up, row.cloud_wire_bytes_down) == (2 * arrays, 2 * arrays)
+    assert row.wire_bytes_up is None  # the clients' links are not emulated
+    assert_same_model(run.final_tensors(), plain.final_tensors())
