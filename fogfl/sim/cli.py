@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from fogfl.sim.experiment import Experiment
     from fogfl.sim.results import Results, RoundProblem
     from fogfl.sim.runner import Progress
 
@@ -92,10 +93,9 @@ def sim(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no PNGs.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "WARNING",
 ) -> None:
-    """Simulate an experiment's variants, or one plain run, in one process (the hierarchy
-    without MQTT)."""
+    """Simulate an experiment's variants (each of its parts in turn, each into a folder of
+    its own), or one plain run, in one process (the hierarchy without MQTT)."""
     import os
-    import time
 
     from fogfl.errors import ConfigError
     from fogfl.logs import setup_logging
@@ -103,12 +103,13 @@ def sim(
         Reshape,
         configuration_variables,
         is_experiment_file,
-        load_experiment,
+        load_experiments,
         missing_agents,
         plain_experiment,
         select,
+        select_each,
     )
-    from fogfl.sim.runner import default_out_dir, run_experiment
+    from fogfl.sim.runner import default_out_dir
 
     setup_logging(log_level.upper())
     reshape = Reshape(
@@ -124,7 +125,7 @@ def sim(
     console = _console()
     variables = configuration_variables(os.environ)
     if config is not None and is_experiment_file(config):
-        loaded = load_experiment(config, reshape)
+        loaded = load_experiments(config, reshape)
         if variables:
             # An experiment is its file and its flags, so that it reruns the same anywhere.
             console.print(
@@ -133,15 +134,15 @@ def sim(
                 highlight=False,
             )
     else:
-        loaded = plain_experiment(config, reshape)  # the environment applies, as in `fogfl up`
+        loaded = [plain_experiment(config, reshape)]  # the environment applies, as in `fogfl up`
         if variables:
             console.print(
                 f"fogfl sim: configuration from the environment: {', '.join(variables)}",
                 highlight=False,
             )
-    experiment = select(loaded, only or [])
-    untrained = missing_agents(experiment)
-    if untrained:
+    experiments = select_each(loaded, only or [])
+    for index, experiment in enumerate(experiments):
+        untrained = missing_agents(experiment)
         for name, folder in untrained.items():
             console.print(
                 f"[yellow]fogfl sim: leaving out variant {name}[/]: wire.agent {folder} holds "
@@ -152,8 +153,24 @@ def sim(
         kept = [v.name for v in experiment.variants if v.name not in untrained]
         if not kept:
             raise ConfigError("no variant is left to run: train the agents above first")
-        experiment = select(experiment, kept)
-    out_dir = out or default_out_dir(experiment.name)
+        experiments[index] = select(experiment, kept)
+    if len(loaded) == 1:
+        out_dirs = [out or default_out_dir(experiments[0].name)]
+    else:  # a file of parts: a folder for each
+        root = out or default_out_dir(config.stem if config is not None else "sim")
+        out_dirs = [root / experiment.name for experiment in experiments]
+    for experiment, out_dir in zip(experiments, out_dirs, strict=True):
+        _simulate(console, experiment, out_dir, workers, plots=not no_plots)
+
+
+def _simulate(
+    console: Console, experiment: Experiment, out_dir: Path, workers: int, plots: bool
+) -> None:
+    """Run one experiment into `out_dir`, with a progress bar and its table at the end."""
+    import time
+
+    from fogfl.sim.runner import run_experiment
+
     console.print(
         f"fogfl sim: experiment [bold]{experiment.name}[/], {len(experiment.variants)} "
         f"variant{'' if len(experiment.variants) == 1 else 's'}, {max(workers, 0)} workers, "
@@ -162,12 +179,12 @@ def sim(
     )
     started = time.monotonic()
     with _progress(len(experiment.variants)) as progress:
-        output = run_experiment(experiment, out_dir, workers, progress, plots=not no_plots)
+        output = run_experiment(experiment, out_dir, workers, progress, plots=plots)
     console.print(summary_table(output.results))
     _print_problems(console, output.results)
     console.print(
         f"done in {time.monotonic() - started:.1f} s; history.csv, clients.csv, summary.json"
-        f"{'' if no_plots else ' and plots'} in [bold]{out_dir}[/]",
+        f"{' and plots' if plots else ''} in [bold]{out_dir}[/]",
         highlight=False,
     )
 

@@ -6,7 +6,8 @@ name: comico
 base: {federation: {rounds: 20}, training: {local_epochs: 2}}   # keys of configs/default.yaml
 variants:                                     # each a full run; overrides use dotted keys
   - {name: fedavg, overrides: {training.proximal_mu: 0.0}}
-sweep: {training.local_epochs: [1, 2]}        # cartesian; crossed with every variant
+sweep: {training.local_epochs: [1, 2]}        # cartesian; crossed with every variant; a
+                                              # mapping names its points: {home: {…}, …}
 centralized: {epochs: 25, learning_rate: 0.001, batch_size: 128}
 metric: eval_mae
 target: 0.06                                  # summary: what it took to reach this
@@ -14,7 +15,12 @@ baseline: fedavg                              # summary: savings against this va
                                               # {training.proximal_mu: 0.0}: against each
                                               # variant's own counterpart
 evaluation: all                               # every client evaluates every round's model
+parts:                                        # several experiments in one file: each is the
+  - {name: ecg, base: {task: {name: ecg5000}}, metric: eval_accuracy}   # file with these
+  - {name: qoe, base: {task: {name: qoe}}, metric: eval_mae}            # keys over its own
 ```
+
+Paths in the file (`python_path`, link traces, `wire.agent`) are relative to it.
 """
 
 from __future__ import annotations
@@ -72,7 +78,10 @@ class ExperimentFile(_Strict):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     variants: list[VariantSpec] = Field(default_factory=list)
-    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    sweep: dict[str, list[Any] | dict[str, Any]] = Field(
+        default_factory=dict,
+        description="values per dotted key, or a mapping of named values, crossed",
+    )
     centralized: CentralizedSettings | None = None
     metric: Metric | None = Field(None, description="default: eval_mae or eval_accuracy")
     target: float | None = Field(None, description="the metric value runs are measured to reach")
@@ -86,6 +95,11 @@ class ExperimentFile(_Strict):
         description="who evaluates each round's model: the next round's participants, as in "
         "the runtime, or every client",
     )
+    parts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="experiments of their own, run one after another: each this file with "
+        "the part's keys over it (its `base` merged key by key, its name after the file's)",
+    )
 
     @field_validator("variants")
     @classmethod
@@ -98,15 +112,21 @@ class ExperimentFile(_Strict):
 
     @field_validator("sweep")
     @classmethod
-    def _sweep_lists_values(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def _sweep_lists_values(
+        cls, sweep: dict[str, list[Any] | dict[str, Any]]
+    ) -> dict[str, list[Any] | dict[str, Any]]:
         for key, values in sweep.items():
             if not values:
                 raise ValueError(f"sweep key {key!r} lists no values")
+            bad = [n for n in values if isinstance(values, dict) and not _NAME.fullmatch(n)]
+            if bad:
+                raise ValueError(f"sweep key {key!r}: point names {bad} must match {NAME_PATTERN}")
         return sweep
 
 
+_NAME = re.compile(NAME_PATTERN)
 # Keys of the experiment itself rather than of its runs' configuration.
-EXPERIMENT_KEYS = frozenset(ExperimentFile.model_fields) - {"base", "variants", "sweep"}
+EXPERIMENT_KEYS = frozenset(ExperimentFile.model_fields) - {"base", "variants", "sweep", "parts"}
 
 
 @dataclass
@@ -181,9 +201,21 @@ class Reshape:
 
 
 def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
-    """Read and validate an experiment file and resolve every variant's configuration.
+    """The one experiment of a file without `parts` (`load_experiments`)."""
+    experiments = load_experiments(path, reshape)
+    if len(experiments) != 1:
+        raise ConfigError(
+            f"experiment file {path} holds {len(experiments)} experiments (parts); "
+            "read it with load_experiments"
+        )
+    return experiments[0]
 
-    Raises ConfigError naming the file, the variant and the offending key.
+
+def load_experiments(path: Path, reshape: Reshape | None = None) -> list[Experiment]:
+    """Read and validate an experiment file and resolve every variant's configuration: the
+    file's experiment, or one per entry of its `parts`.
+
+    Raises ConfigError naming the file, the part, the variant and the offending key.
     """
     try:
         raw = yaml.safe_load(path.read_text())
@@ -193,15 +225,52 @@ def load_experiment(path: Path, reshape: Reshape | None = None) -> Experiment:
         raise ConfigError(f"experiment file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"experiment file {path} must hold a mapping of name, base, variants…")
+    parts = raw.pop("parts", None)
+    if parts is None:
+        return [_load(raw, reshape or Reshape(), str(path), path.parent)]
+    if not (isinstance(parts, list) and parts and all(_is_part(p) for p in parts)):
+        raise ConfigError(
+            f"experiment file {path}: parts must list experiments, each a mapping with a "
+            "name and no parts of its own"
+        )
+    return [
+        _load(_part(raw, part), reshape or Reshape(), f"{path}, part {part['name']!r}", path.parent)
+        for part in parts
+    ]
+
+
+def _is_part(part: object) -> bool:
+    return isinstance(part, dict) and isinstance(part.get("name"), str) and "parts" not in part
+
+
+def _part(raw: Mapping[str, Any], part: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment one part describes: the file's keys with the part's over them."""
+    merged = copy.deepcopy(dict(raw))
+    for key, value in part.items():
+        if key == "base" and isinstance(value, Mapping) and isinstance(merged.get("base"), dict):
+            for dotted, inner in value.items():
+                set_dotted(merged["base"], dotted, inner)
+        elif key == "name":
+            merged["name"] = f"{raw.get('name', 'experiment')}-{value}"
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _load(raw: dict[str, Any], reshape: Reshape, source: str, root: Path) -> Experiment:
+    """One experiment of a file in folder `root`, its base's paths relative to it."""
     if isinstance(raw.get("base"), dict):
-        resolve_python_path(raw["base"], path.parent)
-        resolve_trace_paths(raw["base"], path.parent)
-        resolve_model_paths(raw["base"], path.parent)
-    return build_experiment(raw, reshape or Reshape(), source=str(path))
+        resolve_python_path(raw["base"], root)
+        resolve_trace_paths(raw["base"], root)
+        resolve_model_paths(raw["base"], root)
+    return build_experiment(raw, reshape, source=source, root=root)
 
 
-def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "") -> Experiment:
-    """The experiment `raw` describes (the parsed YAML), with `reshape` applied to each run."""
+def build_experiment(
+    raw: Mapping[str, Any], reshape: Reshape, source: str = "", root: Path | None = None
+) -> Experiment:
+    """The experiment `raw` describes (the parsed YAML), with `reshape` applied to each run;
+    trace paths in its variants and sweep relative to `root`, when given."""
     where = f"experiment {source}" if source else "experiment"
     given = copy.deepcopy(dict(raw))
     for key, value in reshape.settings.items():
@@ -217,7 +286,9 @@ def build_experiment(raw: Mapping[str, Any], reshape: Reshape, source: str = "")
         )
         raise ConfigError(f"invalid {where}:\n{problems}") from None
     variants = [
-        Variant(name, _resolve(spec.base, overrides, reshape, f"{where}, variant {name!r}"), text)
+        Variant(
+            name, _resolve(spec.base, overrides, reshape, f"{where}, variant {name!r}", root), text
+        )
         for name, text, overrides in _expand(spec)
     ]
     if isinstance(spec.baseline, str) and spec.baseline not in {v.name for v in variants}:
@@ -252,6 +323,24 @@ def select(experiment: Experiment, names: Iterable[str]) -> Experiment:
     if isinstance(baseline, str) and baseline not in wanted:
         baseline = None
     return replace(experiment, variants=chosen, baseline=baseline)
+
+
+def select_each(experiments: list[Experiment], names: Iterable[str]) -> list[Experiment]:
+    """Each of a file's experiments with only the named variants (all when none are named),
+    leaving out those that have none of them."""
+    wanted = list(names)
+    if not wanted:
+        return experiments
+    known = [v.name for experiment in experiments for v in experiment.variants]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(f"--only: no variant named {unknown}; the variants are {known}")
+    chosen = []
+    for experiment in experiments:
+        own = [n for n in wanted if n in {v.name for v in experiment.variants}]
+        if own:
+            chosen.append(select(experiment, own))
+    return chosen
 
 
 def missing_agents(experiment: Experiment) -> dict[str, Path]:
@@ -323,33 +412,47 @@ def _fingerprint(config: dict[str, Any]) -> str:
 
 
 def _expand(spec: ExperimentFile) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, description, overrides) of every run: each variant crossed with the sweep."""
+    """(name, description, overrides) of every run: each variant crossed with the sweep. A
+    point is named by its key and value (``local_epochs=2``), or by its own name."""
     variants = spec.variants or [VariantSpec(name="base")]
     keys = list(spec.sweep)
-    points = list(itertools.product(*(spec.sweep[k] for k in keys))) if keys else [()]
     leaves = [k.rsplit(".", 1)[-1] for k in keys]
     labels = [
         leaf if leaves.count(leaf) == 1 else key for leaf, key in zip(leaves, keys, strict=True)
     ]
+    named = [
+        list(values.items())
+        if isinstance(values, dict)
+        else [(f"{label}={_label(value)}", value) for value in values]
+        for label, values in zip(labels, spec.sweep.values(), strict=True)
+    ]
+    points = list(itertools.product(*named)) if keys else [()]
     runs = []
     for variant in variants:
         for point in points:
-            parts = [f"{label}={_label(value)}" for label, value in zip(labels, point, strict=True)]
+            parts = [name for name, _ in point]
             if spec.variants or not parts:
                 parts.insert(0, variant.name)
-            overrides = {**variant.overrides, **dict(zip(keys, point, strict=True))}
+            values = [value for _, value in point]
+            overrides = {**variant.overrides, **dict(zip(keys, values, strict=True))}
             runs.append((",".join(parts), variant.description, overrides))
     return runs
 
 
 def _resolve(
-    base: Mapping[str, Any], overrides: Mapping[str, Any], reshape: Reshape, where: str
+    base: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    reshape: Reshape,
+    where: str,
+    root: Path | None = None,
 ) -> FogflConfig:
     data: dict[str, Any] = {}
     for key, value in base.items():
         set_dotted(data, key, value)
     for key, value in overrides.items():
         set_dotted(data, key, value)
+    if root is not None:
+        resolve_trace_paths(data, root)  # the command line's paths are the shell's
     reshape.apply(data)
     # Sections go in whole so that a null in the file clears a value; the environment's
     # FOGFL_* variables are for the runtime's processes and do not reach experiments.

@@ -14,35 +14,54 @@ from typer.testing import CliRunner
 
 from fogfl.cli import app
 from fogfl.run_dir import read_metrics
-from fogfl.sim.experiment import load_experiment, missing_agents
+from fogfl.sim.experiment import Experiment, load_experiments, missing_agents
 
 EXPERIMENTS = sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml"))
+# A grid of more runs (per part) runs a spread of SPREAD of them, in every part.
+MOST_RUNS, SPREAD = 24, 10
 ECG_DATA = Path(__file__).parents[3] / "shared" / "data" / "ecg5000"
 PLOTS = {"metric_per_round.png", "communication.png"}
 
 
-def shrink(experiment: Path) -> list[str]:
-    """Flags for a run of a few seconds: 4 clients, 2 rounds of 1 epoch, short QoE traces;
-    ECG5000 runs on the real file when it is there, else the experiment runs on QoE."""
+def shrink(experiment: Path) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment for a run of a few seconds: 4 clients, 2 rounds of 1 epoch,
+    short QoE traces, a spread of the runs of a large grid; ECG5000 runs on the real file
+    when it is there (FOGFL_DATA_DIR, which only the tasks that read data look at), else
+    the experiment runs on QoE."""
     raw = yaml.safe_load(experiment.read_text())
-    task = raw["base"]["task"]["name"]
+    parts = load_experiments(experiment)
+    tasks = {v.config.task.name for part in parts for v in part.variants}
     flags = ["--clients", "4", "--rounds", "2", "--local-epochs", "1", "--workers", "0"]
+    names = list(dict.fromkeys(v.name for part in parts for v in part.variants))
+    if len(names) > MOST_RUNS:
+        for name in names[:: -(-len(names) // SPREAD)]:
+            flags += ["--only", name]
     if raw.get("centralized"):
         flags += ["--set", "centralized.epochs=2"]
-    if task == "ecg5000" and (ECG_DATA / "ECG5000_TRAIN.txt").exists():
-        return [*flags, "--data-dir", str(ECG_DATA)]
-    if task != "qoe":
+    if "ecg5000" in tasks and (ECG_DATA / "ECG5000_TRAIN.txt").exists():
+        return flags, {"FOGFL_DATA_DIR": str(ECG_DATA)}
+    if tasks != {"qoe"}:
         flags += ["--task", "qoe"]
-    return [*flags, "--set", "task.options.duration_s=30"]
+    return [*flags, "--set", "task.options.duration_s=30"], {}
 
 
 def missing_traces(experiment: Path) -> list[Path]:
-    """The trace files the experiment's links replay (relative to it) that are not here."""
-    links = yaml.safe_load(experiment.read_text())["base"].get("links") or {}
-    entries = [links.get("default"), *(links.get("regions") or {}).values()]
-    entries += list((links.get("clients") or {}).values())
-    traces = [experiment.parent / e["trace"] for e in entries if e and e.get("trace")]
-    return [trace for trace in traces if not trace.exists()]
+    """The trace files the experiment's links replay (relative to it, wherever in the file
+    they are named) that are not here."""
+    named: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("trace"), str):
+                named.append(node["trace"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(yaml.safe_load(experiment.read_text()))
+    return [trace for trace in (experiment.parent / t for t in named) if not trace.exists()]
 
 
 def test_experiments_are_shipped() -> None:
@@ -55,45 +74,49 @@ def test_every_shipped_experiment_runs_in_a_reduced_form(experiment: Path, tmp_p
     if absent:
         pytest.skip(f"{experiment.name} replays {absent[0]}, which is not here")
     out = tmp_path / "out"
-    flags = shrink(experiment)
+    flags, env = shrink(experiment)
     arguments = ["sim", "--config", str(experiment), "--out", str(out), *flags]
-    result = CliRunner().invoke(app, arguments)
+    result = CliRunner().invoke(app, arguments, env=env)
     assert result.exit_code == 0, result.output
+    parts = load_experiments(experiment)
+    for part in parts:  # a file of parts writes a folder for each
+        check_output(out if len(parts) == 1 else out / part.name, part, flags, result.output)
+
+
+def check_output(out: Path, experiment: Experiment, flags: list[str], output: str) -> None:
     summary = json.loads((out / "summary.json").read_text())
     variants = [v["name"] for v in summary["variants"]]
-    raw = yaml.safe_load(experiment.read_text())
-    sweep_points = 1
-    for values in raw.get("sweep", {}).values():
-        sweep_points *= len(values)
     # A ddqn arm without its trained agent is left out, and the command says so.
-    untrained = missing_agents(load_experiment(experiment))
-    assert all(f"leaving out variant {name}" in result.output for name in untrained)
-    assert len(variants) == max(1, len(raw.get("variants", []))) * sweep_points - len(untrained)
+    chosen = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--only"]
+    wanted = [v.name for v in experiment.variants if not chosen or v.name in chosen]
+    untrained = [name for name in missing_agents(experiment) if name in wanted]
+    assert all(f"leaving out variant {name}" in output for name in untrained)
+    assert variants == [name for name in wanted if name not in untrained]
     history = read_metrics(out / "history.csv")
     assert len(history) == 3 * len(variants)  # rounds 0, 1, 2 of each
     assert all(row["variant"] in variants for row in history)
     assert all(float(row["client_updates"]) >= 2 for row in history if row["round"] != "0")
     clients = read_metrics(out / "clients.csv")
     assert len(clients) == 4 * len(variants)
-    plots = PLOTS | ({"clients_central_vs_federated.png"} if raw.get("centralized") else set())
+    centralized = experiment.centralized is not None
+    plots = PLOTS | ({"clients_central_vs_federated.png"} if centralized else set())
     assert {p.name for p in out.glob("*.png")} >= plots
-    if raw.get("centralized"):
+    if centralized:
         assert all(row[next(k for k in row if k.endswith("_central"))] for row in clients)
     for name in variants:
         assert (out / "variants" / name / "global_model.safetensors").exists()
     # On QoE instead of ECG5000 (no data here), accuracy gives way to the regression metric.
-    assert summary["metric"] == (raw["metric"] if "--task" not in flags else "eval_mae")
-    assert name in result.output  # the summary table names the variants
+    assert summary["metric"] == (experiment.metric if "--task" not in flags else "eval_mae")
+    assert name in output  # the summary table names the variants
 
 
 def test_report_reads_a_simulation_back(tmp_path: Path) -> None:
     experiment = next(p for p in EXPERIMENTS if p.stem == "hierfavg")
     out = tmp_path / "sim"
     runner = CliRunner()
-    flags = [*shrink(experiment), "--no-plots"]
-    assert (
-        runner.invoke(app, ["sim", "-c", str(experiment), "--out", str(out), *flags]).exit_code == 0
-    )
+    flags, env = shrink(experiment)
+    arguments = ["sim", "-c", str(experiment), "--out", str(out), *flags, "--no-plots"]
+    assert runner.invoke(app, arguments, env=env).exit_code == 0
     assert not list(out.glob("*.png"))
     result = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
@@ -215,8 +238,10 @@ def test_sim_without_plots_removes_the_plots_of_an_earlier_run(tmp_path: Path) -
     out = tmp_path / "sim"
     out.mkdir()
     (out / "communication.png").write_bytes(b"an earlier run's plot")
-    flags = [*shrink(experiment), "--no-plots", "--only", "kappa=1"]
-    result = CliRunner().invoke(app, ["sim", "-c", str(experiment), "--out", str(out), *flags])
+    flags, env = shrink(experiment)
+    flags += ["--no-plots", "--only", "kappa=1"]
+    arguments = ["sim", "-c", str(experiment), "--out", str(out), *flags]
+    result = CliRunner().invoke(app, arguments, env=env)
     assert result.exit_code == 0, result.output
     assert not list(out.glob("*.png"))
 
@@ -259,7 +284,7 @@ def test_sim_runs_a_plain_configuration_file(tmp_path: Path) -> None:
 def test_sim_of_an_experiment_file_says_it_ignores_the_environment(tmp_path: Path) -> None:
     experiment = next(p for p in EXPERIMENTS if p.stem == "hierfavg")
     out = tmp_path / "sim"
-    flags = [*shrink(experiment), "--no-plots", "--only", "kappa=1"]
+    flags = [*shrink(experiment)[0], "--no-plots", "--only", "kappa=1"]
     env = {"FOGFL_FEDERATION__EDGE_ROUNDS": "3", "FOGFL_DATA_DIR": str(tmp_path)}
     arguments = ["sim", "-c", str(experiment), "--out", str(out), *flags]
     result = CliRunner().invoke(app, arguments, env=env)

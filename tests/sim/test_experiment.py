@@ -1,5 +1,6 @@
-"""Experiment files: variants × sweep, baselines, the flags over every variant, and errors
-that name the file, the variant and the key."""
+"""Experiment files: variants × sweep (named points too), parts, baselines, the flags over
+every variant, paths relative to the file, and errors that name the file, the variant and
+the key."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from fogfl.sim.experiment import (
     baselines,
     build_experiment,
     load_experiment,
+    load_experiments,
     missing_agents,
     select,
+    select_each,
 )
 
 QOE = {"task": {"name": "qoe", "options": {"duration_s": 60}}}
@@ -169,3 +172,74 @@ def test_a_ddqn_arm_whose_agent_is_not_trained_yet_is_found(tmp_path: Path) -> N
     assert missing_agents(load_experiment(path)) == {"ddqn": folder}
     (folder / "agent.json").write_text("{}")
     assert missing_agents(load_experiment(path)) == {}
+
+
+def write_trace(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("0 2.0\n1 3.0\n2 2.5\n")
+    return path
+
+
+def test_named_sweep_points_name_the_runs_and_their_traces_are_the_files(
+    tmp_path: Path,
+) -> None:
+    """Links as a sweep: each point named, a trace relative to the experiment file whether
+    it is in the sweep or a variant's overrides."""
+    trace = write_trace(tmp_path / "traces" / "bus.txt").resolve()
+    path = tmp_path / "experiments" / "links.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        "base: {task: {name: qoe}}\n"
+        "variants:\n"
+        "  - {name: float32}\n"
+        "  - {name: slow, overrides: {links.clients.north-01: {trace: ../traces/bus.txt}}}\n"
+        "sweep:\n"
+        "  links.default:\n"
+        "    home: {scenario: home_stable}\n"
+        "    bus: {trace: ../traces/bus.txt}\n"
+    )
+    built = load_experiment(path)
+    assert [v.name for v in built.variants] == [
+        "float32,home",
+        "float32,bus",
+        "slow,home",
+        "slow,bus",
+    ]
+    links = {v.name: v.config.links for v in built.variants}
+    assert links["float32,home"].default.scenario == "home_stable"
+    assert links["float32,bus"].default.trace == trace
+    assert links["slow,home"].clients["north-01"].trace == trace
+    with pytest.raises(ConfigError, match="point names"):
+        experiment(sweep={"links.default": {"a/b": {"scenario": "home_stable"}}})
+
+
+def test_parts_are_experiments_of_their_own_over_the_file(tmp_path: Path) -> None:
+    """A file of parts: each part is the file with its keys over it — its base merged key by
+    key, its own metric and target — and --only picks variants in every part."""
+    path = tmp_path / "codecs.yaml"
+    path.write_text(
+        "name: codecs\n"
+        "base: {federation: {rounds: 3}, training: {local_epochs: 2}}\n"
+        "variants: [{name: float32}, {name: int8, overrides: {wire.update_codec: int8}}]\n"
+        "parts:\n"
+        "  - {name: qoe, base: {task: {name: qoe}}, metric: eval_mae, target: 0.03}\n"
+        "  - name: short\n"
+        "    base: {task: {name: qoe}, training.local_epochs: 1}\n"
+        "    variants: [{name: int8, overrides: {wire.update_codec: int8}}]\n"
+    )
+    qoe, short = load_experiments(path, Reshape(rounds=2))
+    assert (qoe.name, qoe.metric, qoe.target) == ("codecs-qoe", "eval_mae", 0.03)
+    assert [v.name for v in qoe.variants] == ["float32", "int8"]
+    assert [v.name for v in short.variants] == ["int8"] and short.target is None
+    config = short.variants[0].config
+    assert (config.federation.rounds, config.training.local_epochs) == (2, 1)
+    assert qoe.variants[0].config.training.local_epochs == 2
+    assert [e.name for e in select_each([qoe, short], ["float32"])] == ["codecs-qoe"]
+    with pytest.raises(ConfigError, match="holds 2 experiments"):
+        load_experiment(path)
+    path.write_text("base: {task: {name: qoe}}\nparts: [{metric: eval_mae}]\n")
+    with pytest.raises(ConfigError, match="each a mapping with a name"):
+        load_experiments(path)
+    path.write_text("base: {task: {name: qoe}}\nparts: [{name: a, rounds: 3}]\n")
+    with pytest.raises(ConfigError, match=r"(?s)part .a.:.*rounds: unknown key"):
+        load_experiments(path)
