@@ -6,6 +6,7 @@ over the link.
 
     python benchmarks/rounds_over_links.py                      # 4 Mbit/s, 3 rounds, ~1 min
     python benchmarks/rounds_over_links.py --rate-mbit 10 --megabytes 4
+    python benchmarks/rounds_over_links.py --cloud-mbit 8       # and the fog site's cloud link
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import yaml
 from fogfl.run_dir import METRICS_FILE, read_metrics
 
 
-def run(directory: Path, megabytes: float, rounds: int, rate_mbit: float | None) -> list[dict]:
+def run(
+    directory: Path,
+    megabytes: float,
+    rounds: int,
+    rate_mbit: float | None,
+    cloud_mbit: float | None = None,
+) -> list[dict]:
     config = {
         "task": {"name": "synthetic", "options": {"megabytes": megabytes}},
         "federation": {"rounds": rounds, "regions": ["north"], "clients_per_region": 2},
@@ -33,9 +40,10 @@ def run(directory: Path, megabytes: float, rounds: int, rate_mbit: float | None)
     argv = [sys.executable, "-m", "fogfl", "up", "--config", str(directory / "fogfl.yaml")]
     argv += ["--run-dir", str(directory / "run")]
     if rate_mbit is not None:
-        (directory / "links.yaml").write_text(
-            yaml.safe_dump({"links": {"default": {"rate_mbit": rate_mbit}}})
-        )
+        links: dict[str, object] = {"default": {"rate_mbit": rate_mbit}}
+        if cloud_mbit is not None:
+            links["cloud"] = {"rate_mbit": cloud_mbit}
+        (directory / "links.yaml").write_text(yaml.safe_dump({"links": links}))
         argv += ["--links", str(directory / "links.yaml")]
     # fogfl up stops every process it started, on failure too.
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
@@ -49,13 +57,16 @@ def main() -> None:
     parser.add_argument("--rate-mbit", type=float, default=4.0)
     parser.add_argument("--megabytes", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cloud-mbit", type=float, help="also a fixed cloud link for the fog site (links.cloud)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         loopback_dir, link_dir = Path(scratch) / "loopback", Path(scratch) / "link"
         loopback_dir.mkdir()
         link_dir.mkdir()
         loopback = run(loopback_dir, args.megabytes, args.rounds, None)
-        linked = run(link_dir, args.megabytes, args.rounds, args.rate_mbit)
+        linked = run(link_dir, args.megabytes, args.rounds, args.rate_mbit, args.cloud_mbit)
     bytes_per_s = args.rate_mbit * 1e6 / 8
     print(
         f"{args.megabytes:g} MB model, 1 region × 2 clients, fixed {args.rate_mbit:g} Mbit/s "
@@ -81,6 +92,18 @@ def main() -> None:
             f"  {float(row['round_seconds']):>12.2f}  {float(plain['round_seconds']):>16.2f}"
         )
     print(f"median upload error vs bytes × 8 / rate: {statistics.median(errors):+.1%}")
+    if args.cloud_mbit is not None:
+        model_bytes = args.megabytes * 1e6
+        print(
+            f"cloud link {args.cloud_mbit:g} Mbit/s: the partial's float32 arrays up take "
+            f"{model_bytes * 8 / (args.cloud_mbit * 1e6):.3f} s (the fit's model comes down "
+            "while the clients work)"
+        )
+        for row in linked:
+            print(
+                f"  round {row['round']}: cloud wire up {row['cloud_wire_bytes_up']} B, "
+                f"down {row['cloud_wire_bytes_down']} B, round {float(row['round_seconds']):.2f} s"
+            )
 
 
 if __name__ == "__main__":
