@@ -1,8 +1,8 @@
 """The simulation and the runtime agree: one `fogfl up` round — real processes over a real
 broker — and one simulated round of the same configuration give the same global model, the
-same metrics, and about the same traffic; with float32 updates and with int8 ones (deltas
-the fog brokers decode against the global model); and over emulated links with chunked
-messages, the bytes the links carried."""
+same metrics, and about the same traffic: with float32 updates over emulated links, every
+message in 4 kB chunks, where the links carry the bytes the simulation counts; and with
+int8 updates (deltas the fog brokers decode against the global model) on loopback."""
 
 from __future__ import annotations
 
@@ -38,21 +38,16 @@ UP_TIMEOUT_S = 180
 
 @pytest.fixture(scope="module")
 def runtime_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """A one-round `fogfl up` run: (its config file, its run directory)."""
-    yield from _up(tmp_path_factory, CONFIG)
+    """A one-round `fogfl up` run over emulated links, every message over 4 kB in chunks:
+    (its config file, its run directory)."""
+    links = {"default": {"rate_mbit": 20}}
+    yield from _up(tmp_path_factory, {**CONFIG, "links": links, "wire": {"chunk_bytes": 4096}})
 
 
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """The same run with int8 updates."""
+    """The same round with int8 updates, on loopback, whole messages."""
     yield from _up(tmp_path_factory, {**CONFIG, "wire": {"update_codec": "int8"}})
-
-
-@pytest.fixture(scope="module")
-def chunked_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """The same run over emulated links, every message over 4 kB in chunks."""
-    links = {"default": {"rate_mbit": 20}}
-    yield from _up(tmp_path_factory, {**CONFIG, "links": links, "wire": {"chunk_bytes": 4096}})
 
 
 def _up(
@@ -100,12 +95,12 @@ def test_one_round_of_int8_updates_gives_the_same_global_model_in_both(
 
 
 def test_the_links_carry_the_chunks_the_simulation_counts(
-    chunked_run: tuple[Path, Path],
+    runtime_run: tuple[Path, Path],
 ) -> None:
     """Chunked messages over emulated links: the runtime's links carry what the simulation
     says they do, chunk headers included, plus only MQTT's framing and acknowledgements."""
-    simulated = check_the_same_round(chunked_run)
-    row, record = read_metrics(chunked_run[1] / METRICS_FILE)[1], simulated.records[1]
+    simulated = check_the_same_round(runtime_run)
+    row, record = read_metrics(runtime_run[1] / METRICS_FILE)[1], simulated.records[1]
     assert record.wire_bytes_up is not None and record.wire_bytes_down is not None
     headers = record.wire_bytes_down - record.bytes_down  # the global model's chunk headers
     assert headers > 1000 * record.clients
