@@ -110,22 +110,15 @@ def test_the_server_clears_the_retained_chunks_a_fog_broker_left(
     it learns which chunks an earlier fog broker left and clears them."""
     wire = WireSettings(chunk_bytes=64 * 1024)
     partial = TOPICS.partial("north")
-    fog = MqttSession(
-        settings_as(secure_broker, bundle, "fog-north"),
-        "test-fog",
-        LOG,
-        persistent=False,
-        wire=wire,
-    ).connect()
+
+    def connected(identity: str) -> MqttSession:
+        settings = settings_as(secure_broker, bundle, identity)
+        return MqttSession(settings, f"test-{identity}", LOG, persistent=False, wire=wire)
+
+    fog = connected("fog-north").connect()
     fog.publish(partial, bytes(5 * wire.chunk_bytes), retain=True)  # 5 chunks
     fog.close()
-    server = MqttSession(
-        settings_as(secure_broker, bundle, "server"),
-        "test-server",
-        LOG,
-        persistent=False,
-        wire=wire,
-    ).connect()
+    server = connected("server").connect()
     assert server.clear_retained([partial]) == 5
     server.close()
     bridge = session(settings_as(secure_broker, bundle, "bridge-north"), [partial])
