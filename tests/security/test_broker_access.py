@@ -111,14 +111,14 @@ def test_the_server_clears_the_retained_chunks_a_fog_broker_left(
     wire = WireSettings(chunk_bytes=64 * 1024)
     partial = TOPICS.partial("north")
 
-    def connected(identity: str) -> MqttSession:
+    def session_of(identity: str) -> MqttSession:
         settings = settings_as(secure_broker, bundle, identity)
         return MqttSession(settings, f"test-{identity}", LOG, persistent=False, wire=wire)
 
-    fog = connected("fog-north").connect()
+    fog = session_of("fog-north").connect()
     fog.publish(partial, bytes(5 * wire.chunk_bytes), retain=True)  # 5 chunks
     fog.close()
-    server = connected("server").connect()
+    server = session_of("server").connect()
     assert server.clear_retained([partial]) == 5
     server.close()
     bridge = session(settings_as(secure_broker, bundle, "bridge-north"), [partial])
