@@ -53,7 +53,9 @@ class Choice:
     feedback afresh. What top-k held back is most of several rounds' updates, each from an
     older model; added to one dense update all at once it is a jump the federation does
     not recover from within a run (measured in `configs/experiments/adaptive.yaml`,
-    docs/bandwidth.md), where the dense codecs' own residuals are small."""
+    docs/bandwidth.md), where the dense codecs' own residuals are small. Not after a
+    top-k chosen blind (no prediction: a rule's first round, which measures the link):
+    its residual is one round's, and the next update sends it."""
 
     decision: Decision
     budget_s: float
@@ -101,9 +103,11 @@ class AdaptiveCodec:
         self._predictor: Predictor | None = None
         self._predictor_loaded = False
         self._warned: set[str] = set()
-        # A message's bytes beyond its codec's (the envelope), from the last one encoded.
-        self.overhead_bytes = 0
+        # A message's bytes beyond its codec's (the envelope), by codec, from the last
+        # update encoded in it: float32's and float16's name every tensor, the others few.
+        self.overhead: dict[str, int] = {}
         self._last_codec: str | None = None
+        self._last_was_probe = False
 
     def load_models(self) -> None:
         """Load the agent and the predictor the configuration names now, so a missing or
@@ -118,16 +122,17 @@ class AdaptiveCodec:
         future = self.link_future() if controller.name == "oracle" and self.link_future else None
         decision = controller.decide(self.history, self._forecast(), future)
         codec = decision.codec.codec
-        fresh = self._last_codec == "topk" and codec != "topk"
+        # Top-k held back most of its updates; a rule's first top-k only measured the link.
+        fresh = self._last_codec == "topk" and codec != "topk" and not self._last_was_probe
         self._last_codec = codec
-        return Choice(decision, budget, self.overhead_bytes, fresh)
+        self._last_was_probe = decision.predicted_upload_s is None
+        return Choice(decision, budget, controller.overhead_of(decision.codec), fresh)
 
     def encoded(self, choice: Choice, n_bytes: int) -> None:
         """The update of `choice` came to `n_bytes`: what beyond its codec's bytes the next
-        choices count on."""
-        self.overhead_bytes = max(
-            0, n_bytes - (choice.decision.upload_bytes - choice.overhead_bytes)
-        )
+        choices of that codec count on."""
+        codec_bytes = choice.decision.upload_bytes - choice.overhead_bytes
+        self.overhead[choice.decision.codec.codec] = max(0, n_bytes - codec_bytes)
 
     def measured(self, n_bytes: int, seconds: float) -> None:
         """Record an upload that took `seconds` for `n_bytes` (ignored when not a time)."""
@@ -143,7 +148,7 @@ class AdaptiveCodec:
                 return self._fallback(name, budget_s, "wire.agent is not set")
         if name == "oracle" and self.link_future is None:
             return self._fallback(name, budget_s, "this client's link is not emulated")
-        return make_controller(name, self.model_bytes, budget_s, agent, self.overhead_bytes)
+        return make_controller(name, self.model_bytes, budget_s, agent, self.overhead)
 
     def _fallback(self, name: str, budget_s: float, why: str) -> Controller:
         if name not in self._warned:
@@ -155,7 +160,7 @@ class AdaptiveCodec:
                 FALLBACK_CONTROLLER,
             )
         return make_controller(
-            FALLBACK_CONTROLLER, self.model_bytes, budget_s, overhead_bytes=self.overhead_bytes
+            FALLBACK_CONTROLLER, self.model_bytes, budget_s, overhead=self.overhead
         )
 
     def _load_agent(self) -> Policy | None:

@@ -12,7 +12,7 @@ agent. Without any history the rules send the smallest share, to measure the lin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,19 +138,23 @@ class Controller:
 
     name = "controller"
 
-    def __init__(self, model_bytes: int, deadline_s: float, overhead_bytes: int = 0) -> None:
-        if model_bytes < 1 or not deadline_s > 0 or overhead_bytes < 0:
-            raise BandwidthError(
-                "a controller needs a model of ≥ 1 byte, a deadline > 0 s and overhead ≥ 0"
-            )
+    def __init__(
+        self, model_bytes: int, deadline_s: float, overhead: Mapping[str, int] | None = None
+    ) -> None:
+        if model_bytes < 1 or not deadline_s > 0:
+            raise BandwidthError("a controller needs a model of ≥ 1 byte and a deadline > 0 s")
         self.model_bytes = model_bytes
         self.deadline_s = deadline_s
-        # What a message adds to the codec's bytes (its envelope), as the client last saw.
-        self.overhead_bytes = overhead_bytes
+        # What a message adds to its codec's bytes (its envelope), by codec, as the client
+        # last saw it; a codec not seen yet counts the largest seen.
+        self.overhead = dict(overhead or {})
+
+    def overhead_of(self, codec: CodecStep) -> int:
+        return self.overhead.get(codec.codec, max(self.overhead.values(), default=0))
 
     def size(self, codec: CodecStep) -> int:
         """The bytes an update in `codec` takes: the codec's, and the envelope's."""
-        return upload_bytes(self.model_bytes, codec) + self.overhead_bytes
+        return upload_bytes(self.model_bytes, codec) + self.overhead_of(codec)
 
     def decide(
         self,
@@ -259,9 +263,13 @@ class DDQNController(Controller):
     name = "ddqn"
 
     def __init__(
-        self, model_bytes: int, deadline_s: float, agent: Policy, overhead_bytes: int = 0
+        self,
+        model_bytes: int,
+        deadline_s: float,
+        agent: Policy,
+        overhead: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__(model_bytes, deadline_s, overhead_bytes)
+        super().__init__(model_bytes, deadline_s, overhead)
         self.agent = agent
 
     def _decide(
@@ -321,14 +329,14 @@ def make_controller(
     model_bytes: int,
     deadline_s: float,
     agent: Policy | None = None,
-    overhead_bytes: int = 0,
+    overhead: Mapping[str, int] | None = None,
 ) -> Controller:
     """A controller by its configuration name: ddqn (needs `agent`), rule, robust-rule,
     oracle (its decide needs `link_future`)."""
     if name == "ddqn":
         if agent is None:
             raise BandwidthError("the ddqn controller needs a trained agent (fogfl agent train)")
-        return DDQNController(model_bytes, deadline_s, agent, overhead_bytes)
+        return DDQNController(model_bytes, deadline_s, agent, overhead)
     simple: dict[str, type[Controller]] = {
         "rule": ThroughputRule,
         "robust-rule": RobustRule,
@@ -336,4 +344,4 @@ def make_controller(
     }
     if name not in simple:
         raise BandwidthError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
-    return simple[name](model_bytes, deadline_s, overhead_bytes)
+    return simple[name](model_bytes, deadline_s, overhead)
