@@ -85,9 +85,7 @@ def test_server_help_names_the_strategies() -> None:
 def test_monitor_duration_bounds_the_wait_for_a_missing_broker() -> None:
     port = free_port()
     # connect_timeout_s stays at its 60 s default: the duration, not it, ends the wait.
-    result = fogfl(
-        "monitor", "--json", "--duration", "3", "--mqtt-port", str(port), "--insecure"
-    )
+    result = fogfl("monitor", "--json", "--duration", "3", "--mqtt-port", str(port), "--insecure")
     assert result.returncode == 2
     assert f"waiting for the MQTT broker at localhost:{port} (1 s)" in result.stderr
     assert f"cannot reach the MQTT broker at localhost:{port}" in result.stderr
