@@ -33,7 +33,7 @@ from fogfl.broker import (
 )
 from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
 from fogfl.errors import FogflError
-from fogfl.links.settings import LINK_ORIGIN_ENV
+from fogfl.links.settings import CLOUD_LINK_PREFIX, LINK_ORIGIN_ENV
 from fogfl.logs import role_logger
 from fogfl.mqtt import Topics
 from fogfl.processes import (
@@ -275,7 +275,13 @@ class Federation:
             time.sleep(0.05)
         self.link_ports = {str(k): int(v) for k, v in json.loads(ports_path.read_text()).items()}
         self.link_origin = self._link_origin(directory / LINKS_COUNTERS_FILE, deadline)
-        self.log.info("emulated links for %d clients (%s)", len(self.link_ports), directory)
+        sites = sum(name.startswith(CLOUD_LINK_PREFIX) for name in self.link_ports)
+        self.log.info(
+            "emulated links for %d clients and %d fog sites' cloud links (%s)",
+            len(self.link_ports) - sites,
+            sites,
+            directory,
+        )
 
     def _link_origin(self, counters: Path, deadline: float) -> float | None:
         """The Unix time of the links' time 0, from the runner's first counters (which say
