@@ -46,12 +46,14 @@ def start_regions(
     sections: dict[str, dict[str, Any]] | None = None,
     serve: bool = False,
     round_s: float | None = None,
+    with_clients: bool = True,
 ) -> Path:
     """Start the fog brokers, bridges (`bridges[region]` of them, default one) and clients
     of a federation (`serve`: with --serve) and wait until each is ready; returns the shared
     config file, which points the server at `tmp_path / "run"`. The test starts the
     server. `round_s`: each fog broker expects one update more than it gets, so every
-    round lasts that long (its deadline) and still aggregates every update."""
+    round lasts that long (its deadline) and still aggregates every update. Without
+    `with_clients` only the fog sites start (for a run that fails before any training)."""
     staying = ["--serve"] if serve else []
     extra = 0 if round_s is None else 1
     port = free_port()
@@ -87,7 +89,7 @@ def start_regions(
         for copy in range((bridges or {}).get(region, 1)):
             name = f"bridge-{region}" + (f"-{copy + 1}" if copy else "")
             started.start(name, "fog-bridge", "--region", region, "--config", str(common), *staying)
-        for client_id, seconds in members:
+        for client_id, seconds in members if with_clients else []:
             own = write_config(
                 tmp_path / f"{client_id}.yaml",
                 broker,
@@ -223,12 +225,9 @@ def test_a_global_model_over_the_payload_limit_stops_the_server_at_once(
     fresh_broker: LocalBroker, tmp_path: Path
 ) -> None:
     with roles(tmp_path / "logs") as started:
+        # The server fails as round 1 begins: no client would train.
         common = start_regions(
-            started,
-            tmp_path,
-            fresh_broker,
-            CLIENTS,
-            rounds=2,
+            started, tmp_path, fresh_broker, CLIENTS, rounds=2, with_clients=False
         )
         strict = write_config(
             tmp_path / "server.yaml",
