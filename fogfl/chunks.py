@@ -329,17 +329,12 @@ class Reassembler(Generic[Receipt]):
             self._transfers[key] = current
             self.held_bytes += chunk.total_bytes
         elif chunk.shape != current.shape:
-            return [
-                Step(
-                    topic,
-                    receipts=[receipt],
-                    error=WireError(
-                        "chunk-mismatch",
-                        f"chunk {chunk.index} of {what} says {_described(chunk.shape)}, its "
-                        f"transfer {_described(current.shape)}",
-                    ),
-                )
-            ]
+            return _mismatch(
+                topic,
+                receipt,
+                f"chunk {chunk.index} of {what} says {_described(chunk.shape)}, its "
+                f"transfer {_described(current.shape)}",
+            )
         current.last_arrival = self.clock()
         current.retained = current.retained and retained
         current.receipts.append(receipt)
@@ -348,16 +343,9 @@ class Reassembler(Generic[Receipt]):
             if earlier == chunk.chunk_sha256:
                 return []  # a duplicate: its receipt waits with the others
             current.receipts.pop()
-            return [
-                Step(
-                    topic,
-                    receipts=[receipt],
-                    error=WireError(
-                        "chunk-mismatch",
-                        f"chunk {chunk.index} of {what} arrived again with other data",
-                    ),
-                )
-            ]
+            return _mismatch(
+                topic, receipt, f"chunk {chunk.index} of {what} arrived again with other data"
+            )
         current.buffer[chunk.offset : chunk.offset + len(chunk.data)] = chunk.data
         current.arrived[chunk.index] = chunk.chunk_sha256
         if len(current.arrived) < current.count:
@@ -488,6 +476,11 @@ def _text(meta: dict[str, Any], key: str, form: re.Pattern[str], wanted: str) ->
     if not form.fullmatch(value):
         raise WireError("bad-chunk", f"chunk metadata {key}={_shown(value)} is not {wanted}")
     return str(value)
+
+
+def _mismatch(topic: str, receipt: Receipt, reason: str) -> list[Step[Receipt]]:
+    """A chunk that does not fit its transfer: acknowledged alone, rejected."""
+    return [Step(topic, receipts=[receipt], error=WireError("chunk-mismatch", reason))]
 
 
 def _described(shape: tuple[int, int, int, str]) -> str:

@@ -61,13 +61,18 @@ def test_a_chunked_message_is_acknowledged_with_its_chunks(mqtt_broker: LocalBro
     topic = TOPICS.updates("north", "north-01")
     # More chunks than Mosquitto's default of 20 unacknowledged messages in flight.
     payload = random.Random(1).randbytes(24 * WIRE.chunk_bytes + 123)
-    fog = session(
-        mqtt_broker,
-        "chunks-fog",
-        [TOPICS.region_updates("north")],
-        persistent=True,
-        manual_ack=True,
-    )
+
+    def fog_session() -> MqttSession:
+        """The fog broker's persistent session: it acknowledges what it is done with."""
+        return session(
+            mqtt_broker,
+            "chunks-fog",
+            [TOPICS.region_updates("north")],
+            persistent=True,
+            manual_ack=True,
+        )
+
+    fog = fog_session()
     sender = session(mqtt_broker, "chunks-client", [], persistent=False)
     try:
         sender.publish(topic, payload)
@@ -75,24 +80,12 @@ def test_a_chunked_message_is_acknowledged_with_its_chunks(mqtt_broker: LocalBro
         assert first is not None and first.topic == topic and bytes(first.payload) == payload
         assert len(first.parts) == 25 and not first.retained
         fog.close()  # not acknowledged: the broker keeps every chunk for the session
-        fog = session(
-            mqtt_broker,
-            "chunks-fog",
-            [TOPICS.region_updates("north")],
-            persistent=True,
-            manual_ack=True,
-        )
+        fog = fog_session()
         again = fog.receive(timeout=10)
         assert again is not None and bytes(again.payload) == payload
         fog.ack(again)
         fog.close()
-        fog = session(
-            mqtt_broker,
-            "chunks-fog",
-            [TOPICS.region_updates("north")],
-            persistent=True,
-            manual_ack=True,
-        )
+        fog = fog_session()
         assert fog.receive(timeout=NEVER_S) is None
         assert fog.rejections.total == 0
     finally:
