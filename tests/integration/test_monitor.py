@@ -127,7 +127,11 @@ def test_observe_is_total() -> None:
         seen = observe(Received(TOPICS.updates("north", "north-01"), payload, False))
         assert seen.error, name
     odd = Envelope(kind="update", run_id="r", round=1, sender="c" * 5000, region="north")
-    payload = encode(odd).replace(b'"round":"1"', b'"round":"\xd9\xa3"')  # Arabic-Indic 3
+    encoded = encode(odd)
+    (length,) = struct.unpack("<Q", encoded[:8])
+    # Arabic-Indic 3: a byte longer than "1", so the header is framed again with its length.
+    header = encoded[8 : 8 + length].replace(b'"round":"1"', b'"round":"\xd9\xa3"')
+    payload = struct.pack("<Q", len(header)) + header + encoded[8 + length :]
     seen = observe(Received(TOPICS.updates("north", "north-01"), payload, False))
     assert seen.round is None and len(seen.sender) <= 128 and not seen.error
 
