@@ -174,6 +174,9 @@ def speeds(megabytes: float, repeats: int) -> None:
 
 
 def federation_accuracy(rounds: list[int], seeds: list[int], codecs: list[str]) -> None:
+    """Each seed and codec runs once, for the most rounds asked; the accuracy after fewer
+    rounds is the clients' evaluation of that round's global model, the same model and
+    test split a shorter run's final evaluation sees."""
     from fogfl.config import load_config
     from fogfl.sim.hierarchy import simulate
     from fogfl.sim.workers import ClientPool
@@ -184,33 +187,42 @@ def federation_accuracy(rounds: list[int], seeds: list[int], codecs: list[str]) 
         f"{'rounds':>6} {'seed':>4} {'codec':>9} {'accuracy':>8} {'vs f32 (pp)':>11} "
         f"{'uplink B/round':>14} {'vs f32':>7}"
     )
+    horizons = sorted(set(rounds))
+    gaps: dict[tuple[str, int], list[float]] = {}
     with ClientPool(2) as pool:
-        for length in rounds:
-            for seed in seeds:
-                baseline: tuple[float, float] | None = None
-                for variant in ["float32", *codecs]:
-                    codec, _, without = variant.partition("-")
-                    config = load_config(
-                        config_file,
-                        {
-                            "task.options.data_dir": str(DATA_DIR),
-                            "federation.rounds": length,
-                            "federation.seed": seed,
-                            "wire.update_codec": codec,
-                            "wire.error_feedback": without != "noef",
-                        },
-                        environ={},
-                    )
-                    run = simulate(config, pool)
-                    accuracy = float(run.records[-1].eval_accuracy or 0.0)
-                    uplink = float(np.mean([_update_bytes(r) for r in run.records[1:]]))
-                    if baseline is None:
-                        baseline = (accuracy, uplink)
+        for seed in seeds:
+            curves: dict[str, tuple[list[float], float]] = {}
+            for variant in ["float32", *codecs]:
+                codec, _, without = variant.partition("-")
+                config = load_config(
+                    config_file,
+                    {
+                        "task.options.data_dir": str(DATA_DIR),
+                        "federation.rounds": horizons[-1],
+                        "federation.seed": seed,
+                        "wire.update_codec": codec,
+                        "wire.error_feedback": without != "noef",
+                    },
+                    environ={},
+                )
+                run = simulate(config, pool)
+                accuracy = [float(r.eval_accuracy or 0.0) for r in run.records]
+                uplink = float(np.mean([_update_bytes(r) for r in run.records[1:]]))
+                curves[variant] = (accuracy, uplink)
+            base_accuracy, base_uplink = curves["float32"]
+            for length in horizons:
+                for variant, (accuracy, uplink) in curves.items():
+                    gap = 100 * (accuracy[length] - base_accuracy[length])
+                    gaps.setdefault((variant, length), []).append(gap)
                     print(
-                        f"{length:>6} {seed:>4} {variant:>9} {accuracy:>8.4f} "
-                        f"{100 * (accuracy - baseline[0]):>+11.2f} {uplink:>14,.0f} "
-                        f"{uplink / baseline[1]:>7.1%}"
+                        f"{length:>6} {seed:>4} {variant:>9} {accuracy[length]:>8.4f} "
+                        f"{gap:>+11.2f} {uplink:>14,.0f} {uplink / base_uplink:>7.1%}"
                     )
+    print("\nmean accuracy vs float32 (pp) over the seeds")
+    print(f"{'codec':>9} " + " ".join(f"{f'{length} rounds':>10}" for length in horizons))
+    for variant in codecs:
+        means = [float(np.mean(gaps[variant, length])) for length in horizons]
+        print(f"{variant:>9} " + " ".join(f"{mean:>+10.2f}" for mean in means))
 
 
 def _update_bytes(record: Any) -> float:

@@ -193,6 +193,7 @@ class FederatedClient:
             self.region,
             plan.training,
             self.config.federation.seed,
+            self.feedback if plan.error_feedback else None,
         )
         downloaded = transfer_seconds(start.sent_at, self.arrived_at.pop(_progress(start), 0.0))
         if downloaded is not None:

@@ -155,6 +155,7 @@ def client_round(job: ClientJob) -> ClientReply:
         payload = encode(message)
     else:
         plan = read_round_plan(start.config, job.settings)
+        feedback = _feedback(start.run_id, job.client_id)
         message = train_from(
             state.task,
             state.model,
@@ -164,12 +165,12 @@ def client_round(job: ClientJob) -> ClientReply:
             job.region,
             plan.training,
             job.task.seed,
+            feedback if plan.error_feedback else None,
         )
         measured = message.metrics["train_seconds"]
         message.metrics["train_seconds"] = TRAIN_SECONDS
         message.metrics[DOWNLOAD_METRIC] = DOWNLOAD_SECONDS
         message.sent_at = SENT_AT
-        feedback = _feedback(start.run_id, job.client_id)
         coding, choice = plan, None
         if plan.update_codec == ADAPTIVE:
             # The choice travels in the update's metrics, as the runtime client sends it.
