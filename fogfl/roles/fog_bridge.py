@@ -182,6 +182,18 @@ class FogBridge:
             meta = read_metadata(message.payload)
             if "run_id" not in meta:
                 raise WireError("malformed", "unreadable partial: it names no run")
+            # Bound to this topic before the signature is checked: the trust policy takes
+            # the signer from the message's own region, and another region's genuine
+            # partial (or a genuine message of another kind) copied onto this topic, by
+            # anyone who may write it, must not displace the region's own.
+            kind, region = meta.get("kind", ""), meta.get("region", "")
+            if kind != "partial":
+                raise WireError("wrong-kind", f"a {kind[:40]!r} message on {message.topic}")
+            if region != self.region:
+                raise WireError(
+                    "wrong-region",
+                    f"partial of region {region[:40]!r} on region {self.region}'s topic",
+                )
             if self.security.verify is not None:
                 # Before it is filed: a forged partial must not displace the region's own.
                 self.security.verify(message.payload, meta)

@@ -18,14 +18,16 @@ from safetensors.numpy import save as safetensors_save
 
 from fogfl.config import load_config
 from fogfl.errors import ConfigError, WireError
+from fogfl.flower import RegionResult
 from fogfl.logs import role_logger
-from fogfl.mqtt import Topics
+from fogfl.mqtt import Received, Topics
+from fogfl.roles.fog_bridge import FogBridge
 from fogfl.security.bundle import load_credentials, provision
 from fogfl.security.identities import client_identity, federation_identities, fog_identity
 from fogfl.security.mosquitto_files import read_acl_file, read_password_file, verify_password
 from fogfl.security.role import role_security
 from fogfl.security.signing import Signer, TrustPolicy
-from fogfl.wire import Envelope, decode, encode, read_metadata
+from fogfl.wire import Envelope, ModelSchema, decode, encode, read_metadata
 
 TOPICS = Topics("fl")
 SERVER_KEY = Ed25519PrivateKey.generate()
@@ -216,3 +218,37 @@ def test_a_role_without_credentials_refuses_to_start(
         )
     assert open_role.open and open_role.signer is None and open_role.verify is None
     assert "running open" in caplog.text
+
+
+def test_a_bridge_files_only_its_own_regions_partials(tmp_path: Path) -> None:
+    """Genuine messages copied onto fl/partial/north by anyone who may write it (the
+    server's login may, to clear it): south's partial, signed by fog-south, and north's
+    region model, signed by fog-north. The bridge keeps north's partial only."""
+    regions = {"north": ["a"], "south": ["b"]}
+    config = load_config(
+        None,
+        {
+            "federation.regions": list(regions),
+            "federation.clients": regions,
+            "security.credentials": str(tmp_path / "creds"),
+        },
+        environ={},
+    )
+    provision(tmp_path / "creds", federation_identities(config), TOPICS)
+    bridge = FogBridge(config, "north")
+
+    def signed(kind: str, region: str, num_examples: int) -> bytes:
+        sender = f"fog-{region}"
+        message = global_model(
+            kind=kind, region=region, sender=sender, num_examples=num_examples, config={}
+        )
+        return encode(message, signer=load_credentials(tmp_path / "creds", sender).signer())
+
+    for payload in (signed("partial", "south", 7), signed("region", "north", 8)):
+        bridge._file(Received(TOPICS.partial("north"), payload, False))
+    assert bridge.waiting == {}
+    assert bridge.rejections.counts == {"wrong-region": 1, "wrong-kind": 1}
+    bridge._file(Received(TOPICS.partial("north"), signed("partial", "north", 9), False))
+    schema = ModelSchema.of(global_model().tensors).to_json()
+    result = bridge.region_result({"run_id": "r1", "round": 3, "schema": schema}, False)
+    assert isinstance(result, RegionResult) and result.num_examples == 9
