@@ -210,8 +210,6 @@ class FederatedClient:
             )
             coding = choice.plan(plan)
             update.metrics.update(choice.metrics)
-            if choice.fresh_feedback:
-                self.feedback.reset()
         payload = encode_update(update, start, coding, self.schema, self.feedback)
         if choice is not None:
             self.adaptive.encoded(choice, len(payload))

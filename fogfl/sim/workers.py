@@ -177,8 +177,6 @@ def client_round(job: ClientJob) -> ClientReply:
             choice = _choose_codec(job, plan, start.run_id, 4 * state.schema.num_values, measured)
             coding = choice.plan(plan)
             message.metrics.update(choice.metrics)
-            if choice.fresh_feedback:
-                feedback.reset()
         payload = encode_update(message, start, coding, state.schema, feedback)
         if choice is not None:
             _of_run(_ADAPTIVE, start.run_id)[job.client_id].encoded(choice, len(payload))
