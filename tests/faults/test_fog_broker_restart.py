@@ -15,7 +15,14 @@ from fogfl.broker import LocalBroker
 from fogfl.codecs import Reference
 from fogfl.fog_state import RoundJournal
 from fogfl.wire import Envelope, decode, encode
-from tests.integration.harness import Recorder, publisher, rejected_reasons, roles, write_config
+from tests.integration.harness import (
+    Recorder,
+    Roles,
+    publisher,
+    rejected_reasons,
+    roles,
+    write_config,
+)
 from tests.integration.test_fog_broker import (
     SCHEMA,
     TOPICS,
@@ -27,6 +34,18 @@ from tests.integration.test_fog_broker import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+def kill_fog_broker(started: Roles) -> None:
+    """SIGKILL the north fog broker and wait until it is gone."""
+    fog = started.children["fog"]
+    fog.popen.send_signal(signal.SIGKILL)
+    fog.popen.wait()
+
+
+def start_fog_broker_again(started: Roles, config: Path, *flags: str) -> None:
+    """The north fog broker's restart, as "fog-again" (not waited for)."""
+    started.start("fog-again", "fog-broker", "--region", "north", *flags, "--config", str(config))
 
 
 def wait_for_files(folder: Path, count: int, timeout: float = 20) -> None:
@@ -52,23 +71,10 @@ def test_a_fog_broker_killed_mid_round_closes_it_with_every_update(
         session.publish(TOPICS.updates("north", "c1"), update("c1", 1, weights[0], model(1)))
         session.publish(TOPICS.updates("north", "c2"), update("c2", 1, weights[1], model(2)))
         wait_for_files(journal, 2)
-        fog = started.children["fog"]
-        fog.popen.send_signal(signal.SIGKILL)
-        fog.popen.wait()
+        kill_fog_broker(started)
         # While it is down: queued for it in its persistent session.
         session.publish(TOPICS.updates("north", "c3"), update("c3", 1, weights[2], model(3)))
-        started.start(
-            "fog-again",
-            "fog-broker",
-            "--region",
-            "north",
-            "--expected",
-            "4",
-            "--deadline",
-            "120",
-            "--config",
-            str(config),
-        )
+        start_fog_broker_again(started, config, "--expected", "4", "--deadline", "120")
         started.wait_for_log("fog-again", "restored")
         session.publish(TOPICS.updates("north", "c4"), update("c4", 1, weights[3], model(4)))
         partial = partial_of(recorder, 1, timeout=30)
@@ -108,19 +114,8 @@ def test_a_fog_broker_killed_in_an_edge_round_resumes_that_edge_round(
             TOPICS.updates("north", "c1"), update("c1", 1, 100, model(21), edge_round=2)
         )
         wait_for_files(journal, 1)
-        fog = started.children["fog"]
-        fog.popen.send_signal(signal.SIGKILL)
-        fog.popen.wait()
-        started.start(
-            "fog-again",
-            "fog-broker",
-            "--region",
-            "north",
-            "--expected",
-            "2",
-            "--config",
-            str(config),
-        )
+        kill_fog_broker(started)
+        start_fog_broker_again(started, config, "--expected", "2")
         started.wait_for_log("fog-again", "restored edge round 2 with 1 updates")
         session.publish(
             TOPICS.updates("north", "c2"), update("c2", 1, 300, model(22), edge_round=2)
@@ -212,23 +207,10 @@ def test_a_fog_broker_killed_mid_round_decodes_the_int8_deltas_it_replays(
         session.publish(TOPICS.global_model, global_model, retain=True)
         session.publish(TOPICS.updates("north", "c2"), updates["c2"])
         wait_for_files(journal, 2)
-        fog = started.children["fog"]
-        fog.popen.send_signal(signal.SIGKILL)
-        fog.popen.wait()
+        kill_fog_broker(started)
         session.publish(TOPICS.global_model, b"", retain=True)  # the broker forgets it
         session.publish(TOPICS.updates("north", "c3"), updates["c3"])
-        started.start(
-            "fog-again",
-            "fog-broker",
-            "--region",
-            "north",
-            "--expected",
-            "3",
-            "--deadline",
-            "120",
-            "--config",
-            str(config),
-        )
+        start_fog_broker_again(started, config, "--expected", "3", "--deadline", "120")
         partial = partial_of(recorder, 1, timeout=30)
         log = started.log("fog") + started.log("fog-again")
     session.close()
