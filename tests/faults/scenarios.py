@@ -11,6 +11,7 @@ them as a table.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import os
 import signal
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fogfl.broker import mosquitto_binary
 from fogfl.config import FogflConfig, load_config
-from fogfl.mqtt import Topics
+from fogfl.mqtt import Received, Topics
 from fogfl.processes import ChildProcess
 from fogfl.roles.launcher import Federation, Status, _child_environment
 from fogfl.run_dir import METRICS_FILE, MODEL_FILE, read_metrics
@@ -80,6 +81,8 @@ class Outcome:
     seconds: float
     dead_roles: list[str] = field(default_factory=list)
     note: str = ""
+    # What each part of an attack came to, by name (`FaultyFederation.details`).
+    details: dict[str, str] = field(default_factory=dict)
 
 
 class FaultyFederation(Federation):
@@ -89,6 +92,7 @@ class FaultyFederation(Federation):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.swapping = threading.Lock()
+        self.details: dict[str, str] = {}
 
     def poll(self) -> Status:
         with self.swapping:
@@ -256,76 +260,190 @@ def forged_models(federation: FaultyFederation, watcher: Recorder) -> str:
 
 class _RogueRegion(flwr.client.NumPyClient):
     """A hand-written Flower client that claims a region and answers every fit with a
-    poisoned model and a huge example count."""
+    poisoned model and a huge example count; it notes what the server did with it."""
 
     def __init__(self, proof: str | None) -> None:
         self.proof = proof
+        self.challenged = False
+        self.notice = ""
+        self.fitted = False
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        self.challenged = self.challenged or "fogfl_challenge" in config
+        self.notice = str(config.get("fogfl_notice", self.notice))
         claim: dict[str, Any] = {"fogfl_region": "north"}
         if self.proof is not None:
             claim["fogfl_proof"] = self.proof
         return claim
 
     def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict]:
+        self.fitted = True
         return [np.full_like(p, 7.0) for p in parameters], 10**12, {}
+
+    def outcome(self, error: Exception | None) -> str:
+        """``fitted`` (the server took it for a region), ``refused`` (challenged, then told
+        so), ``no connection`` (never asked anything: the channel failed), or what else."""
+        if self.fitted:
+            return "fitted"
+        if self.challenged and self.notice == "refused":
+            return "refused"
+        if not self.challenged and error is not None:
+            return "no connection"
+        return f"challenged={self.challenged}, notice={self.notice!r}, error={error!r}"
 
 
 def fake_regions(federation: FaultyFederation, watcher: Recorder) -> str:
     """Strangers who reach the Flower port claim region north: one with no proof, one with
     a proof signed by a key of its own; each over plaintext and, where the server speaks
-    TLS, over TLS with the federation's (public) CA certificate."""
+    TLS, over TLS with the federation's (public) CA certificate. Each attempt's outcome
+    (`_RogueRegion.outcome`) goes into the details as ``fake region, <transport>, <proof>``."""
     watcher.wait_for(120, kind="global", round="2")
     address = federation.config.server.address
     credentials = federation.config.security.credentials
     assert credentials is not None
     root = (credentials / "ca.crt").read_bytes()
-    outcomes: list[str] = []
 
-    def join(proof: str | None, tls: bool) -> None:
-        client = _RogueRegion(proof).to_client()
+    def join(name: str, proof: str | None, tls: bool) -> None:
+        rogue = _RogueRegion(proof)
+        error: Exception | None = None
         try:
             flwr.client.start_client(
                 server_address=address,
-                client=client,
+                client=rogue.to_client(),
                 insecure=not tls,
                 root_certificates=root if tls else None,
             )
-            outcomes.append("left")
         except Exception as exc:  # a refused TLS handshake, a closed stream
-            outcomes.append(f"failed ({type(exc).__name__})")
+            error = exc
+        federation.details[name] = rogue.outcome(error)
 
     forged_proof = base64.b64encode(Ed25519PrivateKey.generate().sign(b"north")).decode()
-    attempts = [(None, False), (forged_proof, False)]
-    if federation.config.security.tls:
-        attempts += [(None, True), (forged_proof, True)]
+    transports = [False, True] if federation.config.security.tls else [False]
+    attempts = [
+        (f"fake region, {'TLS' if tls else 'plaintext'}, {what}", proof, tls)
+        for tls in transports
+        for what, proof in (("no proof", None), ("forged proof", forged_proof))
+    ]
     threads = [threading.Thread(target=join, args=attempt, daemon=True) for attempt in attempts]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    return f"{len(attempts)} rogue Flower clients claimed region north: {', '.join(outcomes)}"
+    outcomes = [f"{name}: {federation.details.get(name, 'no answer')}" for name, *_ in attempts]
+    return f"{len(attempts)} rogue Flower clients claimed region north ({'; '.join(outcomes)})"
+
+
+def replayed_messages(federation: FaultyFederation, watcher: Recorder) -> str:
+    """With the server's stolen login, which may write every region's partial and region
+    model (to clear them), an attacker copies genuinely signed messages onto region north's
+    topics: south's partials of rounds 2 to ROUNDS - 1 onto fl/partial/north as each comes
+    (retained, as the real ones are), the round-2 global model there too, and a poisoned
+    region model signed by fog-south's own key onto fl/region_model/north. Every signature
+    verifies; only the receivers' region and kind checks stand in the way. In round 2 north's
+    fog broker is held back (SIGSTOP, as a congested uplink would delay it) until south's
+    copy is on north's topic, so that a bridge without those checks would hand it to Flower
+    and the global model would change. The details say how many of each went out, as
+    ``replayed <what>``."""
+    received, _ = watcher.wait_for(120, kind="global", round="2")
+    held = federation.child("fog-broker-north")
+    os.kill(held.pid, signal.SIGSTOP)
+    real = decode(received.payload, kinds={"global"}, max_bytes=10**9)
+    credentials = federation.config.security.credentials
+    assert federation.broker is not None and credentials is not None
+    topics = watcher.session.topics
+    south_region_model = Envelope(
+        kind="region",
+        run_id=real.run_id,
+        round=real.round,
+        edge_round=2,
+        sender="fog-south",
+        region="south",
+        num_examples=10**6,
+        tensors={name: np.full_like(array, 7.0) for name, array in real.tensors.items()},
+        config=real.config,
+    )
+    fog_south = load_credentials(credentials, "fog-south").signer()
+    session = publisher(federation.broker, credentials, "server", federation.config.security.tls)
+    try:
+        payload = encode(south_region_model, signer=fog_south)
+        session.publish(topics.region_model("north"), payload, retain=True)
+        federation.details["replayed region models"] = "1"
+        session.publish(topics.partial("north"), received.payload, retain=True)
+        federation.details["replayed global models"] = "1"
+        # Each round's before the next round's partials exist: the bridge reads it while it
+        # still waits for a round, so each one is judged.
+        for number in range(2, ROUNDS):
+            partial = _first_on(watcher, topics.partial("south"), round=str(number), final="false")
+            session.publish(topics.partial("north"), partial.payload, retain=True)
+            federation.details["replayed partials"] = str(number - 1)
+            if number == 2:
+                # Delivered to the watcher, so to the bridge too, before north's own.
+                _first_on(watcher, topics.partial("north"), region="south", round="2")
+                time.sleep(0.5)
+                os.kill(held.pid, signal.SIGCONT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended since
+            os.kill(held.pid, signal.SIGCONT)
+        session.close()
+    copied = federation.details.get("replayed partials", "0")
+    return (
+        f"with the server's login: {copied} of south's partials, a global model and a region "
+        "model signed by fog-south copied onto region north's topics"
+    )
+
+
+def _first_on(watcher: Recorder, topic: str, timeout: float = 120, **match: str) -> Received:
+    """The first message the watcher saw on `topic` whose header matches `match`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [received for received, _ in watcher.where(**match) if received.topic == topic]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no message on {topic} matching {match} within {timeout} s")
+
+
+def together(*faults: Fault) -> Fault:
+    """Faults at once, in round 2: one after the other, the run could end before the last.
+    The first that raises is raised once all are done."""
+
+    def inject(federation: FaultyFederation, watcher: Recorder) -> str:
+        notes: dict[int, str] = {}
+        errors: list[Exception] = []
+
+        def one(index: int, fault: Fault) -> None:
+            try:
+                notes[index] = fault(federation, watcher)
+            except Exception as exc:  # raised below, in the injector's thread
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=one, args=(index, fault), daemon=True)
+            for index, fault in enumerate(faults)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(150)
+        if errors:
+            raise errors[0]
+        return "; ".join(
+            notes.get(index, f"{fault.__name__} never returned")
+            for index, fault in enumerate(faults)
+        )
+
+    return inject
 
 
 # Attacks on a secure federation (tests/security/test_attacks.py): the run must end as if
 # nothing had happened.
-def forged_models_and_fake_regions(federation: FaultyFederation, watcher: Recorder) -> str:
-    """Both at once, in round 2: one after the other, the run could end before the second."""
-    strangers: list[str] = []
-    joining = threading.Thread(
-        target=lambda: strangers.append(fake_regions(federation, watcher)), daemon=True
-    )
-    joining.start()
-    forged = forged_models(federation, watcher)
-    joining.join(90)
-    return f"{forged}; {strangers[0] if strangers else 'the strangers never returned'}"
-
-
 ATTACKS: dict[str, Fault] = {
     "forged-models": forged_models,
     "fake-regions": fake_regions,
-    # Both in one run: one federation's start-up instead of two (the test suite's time).
-    "forged-models+fake-regions": forged_models_and_fake_regions,
+    "replays": replayed_messages,
+    # Several in one run: one federation's start-up instead of several (the suite's time).
+    "forged-models+fake-regions": together(forged_models, fake_regions),
+    "hostile-flood+replays+fake-regions": together(hostile_flood, replayed_messages, fake_regions),
 }
 
 
@@ -379,6 +497,7 @@ def run_scenario(name: str, workdir: Path, reference: Tensors, tls: bool = False
             time.sleep(0.25)
         fault_done.wait(5)
         watcher.close()
+        details = dict(federation.details)
         dead = [
             f"{role.name} ({role.poll()})"
             for role in [*federation.roles, *([federation.server] if federation.server else [])]
@@ -402,4 +521,5 @@ def run_scenario(name: str, workdir: Path, reference: Tensors, tls: bool = False
         seconds=seconds,
         dead_roles=dead,
         note=fault_error or (status.failure.splitlines() or [note])[0],
+        details=details,
     )

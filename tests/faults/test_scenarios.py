@@ -3,7 +3,8 @@ every round has every region, the final model is the undisturbed run's, and no r
 
 The other scenarios have tests of their own, with closer checks of what happened:
 broker-restart in test_broker_restart.py, bridge-kill and second-bridge in test_bridges.py,
-server-kill-resume in test_server_restart.py; `benchmarks/faults.py` runs them all."""
+server-kill-resume in test_server_restart.py, hostile-flood in one run with other attacks in
+tests/security/test_attacks.py; `benchmarks/faults.py` runs them all."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("name", ["fog-broker-kill", "client-kill", "hostile-flood"])
+@pytest.mark.parametrize("name", ["fog-broker-kill", "client-kill"])
 def test_the_run_survives(name: str, scenario_reference: Tensors, tmp_path: Path) -> None:
     outcome = run_scenario(name, tmp_path, scenario_reference)
     logs = tmp_path / name / "logs"
