@@ -352,3 +352,20 @@ def test_each_centralized_line_names_its_variants(tmp_path: Path) -> None:
     (axes,) = figures(results)[METRIC_PLOT].axes
     texts = {t.get_text() for t in axes.get_legend().get_texts()}
     assert "centralized (few): 0.04" in texts and "centralized (many): 0.02" in texts
+
+
+def test_a_float32_mean_at_the_target_reaches_it_as_history_csv_reads_back() -> None:
+    import numpy as np
+
+    from fogfl.sim.results import VariantHistory, summarize
+
+    # 90 of 100 as a float32 mean, and as history.csv's 8 digits read it back.
+    exact = float(np.float32(0.9))
+    for value in (exact, float(f"{exact:.8g}")):
+        rows = [{"round": 0.0, "eval_accuracy": 0.1}, {"round": 1.0, "eval_accuracy": value}]
+        reached = summarize(VariantHistory("v", rows), 0.9, "eval_accuracy").reached
+        assert reached is not None and reached.round == 1
+    below = [{"round": 0.0, "eval_accuracy": 0.1}, {"round": 1.0, "eval_accuracy": 0.8999}]
+    assert summarize(VariantHistory("v", below), 0.9, "eval_accuracy").reached is None
+    mae = [{"round": 0.0, "eval_mae": 0.5}, {"round": 1.0, "eval_mae": float(np.float32(0.03))}]
+    assert summarize(VariantHistory("v", mae), 0.03, "eval_mae").reached is not None
