@@ -23,6 +23,11 @@ from fogfl.plugins import IMPORT_PATH
 
 ENV_PREFIX = "FOGFL_"
 ENV_NESTING = "__"
+# Region names and client ids name MQTT topics, logins, credentials directories and
+# certificates (`client-<id>`, `bridge-<region>`: a common name has at most 64 characters),
+# and travel as the wire's identifiers (fogfl/wire.py).
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+MAX_NAME_CHARS = 57
 
 
 class _Section(BaseModel):
@@ -253,13 +258,38 @@ class FederationSettings(_Section):
     weighting: Literal["examples", "uniform"] = "examples"
     edge_rounds: int = Field(1, ge=1, le=1000, description="edge rounds per cloud round (κ)")
 
+    @field_validator("clients")
+    @classmethod
+    def _client_ids_are_names(
+        cls, clients: dict[str, list[str]] | None
+    ) -> dict[str, list[str]] | None:
+        """Each client id is a name (`NAME_CHARS`) and one client's only: it is the client's
+        update topic, login and credentials."""
+        home: dict[str, str] = {}
+        for region, members in (clients or {}).items():
+            for client_id in members:
+                problem = _name_problem(client_id)
+                if problem:
+                    raise ValueError(f"client id {client_id!r} of region {region!r} {problem}")
+                if client_id in home:
+                    where = (
+                        f"twice in region {region!r}"
+                        if home[client_id] == region
+                        else f"in regions {home[client_id]!r} and {region!r}"
+                    )
+                    raise ValueError(
+                        f"client id {client_id!r} is listed {where}; every client needs an id "
+                        "of its own (it is its login and its update topic)"
+                    )
+                home[client_id] = region
+        return clients
+
     @model_validator(mode="after")
     def _regions_are_names(self) -> FederationSettings:
         for region in self.regions:
-            if not region or any(ch in region for ch in "/#+ "):
-                raise ValueError(
-                    f"region name {region!r} must be non-empty, without / # + or spaces"
-                )
+            problem = _name_problem(region)
+            if problem:
+                raise ValueError(f"region name {region!r} {problem}")
         if len(set(self.regions)) != len(self.regions):
             raise ValueError(f"region names repeat: {self.regions}")
         if self.clients is not None and set(self.clients) != set(self.regions):
@@ -268,6 +298,13 @@ class FederationSettings(_Section):
             raise ValueError(
                 f"min_regions={self.min_regions} exceeds the {len(self.regions)} regions configured"
             )
+        if self.clients is None:
+            for region, members in self.client_ids().items():
+                if len(members[-1]) > MAX_NAME_CHARS:
+                    raise ValueError(
+                        f"region name {region!r} is too long to number its clients "
+                        f"({members[-1]!r} has over {MAX_NAME_CHARS} characters)"
+                    )
         return self
 
     @property
@@ -284,6 +321,16 @@ class FederationSettings(_Section):
             region: [f"{region}-{r * per_region + k + 1:02d}" for k in range(per_region)]
             for r, region in enumerate(self.regions)
         }
+
+
+def _name_problem(name: str) -> str:
+    """What is wrong with `name` as a region name or client id, or "" if nothing."""
+    if not 1 <= len(name) <= MAX_NAME_CHARS or not set(name) <= NAME_CHARS:
+        return (
+            f"must be 1-{MAX_NAME_CHARS} letters, digits, _ . - (no spaces, / # or +): it names "
+            "MQTT topics, logins and certificates"
+        )
+    return ""
 
 
 class FogSettings(_Section):

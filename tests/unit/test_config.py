@@ -106,8 +106,10 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path: Path) -> None:
 
 
 def test_region_names_are_checked() -> None:
-    with pytest.raises(ConfigError, match="must be non-empty"):
+    with pytest.raises(ConfigError, match="'a/b' must be 1-57 letters, digits"):
         load_config(overrides={"federation.regions": ["north", "a/b"]}, environ={})
+    with pytest.raises(ConfigError, match="too long to number its clients"):
+        load_config(overrides={"federation.regions": ["r" * 56]}, environ={})
     with pytest.raises(ConfigError, match="repeat"):
         load_config(overrides={"federation.regions": ["a", "a"]}, environ={})
     with pytest.raises(ConfigError, match="min_regions=3 exceeds"):
@@ -151,3 +153,36 @@ def test_a_region_listing_its_clients_expects_each_of_them() -> None:
     assert (config.expected_updates_in("a"), config.expected_updates_in("b")) == (5, 1)
     config.fog.expected_updates = 2
     assert config.expected_updates_in("a") == 2
+
+
+@pytest.mark.parametrize(
+    ("client_id", "why"),
+    [
+        ("+", "must be 1-57 letters"),  # the ACL would grant write fl/updates/north/+
+        ("#", "must be 1-57 letters"),
+        ("a/b", "must be 1-57 letters"),  # a nested topic and credentials directory
+        ("a b", "must be 1-57 letters"),  # the ACL file splits at spaces
+        ("", "must be 1-57 letters"),
+        ("c" * 58, "must be 1-57 letters"),  # client-<id> would not fit a certificate
+        ("s1", "listed in regions 'north' and 'south'"),
+        ("n1", "listed twice in region 'north'"),
+    ],
+)
+def test_client_ids_are_names_of_one_client_each(client_id: str, why: str) -> None:
+    clients = {"north": ["n1", client_id], "south": ["s1"]}
+    with pytest.raises(ConfigError) as raised:
+        load_config(
+            None,
+            {"federation.regions": ["north", "south"], "federation.clients": clients},
+            environ={},
+        )
+    assert f"federation.clients: Value error, client id {client_id!r}" in str(raised.value)
+    assert why in str(raised.value)
+
+
+def test_ordinary_client_ids_load() -> None:
+    clients = {"north": ["north-01", "n_2.b"], "south": ["S3"]}
+    config = load_config(
+        None, {"federation.regions": ["north", "south"], "federation.clients": clients}, environ={}
+    )
+    assert config.federation.client_ids() == clients
