@@ -3,7 +3,8 @@
 Environment variables name a key by its path with double underscores:
 ``FOGFL_MQTT__HOST=broker`` sets ``mqtt.host``; ``FOGFL_FEDERATION__ROUNDS=10`` sets
 ``federation.rounds``; top-level keys need none (``FOGFL_LOG_LEVEL=DEBUG``). Values are read
-as YAML scalars (``10``, ``true``, ``0.5``).
+as YAML scalars (``10``, ``true``, ``0.5``), except the secrets (``FOGFL_MQTT__PASSWORD``),
+read verbatim.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from fogfl.plugins import IMPORT_PATH
 
 ENV_PREFIX = "FOGFL_"
 ENV_NESTING = "__"
+# Settings no file fogfl writes holds (`dump_config`) and no error shows: a role started
+# from such a file takes them from its environment, read verbatim (`secret_environment`).
+SECRET_KEYS = frozenset({"mqtt.password"})
 # Region names and client ids name MQTT topics, logins, credentials directories and
 # certificates (`client-<id>`, `bridge-<region>`: a common name has at most 64 characters),
 # and travel as the wire's identifiers (fogfl/wire.py).
@@ -543,7 +547,7 @@ def load_config(
     env = os.environ if environ is None else environ
     for key, (variable, value) in _environment_overrides(env).items():
         _set_dotted(data, key, value)
-        origins[key] = f"{variable}={env[variable]}"
+        origins[key] = variable if key in SECRET_KEYS else f"{variable}={env[variable]}"
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, key, value)
@@ -555,8 +559,29 @@ def load_config(
 
 
 def dump_config(config: FogflConfig) -> str:
-    """The resolved configuration as YAML, loadable again with `load_config`."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved configuration as YAML, loadable again with `load_config`, without its
+    secrets (`SECRET_KEYS`): the file is for anyone to read."""
+    data = config.model_dump(mode="json")
+    for key in SECRET_KEYS:
+        *parents, leaf = key.split(".")
+        section = data
+        for part in parents:
+            section = section[part]
+        section.pop(leaf, None)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def secret_environment(config: FogflConfig) -> dict[str, str]:
+    """The FOGFL_* variables that hand a process started from `dump_config`'s file the
+    secrets the file leaves out."""
+    found = {}
+    for key in SECRET_KEYS:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None:
+            found[ENV_PREFIX + key.upper().replace(".", ENV_NESTING)] = str(value)
+    return found
 
 
 def resolve_python_path(data: dict[str, Any], base: Path) -> None:
@@ -611,6 +636,9 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, A
         if ENV_NESTING not in key and key not in top_level:
             continue  # FOGFL_CONFIG, FOGFL_CLIENT_ID and friends are not settings
         key = key.replace(ENV_NESTING, ".")
+        if key in SECRET_KEYS:
+            found[key] = (name, raw)  # a password is text, whatever it looks like
+            continue
         try:
             found[key] = (name, yaml.safe_load(raw) if raw else raw)
         except yaml.YAMLError:
@@ -661,7 +689,7 @@ def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
             )
             continue
         given = error.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        shown = "" if isinstance(given, dict) or key in SECRET_KEYS else f" (got {given!r})"
         problems.append(f"{where}{key}: {error['msg']}{shown}")
     if len(problems) == 1:
         return f"invalid configuration: {problems[0]}"

@@ -31,7 +31,7 @@ from fogfl.broker import (
     local_broker_problem,
     start_broker,
 )
-from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config
+from fogfl.config import ENV_NESTING, ENV_PREFIX, FogflConfig, dump_config, secret_environment
 from fogfl.errors import FogflError
 from fogfl.links.settings import CLOUD_LINK_PREFIX, LINK_ORIGIN_ENV
 from fogfl.logs import role_logger
@@ -381,7 +381,9 @@ class Federation:
     ) -> ChildProcess:
         argv = [sys.executable, "-m", "fogfl", *arguments, "--config", str(self.config_path)]
         log_path = self.run_dir / LOG_DIR / f"{name}.log"
-        environment = {**_child_environment(), **(env or {})}
+        # config.yaml holds no password; the environment is the child's own to read.
+        secrets = secret_environment(self.config)
+        environment = {**_child_environment(), **secrets, **(env or {})}
         return ChildProcess(name, argv, log_path, env=environment, held_port=held_port)
 
     def _failed(self, child: ChildProcess, code: int) -> str:

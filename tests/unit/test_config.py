@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fogfl.config import FogflConfig, dump_config, load_config
+from fogfl.config import FogflConfig, dump_config, load_config, secret_environment
 from fogfl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +122,31 @@ def test_dumped_config_loads_back_identically(tmp_path: Path) -> None:
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(config))
     assert load_config(path, environ={}) == config
+
+
+def test_a_dumped_config_holds_no_password_and_the_environment_hands_it_on(
+    tmp_path: Path,
+) -> None:
+    # Numeric-looking, as YAML would misread it from a variable: read verbatim.
+    password = "0123 #: secret"
+    config = load_config(overrides={"mqtt.password": password}, environ={})
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert "secret" not in path.read_text() and "password" not in path.read_text()
+    assert load_config(path, environ={}).mqtt.password is None
+    environment = secret_environment(config)
+    assert environment == {"FOGFL_MQTT__PASSWORD": password}
+    assert load_config(path, environ=environment) == config
+
+
+def test_an_invalid_password_is_not_shown(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  password: 98765\n")
+    with pytest.raises(
+        ConfigError, match=r"mqtt\.password: Input should be a valid string"
+    ) as raised:
+        load_config(path, environ={})
+    assert "98765" not in str(raised.value)
 
 
 def test_every_key_is_documented() -> None:
