@@ -41,6 +41,10 @@ def fogfl_up(
     )
 
 
+# A password of the command line's; the roles log in as their own identities.
+GIVEN_PASSWORD = "given-password-7d2b9c41"
+
+
 def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     up = fogfl_up(
@@ -52,6 +56,8 @@ def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> No
         str(run_dir),
         "--broker",
         broker_mode(),
+        "--mqtt-password",
+        GIVEN_PASSWORD,
     )
     output = up.output
     assert up.returncode == 0, output
@@ -74,7 +80,38 @@ def test_up_runs_a_federation_and_writes_the_run_directory(tmp_path: Path) -> No
     } <= logs
     assert "eval loss" in output and "done in" in output
     assert warnings_in_logs(run_dir) == []
+    secrets = [GIVEN_PASSWORD, *provisioned_secrets(run_dir / "security")]
+    assert len(secrets) > 2 * 10, secrets  # 10 identities' passwords and keys, the CA's, …
+    assert files_holding(run_dir, secrets, but_not=run_dir / "security") == []
+    assert GIVEN_PASSWORD not in output
     assert up.leftovers == []
+
+
+def provisioned_secrets(security: Path) -> list[str]:
+    """What the private files (mode 0600) of a run's credentials hold: each password, each
+    line of key material (TLS, signing and CA keys), the broker's password hashes."""
+    return [
+        line.strip()
+        for path in sorted(security.rglob("*"))
+        if path.is_file() and not path.stat().st_mode & 0o077
+        for line in path.read_text().splitlines()
+        if len(line.strip()) >= 16 and not line.startswith("-----")
+    ]
+
+
+def files_holding(run_dir: Path, secrets: list[str], but_not: Path) -> list[str]:
+    """The files of the run directory (logs and config.yaml among them) outside `but_not`
+    in which any of `secrets` appears."""
+    found = []
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_file() and but_not not in path.parents:
+            content = path.read_bytes()
+            found += [
+                f"{path.relative_to(run_dir)}: {secret[:6]}…"
+                for secret in secrets
+                if secret.encode() in content
+            ]
+    return found
 
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
