@@ -23,23 +23,15 @@ def train_from(
     region: str,
     settings: TrainingSettings,
     seed: int,
-    feedback: ErrorFeedback | None = None,
 ) -> Envelope:
     """The update after training from `start` (a global or region model).
 
     The global model is evaluated on the test split first (edge round 1), so every update
-    also reports how good the model it received was. With error `feedback`, training
-    starts from `start` plus the change the client has not sent yet (its residual): it
-    continues from where its own updates would have taken the model instead of learning
-    that change again, and its update, a change from `start`, carries the residual.
+    also reports how good the model it received was.
     """
     started = time.monotonic()
     load_tensors(model, start.tensors)
     evaluation = task.evaluate(model, data) if start.kind == "global" else {}
-    if feedback is not None:
-        shifted = feedback.start_from(start.tensors, ModelSchema.of(start.tensors))
-        if shifted is not None:
-            load_tensors(model, shifted)
     training = task.train(
         model, data, settings, training_seed(seed, start.round, client_id, start.edge_round)
     )

@@ -49,13 +49,18 @@ FALLBACK_CONTROLLER = "robust-rule"
 class Choice:
     """One round's pick: the controller's decision and the budget it was made for.
 
-    The client's error feedback carries over from one codec to the next: training starts
-    from the start model plus the residual (`ErrorFeedback.start_from`), so a dense update
-    after top-k sends what top-k held back as the client's training built on it."""
+    `fresh_feedback`: the client leaves top-k for a dense codec, and starts its error
+    feedback afresh. What top-k held back is most of several rounds' updates, each from an
+    older model; added to one dense update all at once it is a jump the federation does
+    not recover from within a run (measured in `configs/experiments/adaptive.yaml`,
+    docs/bandwidth.md), where the dense codecs' own residuals are small. Not after a
+    top-k chosen blind (no prediction: a rule's first round, which measures the link):
+    its residual is one round's, and the next update sends it."""
 
     decision: Decision
     budget_s: float
     overhead_bytes: int = 0
+    fresh_feedback: bool = False
 
     def plan(self, plan: RoundPlan) -> RoundPlan:
         """The round's plan with the chosen codec in place of `adaptive`."""
@@ -101,6 +106,8 @@ class AdaptiveCodec:
         # A message's bytes beyond its codec's (the envelope), by codec, from the last
         # update encoded in it: float32's and float16's name every tensor, the others few.
         self.overhead: dict[str, int] = {}
+        self._last_codec: str | None = None
+        self._last_was_probe = False
 
     def load_models(self) -> None:
         """Load the agent and the predictor the configuration names now, so a missing or
@@ -114,7 +121,12 @@ class AdaptiveCodec:
         controller = self._controller(plan.controller, budget)
         future = self.link_future() if controller.name == "oracle" and self.link_future else None
         decision = controller.decide(self.history, self._forecast(), future)
-        return Choice(decision, budget, controller.overhead_of(decision.codec))
+        codec = decision.codec.codec
+        # Top-k held back most of its updates; a rule's first top-k only measured the link.
+        fresh = self._last_codec == "topk" and codec != "topk" and not self._last_was_probe
+        self._last_codec = codec
+        self._last_was_probe = decision.predicted_upload_s is None
+        return Choice(decision, budget, controller.overhead_of(decision.codec), fresh)
 
     def encoded(self, choice: Choice, n_bytes: int) -> None:
         """The update of `choice` came to `n_bytes`: what beyond its codec's bytes the next

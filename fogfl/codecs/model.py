@@ -151,9 +151,8 @@ def encode_model(
 
     With a `reference` (the model training started from), a lossy codec sends the delta
     from it; `float32` always sends the model itself, so FedAvg stays exact. With
-    `feedback`, the client's kept compression error is added to the delta first (unless
-    training already started from it, `ErrorFeedback.start_from`) and the new error kept.
-    `compression="zstd"` compresses the result, unless that is no smaller.
+    `feedback`, the client's kept compression error is added to the delta first and the
+    new error kept. `compression="zstd"` compresses the result, unless that is no smaller.
     """
     if codec not in CODECS:
         raise FogflError(f"unknown codec {codec!r}; use one of {', '.join(CODECS)}")

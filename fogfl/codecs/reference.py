@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fogfl.codecs.parts import Float32Array, ModelParts, checked_tensors, flat
-from fogfl.wire import ModelSchema, Tensors
+from fogfl.wire import ModelSchema
 
 DIGEST_BYTES = 16  # BLAKE2b-128: 32 hexadecimal characters in the metadata
 
@@ -58,15 +58,11 @@ def little_endian_bytes(array: npt.NDArray[Any]) -> memoryview:
 
 
 class ErrorFeedback:
-    """A client's compression error so far, so that what one round's codec dropped is
-    sent in a later round instead of being lost.
+    """A client's compression error so far: added to its next update before coding, so
+    what one round's codec dropped is sent in a later round instead of being lost.
 
-    The residual is handed over once: to the model the client trains from next
-    (`start_from`, what fogfl's clients do), so training sees the change the client has
-    not yet sent and does not learn it again; or, when nothing took it before, added to
-    the next delta as it is coded (`encode_model`). Kept per coded tensor; a residual for
-    another model (other tensor names or shapes) is dropped, and the client starts again
-    from zero.
+    Kept per coded tensor; a residual for another model (other tensor names or shapes)
+    is dropped, and the client starts again from zero.
     """
 
     def __init__(self) -> None:
@@ -76,27 +72,6 @@ class ErrorFeedback:
     def residuals(self, parts: ModelParts) -> dict[str, Float32Array]:
         """The residual of each coded tensor of this model (none before its first round)."""
         return self._residual if self._parts == parts else {}
-
-    def take(self, parts: ModelParts) -> dict[str, Float32Array]:
-        """The residuals of `parts`, handed over: the feedback holds none afterwards."""
-        residual = self.residuals(parts)
-        self.reset()
-        return residual
-
-    def start_from(
-        self, tensors: Mapping[str, npt.NDArray[Any]], schema: ModelSchema
-    ) -> Tensors | None:
-        """`tensors` (the model a client is about to train from) plus its residual, which
-        is handed over; None when there is none."""
-        residual = self.take(ModelParts.of(schema))
-        if not residual:
-            return None
-        return {
-            name: np.add(array, residual[name].reshape(array.shape), dtype=np.float32)
-            if name in residual
-            else array
-            for name, array in tensors.items()
-        }
 
     def keep(self, parts: ModelParts, residual: dict[str, Float32Array]) -> None:
         """Remember this round's compression error (sent minus received) per tensor."""

@@ -193,7 +193,6 @@ class FederatedClient:
             self.region,
             plan.training,
             self.config.federation.seed,
-            self.feedback if plan.error_feedback else None,
         )
         downloaded = transfer_seconds(start.sent_at, self.arrived_at.pop(_progress(start), 0.0))
         if downloaded is not None:
@@ -210,6 +209,8 @@ class FederatedClient:
             )
             coding = choice.plan(plan)
             update.metrics.update(choice.metrics)
+            if choice.fresh_feedback:
+                self.feedback.reset()
         payload = encode_update(update, start, coding, self.schema, self.feedback)
         if choice is not None:
             self.adaptive.encoded(choice, len(payload))

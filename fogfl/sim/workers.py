@@ -155,7 +155,6 @@ def client_round(job: ClientJob) -> ClientReply:
         payload = encode(message)
     else:
         plan = read_round_plan(start.config, job.settings)
-        feedback = _feedback(start.run_id, job.client_id)
         message = train_from(
             state.task,
             state.model,
@@ -165,18 +164,20 @@ def client_round(job: ClientJob) -> ClientReply:
             job.region,
             plan.training,
             job.task.seed,
-            feedback if plan.error_feedback else None,
         )
         measured = message.metrics["train_seconds"]
         message.metrics["train_seconds"] = TRAIN_SECONDS
         message.metrics[DOWNLOAD_METRIC] = DOWNLOAD_SECONDS
         message.sent_at = SENT_AT
+        feedback = _feedback(start.run_id, job.client_id)
         coding, choice = plan, None
         if plan.update_codec == ADAPTIVE:
             # The choice travels in the update's metrics, as the runtime client sends it.
             choice = _choose_codec(job, plan, start.run_id, 4 * state.schema.num_values, measured)
             coding = choice.plan(plan)
             message.metrics.update(choice.metrics)
+            if choice.fresh_feedback:
+                feedback.reset()
         payload = encode_update(message, start, coding, state.schema, feedback)
         if choice is not None:
             _of_run(_ADAPTIVE, start.run_id)[job.client_id].encoded(choice, len(payload))

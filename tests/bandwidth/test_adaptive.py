@@ -201,3 +201,22 @@ def test_the_envelope_counts_once_an_update_was_encoded() -> None:
     # Each codec's own, from its last message, never below nothing.
     adaptive.encoded(second, 100)
     assert adaptive.overhead == {"int8": 30_000, "int4": 0}
+
+
+def test_leaving_topk_for_a_dense_codec_starts_error_feedback_afresh() -> None:
+    adaptive = AdaptiveCodec(WireSettings(), MODEL_BYTES)
+    probe = adaptive.choose(ADAPTIVE, 1.0)  # no history: the rule measures the link
+    assert probe.decision.codec.codec == "topk" and probe.decision.predicted_upload_s is None
+    for _ in range(5):
+        adaptive.measured(1_000_000, 0.1)
+    # After the probe the residual is one round's: it goes out with the next update.
+    assert not adaptive.choose(ADAPTIVE, 1.0).fresh_feedback
+    slow = AdaptiveCodec(WireSettings(), MODEL_BYTES)
+    for _ in range(5):
+        slow.measured(10_000, 1.0)  # 0.08 Mbit/s: only top-k fits
+    assert slow.choose(ADAPTIVE, 1.0).decision.codec.codec == "topk"
+    for _ in range(5):
+        slow.measured(1_000_000, 0.1)
+    dense = slow.choose(ADAPTIVE, 1.0)
+    assert dense.decision.codec.label == "float32" and dense.fresh_feedback
+    assert not slow.choose(ADAPTIVE, 1.0).fresh_feedback  # dense to dense
