@@ -4,10 +4,17 @@ Each coded tensor travels under its own name and shape: as float32 (`F32`), as I
 half precision (`F16`), or as bfloat16 bit patterns (`U16`: the upper 16 bits of the
 float32 value, rounded to nearest, ties to even). numpy has no bfloat16, so the
 rounding is done on the float32 bits.
+
+numpy's float16 casts run at ~0.5 GB/s on these machines; a process that has loaded torch
+(clients and the server train or build the model) casts large tensors with torch's
+F16C-vectorised conversion instead, ~3 GB/s. Both round to nearest, ties to even, and give
+the same bits for every finite value (NaN and Inf are refused before or after either).
 """
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +29,7 @@ WIRE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
 _FLOAT16_EXPONENT = np.uint16(0x7C00)
 _BFLOAT16_EXPONENT = np.uint16(0x7F80)
 _MAGNITUDE = np.uint16(0x7FFF)
+_TORCH_CAST_MIN = 1 << 14  # values: below this, torch's call costs more than it saves
 
 
 def layout(codec: str, parts: ModelParts) -> list[TensorSpec]:
@@ -39,7 +47,7 @@ def encode(
         if codec == "float32":
             tensors[part.name], decoded[part.name] = value.reshape(part.shape), value
         elif codec == "float16":
-            half = value.astype(np.float16)
+            half = _cast(value, np.float16)
             if _overflows(half.view(np.uint16), _FLOAT16_EXPONENT):
                 raise FogflError(
                     f"tensor {part.name} has values beyond float16's range (±65504), or NaN; "
@@ -47,7 +55,7 @@ def encode(
                 )
             tensors[part.name] = half.reshape(part.shape)
             if keep_decoded:
-                decoded[part.name] = half.astype(np.float32)
+                decoded[part.name] = _cast(half, np.float32)
         else:
             bits = to_bfloat16(value)
             if _overflows(bits, _BFLOAT16_EXPONENT):
@@ -56,6 +64,20 @@ def encode(
             if keep_decoded:
                 decoded[part.name] = from_bfloat16(bits)
     return tensors, decoded if keep_decoded else None
+
+
+def _cast(array: npt.NDArray[Any], dtype: type[np.floating[Any]]) -> npt.NDArray[Any]:
+    """`array` as `dtype` (float16 ↔ float32), with torch's conversion where it is loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None or array.size < _TORCH_CAST_MIN:
+        return array.astype(dtype)
+    target = torch.float16 if dtype is np.float16 else torch.float32
+    with warnings.catch_warnings():
+        # Wire tensors are read-only views of the payload; torch only reads them here.
+        warnings.simplefilter("ignore", UserWarning)
+        source = torch.from_numpy(np.ascontiguousarray(array))
+    result: npt.NDArray[Any] = source.to(target).numpy()
+    return result
 
 
 def decode(
@@ -72,7 +94,7 @@ def decode(
         elif codec == "float16":
             if _overflows(wire.view(np.uint16), _FLOAT16_EXPONENT):
                 raise _not_finite(part.name, sender)
-            values[part.name] = wire.astype(np.float32)
+            values[part.name] = _cast(wire, np.float32)
         else:
             if _overflows(wire, _BFLOAT16_EXPONENT):
                 raise _not_finite(part.name, sender)

@@ -183,6 +183,26 @@ def test_an_encoded_model_is_a_safetensors_message_of_the_envelope(ecg: Model) -
 # The codecs' own arithmetic
 
 
+def test_float16_casts_give_numpys_bits_with_torch_loaded() -> None:
+    from fogfl.codecs import casts
+
+    rng = np.random.default_rng(0)
+    # Every finite float32 exponent (random bit patterns), and every float16 value.
+    wide = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
+    values = wide.view(np.float32)
+    values = values[np.isfinite(values) & (np.abs(values) <= 65504)]
+    assert values.size > casts._TORCH_CAST_MIN
+    half = casts._cast(values, np.float16)
+    np.testing.assert_array_equal(half.view(np.uint16), values.astype(np.float16).view(np.uint16))
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]
+    # A payload's tensor: read-only, and not 2-byte aligned in its buffer.
+    payload = bytes(1) + finite.tobytes()
+    wire = np.frombuffer(payload, dtype=np.float16, offset=1)
+    back = casts._cast(wire, np.float32)
+    np.testing.assert_array_equal(back.view(np.uint32), finite.astype(np.float32).view(np.uint32))
+
+
 def test_bfloat16_rounds_to_nearest_even_like_torch() -> None:
     rng = np.random.default_rng(0)
     edges = np.array(
