@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import queue
+import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +43,7 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
             "monitor",
             "--json",
             "--duration",
-            "6",
+            "300",
             "--mqtt-host",
             fresh_broker.host,
             "--mqtt-port",
@@ -50,26 +54,53 @@ def test_monitor_json_lists_every_message(fresh_broker: LocalBroker, tmp_path: P
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)  # let it subscribe
-    session = publisher(fresh_broker)
-    update = Envelope(
-        kind="update",
-        run_id="r1",
-        round=2,
-        sender="north-01",
-        region="north",
-        num_examples=1440,
-        tensors={"w": np.ones(10, np.float32)},
+    printed: queue.Queue[dict[str, Any]] = queue.Queue()
+    assert monitor.stdout is not None
+    reader = threading.Thread(
+        target=lambda out: [printed.put(json.loads(line)) for line in out], args=(monitor.stdout,)
     )
-    session.publish(TOPICS.updates("north", "north-01"), encode(update))
-    session.publish(TOPICS.updates("north", "north-01"), b"garbage")
-    session.publish(TOPICS.partial("south"), b"")  # clears a retained message: not shown
-    session.publish(TOPICS.updates("north", "north-01"), framed(b'{"__metadata__":{"round":3}}'))
-    session.publish(TOPICS.updates("north", "north-01"), encode(update))
-    session.close()
-    out, err = monitor.communicate(timeout=30)
-    assert monitor.returncode == 0, err
-    lines = [json.loads(line) for line in out.splitlines()]
+    reader.start()
+    session = publisher(fresh_broker)
+    try:
+        # Subscribed once it shows a probe (however long a loaded machine takes to start it).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            session.publish("fl/probe", b"probe")
+            try:
+                if printed.get(timeout=0.5)["topic"] == "fl/probe":
+                    break
+            except queue.Empty:
+                continue
+        else:
+            raise AssertionError("the monitor showed no probe in 120 s")
+        update = Envelope(
+            kind="update",
+            run_id="r1",
+            round=2,
+            sender="north-01",
+            region="north",
+            num_examples=1440,
+            tensors={"w": np.ones(10, np.float32)},
+        )
+        session.publish(TOPICS.updates("north", "north-01"), encode(update))
+        session.publish(TOPICS.updates("north", "north-01"), b"garbage")
+        session.publish(TOPICS.partial("south"), b"")  # clears a retained message: not shown
+        session.publish(
+            TOPICS.updates("north", "north-01"), framed(b'{"__metadata__":{"round":3}}')
+        )
+        session.publish(TOPICS.updates("north", "north-01"), encode(update))
+        session.publish("fl/probe", b"last")  # after the four, in order: the end of the list
+        lines: list[dict[str, Any]] = []
+        while not lines or lines[-1]["topic"] != "fl/probe":
+            lines.append(printed.get(timeout=30))
+        lines = [line for line in lines if line["topic"] != "fl/probe"]
+    finally:
+        session.close()
+        monitor.send_signal(signal.SIGINT)
+        monitor.wait(timeout=30)
+        reader.join(timeout=10)
+    assert monitor.stderr is not None
+    assert monitor.returncode == 130, monitor.stderr.read()  # Ctrl-C
     assert len(lines) == 4
     assert "too short" in lines[1]["error"]
     assert "not a map of strings" in lines[2]["error"]
